@@ -48,7 +48,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except VbedgeError as exc:
+    except (VbedgeError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"vbedge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

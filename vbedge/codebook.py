@@ -154,9 +154,14 @@ class HierarchicalCodebook:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"codebook file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise FormatError(f"{path} is not a vbedge codebook: a plain .npy array, expected an .npz archive")
+            with data:
                 fields = {name: data[name] for name in data.files}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            if isinstance(exc, FormatError):
+                raise
             raise FormatError(f"{path} is not a readable codebook .npz file: {exc}") from exc
         missing = {"kind", "format_version", "levels", "branching", "centroids"} - set(fields)
         if missing:

@@ -1,0 +1,110 @@
+"""What this installation can do: backends, kernels, GPU, OpenCV capture support.
+
+Everything here is probed without importing torch or TensorRT (package metadata only), so
+``vbedge info`` is fast and works on a bare device.
+"""
+
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+
+
+def _package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _onnxruntime_info():
+    if importlib.util.find_spec("onnxruntime") is None:
+        return {"installed": False}
+    import onnxruntime
+
+    return {"installed": True, "version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+
+
+def _opencv_info():
+    if importlib.util.find_spec("cv2") is None:
+        return {"installed": False, "hint": "pip install 'vbedge[opencv]' (not on Jetson: use JetPack's OpenCV)"}
+    import cv2
+
+    build = cv2.getBuildInformation()
+    gstreamer = ffmpeg = False
+    for line in build.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("GStreamer:"):
+            gstreamer = "YES" in stripped
+        elif stripped.startswith("FFMPEG:"):
+            ffmpeg = "YES" in stripped
+    return {"installed": True, "version": cv2.__version__, "gstreamer": gstreamer, "ffmpeg": ffmpeg}
+
+
+def _kernel_info():
+    from .codebook import cpu_kernel_available
+
+    info = {"cpu": cpu_kernel_available()}
+    try:
+        from . import _kernels_cuda
+    except ImportError as exc:
+        info["cuda"] = False
+        info["cuda_reason"] = f"CUDA extension not built ({exc})"
+        return info, []
+    info["cuda"] = True
+    gpus = []
+    try:
+        for i in range(_kernels_cuda.device_count()):
+            major, minor = _kernels_cuda.compute_capability(i)
+            gpus.append({"index": i, "name": _kernels_cuda.device_name(i), "compute_capability": f"{major}.{minor}"})
+    except RuntimeError as exc:  # built, but no driver/device on this machine
+        info["cuda_reason"] = str(exc)
+    return info, gpus
+
+
+def collect_info():
+    """Return a dict describing this installation (versions, kernels, GPUs, OpenCV)."""
+    from . import __version__
+
+    kernels, gpus = _kernel_info()
+    return {
+        "vbedge": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "numpy": _package_version("numpy"),
+        "onnxruntime": _onnxruntime_info(),
+        "tensorrt": _package_version("tensorrt"),
+        "pycuda": _package_version("pycuda"),
+        "torch": _package_version("torch"),
+        "kernels": kernels,
+        "gpus": gpus,
+        "opencv": _opencv_info(),
+    }
+
+
+def format_info(info):
+    """Human-readable multi-line rendering of :func:`collect_info`'s result."""
+    ort = info["onnxruntime"]
+    cv = info["opencv"]
+    k = info["kernels"]
+    lines = [
+        f"vbedge {info['vbedge']}  (Python {info['python']}, {info['platform']})",
+        f"numpy        {info['numpy']}",
+        "onnxruntime  " + (f"{ort['version']} providers={','.join(ort['providers'])}" if ort["installed"] else "not installed"),
+        "tensorrt     " + (info["tensorrt"] or "not installed (pip install 'vbedge[tensorrt]' or JetPack)"),
+        "pycuda       " + (info["pycuda"] or "not installed"),
+        "torch        " + (info["torch"] or "not installed (needed only for export: vbedge[export])"),
+        "C++ kernel   " + ("built" if k["cpu"] else "NOT built (reinstall vbedge)"),
+        "CUDA kernel  " + ("built" if k["cuda"] else "not built") + (f" ({k['cuda_reason']})" if k.get("cuda_reason") else ""),
+    ]
+    for gpu in info["gpus"]:
+        lines.append(f"GPU {gpu['index']}        {gpu['name']} (compute capability {gpu['compute_capability']})")
+    if cv["installed"]:
+        lines.append(
+            f"opencv       {cv['version']} GStreamer={'yes' if cv['gstreamer'] else 'NO (no csi:// or GStreamer pipelines)'}"
+            f" FFmpeg={'yes' if cv['ffmpeg'] else 'no'}"
+        )
+    else:
+        lines.append(f"opencv       not installed ({cv['hint']})")
+    return "\n".join(lines)
