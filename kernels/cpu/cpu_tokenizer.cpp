@@ -1,0 +1,527 @@
+// C++ CPU visual tokenizer: tree descent (beam 1 and beam b) and exact search over all leaves,
+// following docs/tokenizer.md exactly: float32 screening, then the canonical float64 distance for
+// the candidates inside the tolerance window, ties to the lower index.
+//
+// Layout of the work, and why:
+// - tree, beam 1: processed level by level over the whole batch. Before each level the features are
+//   bucketed by their current node, so consecutive features read the same k children while those
+//   are hot in cache; the leaf level (85 MB for 4x12, D=1024) would otherwise be memory-bound.
+// - tree, beam b: per feature (the beam's candidate set differs per feature), still screening first.
+// - exact: feature tiles x leaf blocks (3 x 4 register tile), so each leaf block read from memory is
+//   reused by a whole tile of features held in L2.
+#include "vbedge/cpu_tokenizer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "vbedge/cpu_dot.h"
+#include "vbedge/tokenizer_common.h"
+
+namespace vbedge {
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Canonical squared distance (docs/tokenizer.md): float64, strictly sequential, one rounding per
+// subtraction, multiplication and addition. The build uses -ffp-contract=off so no FMA is formed.
+double canon_distance(const float* x, const float* c, int64_t dim) {
+    double sum = 0.0;
+    for (int64_t d = 0; d < dim; ++d) {
+        const double diff = static_cast<double>(x[d]) - static_cast<double>(c[d]);
+        const double sq = diff * diff;
+        sum = sum + sq;
+    }
+    return sum;
+}
+
+// Squared norm in float64 (exact products of floats, so it is finite iff every element is finite).
+double norm2_f64(const float* x, int64_t dim) {
+    double acc[4] = {0, 0, 0, 0};
+    int64_t d = 0;
+    for (; d + 4 <= dim; d += 4) {
+        for (int j = 0; j < 4; ++j) {
+            const double v = x[d + j];
+            acc[j] += v * v;
+        }
+    }
+    for (; d < dim; ++d) {
+        const double v = x[d];
+        acc[0] += v * v;
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// A feature row is usable when it is finite and its squared norm is finite in float32.
+bool row_is_valid(double norm2) { return std::isfinite(norm2) && norm2 <= kFloat32Max; }
+
+// Keeps the smallest bad row index seen by any thread.
+void record_bad_row(std::atomic<int64_t>& first_bad, int64_t row) {
+    int64_t cur = first_bad.load(std::memory_order_relaxed);
+    while (row < cur && !first_bad.compare_exchange_weak(cur, row, std::memory_order_relaxed)) {
+    }
+}
+
+int resolve_threads(int requested, int64_t n) {
+#ifdef _OPENMP
+    int nt = requested > 0 ? requested : omp_get_max_threads();
+#else
+    int nt = 1;
+    (void)requested;
+#endif
+    // Thread start-up costs more than a handful of features (the live case is N = 1).
+    if (n < 32) nt = 1;
+    return std::max(1, nt);
+}
+
+// Best candidate by (canon, index) among `count` candidates whose screening distances are `fast`,
+// with tolerance `tol`. `row_of(j)` gives the centroid row of candidate j. Candidates must be
+// given in ascending index order so that a strict '<' keeps the lower index on exact ties.
+template <class RowOf>
+int64_t select_best(const float* x, const double* fast, int64_t count, double tol, const float* centroids,
+                    int64_t dim, RowOf row_of) {
+    double m = kInf;
+    bool finite = true;
+    for (int64_t j = 0; j < count; ++j) {
+        finite = finite && std::isfinite(fast[j]);
+        m = std::min(m, fast[j]);
+    }
+    // A non-finite screening value (float32 overflow on extreme inputs) makes the window
+    // meaningless: fall back to ranking every candidate canonically.
+    const double limit = finite ? m + tol : kInf;
+    int64_t in_window = 0, only = -1;
+    for (int64_t j = 0; j < count; ++j) {
+        if (!(fast[j] <= limit)) continue;
+        ++in_window;
+        only = j;
+    }
+    if (in_window == 1) return only;
+    int64_t best = -1;
+    double best_canon = kInf;
+    for (int64_t j = 0; j < count; ++j) {
+        if (!(fast[j] <= limit)) continue;
+        const double c = canon_distance(x, centroids + row_of(j) * dim, dim);
+        if (best < 0 || c < best_canon) {
+            best_canon = c;
+            best = j;
+        }
+    }
+    return best;
+}
+
+}  // namespace
+
+TokenizeMode parse_mode(const std::string& mode) {
+    if (mode == "tree") return TokenizeMode::kTree;
+    if (mode == "exact") return TokenizeMode::kExact;
+    throw std::invalid_argument("mode must be \"tree\" or \"exact\", got \"" + mode + "\"");
+}
+
+struct CpuTokenizerCore::Ctx {
+    const void* features;
+    FeatureDType dtype;
+    int64_t n;
+    int64_t beam;
+    int threads;
+    int64_t* out;
+
+    // Row i as float32: a pointer into the input, or `buf` filled with the exact float16 values.
+    const float* row(int64_t i, int64_t dim, float* buf) const {
+        if (dtype == FeatureDType::kFloat32) return static_cast<const float*>(features) + i * dim;
+        cpu::dot_kernels().half_row(static_cast<const uint16_t*>(features) + i * dim, buf, dim);
+        return buf;
+    }
+};
+
+CpuTokenizerCore::CpuTokenizerCore(const float* centroids, int64_t num_rows, int64_t dim, int levels,
+                                   int64_t branching)
+    : levels_(levels), branching_(branching), dim_(dim), num_rows_(num_rows) {
+    if (levels < 1 || levels > 16) {
+        throw std::invalid_argument("levels must be between 1 and 16, got " + std::to_string(levels));
+    }
+    if (branching < 2) {
+        throw std::invalid_argument("branching must be at least 2, got " + std::to_string(branching));
+    }
+    // k^L must stay far below int64 overflow (and below any codebook that could exist).
+    double leaves_d = std::pow(static_cast<double>(branching), levels);
+    if (leaves_d > 1e12) {
+        std::ostringstream msg;
+        msg << "branching**levels = " << branching << "**" << levels << " is too large (more than 1e12 leaves)";
+        throw std::invalid_argument(msg.str());
+    }
+    if (dim < 1) throw std::invalid_argument("centroid dimension must be at least 1, got " + std::to_string(dim));
+    const int64_t expected = total_centroids(branching, levels);
+    if (num_rows != expected) {
+        std::ostringstream msg;
+        msg << "centroids must have shape (" << expected << ", D) for levels=" << levels << ", branching=" << branching
+            << " (sum of branching**(l+1) for l < levels), got (" << num_rows << ", " << dim << ")";
+        throw std::invalid_argument(msg.str());
+    }
+    num_leaves_ = int_pow(branching, levels);
+    for (int l = 0; l <= levels; ++l) level_offsets_.push_back(level_offset(branching, l));
+
+    centroids_.assign(centroids, centroids + num_rows * dim);
+    norms2_.resize(num_rows);
+    c_max_ = 0.0;
+    for (int64_t r = 0; r < num_rows; ++r) {
+        const float* c = centroids_.data() + r * dim;
+        const double n2 = norm2_f64(c, dim);
+        if (!std::isfinite(n2)) {
+            throw std::invalid_argument("centroids must be finite; row " + std::to_string(r) + " has NaN or Inf");
+        }
+        if (n2 > kFloat32Max) {
+            throw std::invalid_argument("centroid row " + std::to_string(r) +
+                                        " has a squared norm that overflows float32 (norm above ~1.8e19)");
+        }
+        norms2_[r] = static_cast<float>(n2);
+        c_max_ = std::max(c_max_, n2);
+    }
+}
+
+const char* CpuTokenizerCore::simd_path() { return cpu::dot_kernels().name; }
+
+void CpuTokenizerCore::check_options(TokenizeMode mode, int64_t beam) const {
+    if (mode == TokenizeMode::kExact) {
+        if (beam != 1) {
+            throw std::invalid_argument("beam must be 1 in exact mode (exact searches every leaf), got " +
+                                        std::to_string(beam));
+        }
+        return;
+    }
+    if (beam < 1 || beam > num_leaves_) {
+        throw std::invalid_argument("beam must be between 1 and branching**levels = " + std::to_string(num_leaves_) +
+                                    ", got " + std::to_string(beam));
+    }
+}
+
+void CpuTokenizerCore::tokenize(const void* features, FeatureDType dtype, int64_t n, TokenizeMode mode, int64_t beam,
+                                int num_threads, int64_t* out) const {
+    if (n < 0) throw std::invalid_argument("number of features must be >= 0, got " + std::to_string(n));
+    if (num_threads < 0) {
+        throw std::invalid_argument("num_threads must be >= 0 (0 = OpenMP default), got " +
+                                    std::to_string(num_threads));
+    }
+    check_options(mode, beam);
+    if (n == 0) return;
+    Ctx ctx{features, dtype, n, beam, resolve_threads(num_threads, n), out};
+    if (mode == TokenizeMode::kExact) {
+        exact(ctx);
+    } else if (beam == 1) {
+        tree_beam1(ctx);
+    } else {
+        tree_beam(ctx);
+    }
+}
+
+namespace {
+
+[[noreturn]] void throw_bad_row(int64_t row, double norm2) {
+    std::ostringstream msg;
+    if (!std::isfinite(norm2)) {
+        msg << "features must be finite: row " << row << " contains NaN or Inf";
+    } else {
+        msg << "feature row " << row << " has a squared norm of " << norm2
+            << " which overflows float32 (expected a norm below ~1.8e19)";
+    }
+    throw std::invalid_argument(msg.str());
+}
+
+}  // namespace
+
+void CpuTokenizerCore::tree_beam1(const Ctx& ctx) const {
+    const int64_t n = ctx.n, dim = dim_, k = branching_;
+    const float* C = centroids_.data();
+    const float* norms = norms2_.data();
+    const double tol_scale = tolerance_scale(dim);
+    const cpu::DotKernels& kern = cpu::dot_kernels();
+
+    std::vector<double> tol(n);
+    std::vector<int64_t> node(n);
+    std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
+    std::vector<double> bad_norm(1, 0.0);
+
+    // Level 0, fused with validation and the norm that sets each feature's tolerance: the row is
+    // read once here while it is in cache.
+#pragma omp parallel num_threads(ctx.threads)
+    {
+        std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
+        std::vector<float> dots(k);
+        std::vector<double> fast(k);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            const float* x = ctx.row(i, dim, buf.data());
+            const double n2 = norm2_f64(x, dim);
+            if (!row_is_valid(n2)) {
+                record_bad_row(first_bad, i);
+                node[i] = 0;
+                continue;
+            }
+            tol[i] = tol_scale * (n2 + c_max_);
+            kern.dot_rows(x, C, k, dim, dots.data());
+            for (int64_t j = 0; j < k; ++j) fast[j] = static_cast<double>(norms[j]) - 2.0 * dots[j];
+            node[i] = select_best(x, fast.data(), k, tol[i], C, dim, [](int64_t j) { return j; });
+        }
+    }
+    const int64_t bad = first_bad.load();
+    if (bad != std::numeric_limits<int64_t>::max()) {
+        std::vector<float> buf(dim);
+        throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, buf.data()), dim));
+    }
+
+    std::vector<int64_t> order(n);
+    std::vector<int64_t> bucket_start;
+    for (int level = 1; level < levels_; ++level) {
+        // Counting sort of the features by current node (k^level buckets): features sharing a
+        // parent become neighbours and read the same k children from cache.
+        const int64_t num_parents = int_pow(k, level);
+        bucket_start.assign(num_parents + 1, 0);
+        for (int64_t i = 0; i < n; ++i) ++bucket_start[node[i] + 1];
+        for (int64_t p = 0; p < num_parents; ++p) bucket_start[p + 1] += bucket_start[p];
+        for (int64_t i = 0; i < n; ++i) order[bucket_start[node[i]]++] = i;
+
+        const int64_t off = level_offsets_[level];
+#pragma omp parallel num_threads(ctx.threads)
+        {
+            std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
+            std::vector<float> dots(k);
+            std::vector<double> fast(k);
+#pragma omp for schedule(static)
+            for (int64_t pos = 0; pos < n; ++pos) {
+                const int64_t i = order[pos];
+                const float* x = ctx.row(i, dim, buf.data());
+                const int64_t first = off + node[i] * k;  // row of the first child
+                kern.dot_rows(x, C + first * dim, k, dim, dots.data());
+                for (int64_t j = 0; j < k; ++j) fast[j] = static_cast<double>(norms[first + j]) - 2.0 * dots[j];
+                const int64_t j = select_best(x, fast.data(), k, tol[i], C, dim,
+                                              [first](int64_t jj) { return first + jj; });
+                node[i] = node[i] * k + j;
+            }
+        }
+    }
+    std::copy(node.begin(), node.end(), ctx.out);
+}
+
+void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
+    const int64_t n = ctx.n, dim = dim_, k = branching_;
+    const float* C = centroids_.data();
+    const float* norms = norms2_.data();
+    const double tol_scale = tolerance_scale(dim);
+    const cpu::DotKernels& kern = cpu::dot_kernels();
+    std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
+
+#pragma omp parallel num_threads(ctx.threads)
+    {
+        std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
+        std::vector<int64_t> beam_nodes, cand;
+        std::vector<float> dots;
+        std::vector<double> fast, sorted_fast;
+        std::vector<std::pair<double, int64_t>> ranked;
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < n; ++i) {
+            const float* x = ctx.row(i, dim, buf.data());
+            const double n2 = norm2_f64(x, dim);
+            if (!row_is_valid(n2)) {
+                record_bad_row(first_bad, i);
+                continue;
+            }
+            const double tol = tol_scale * (n2 + c_max_);
+            beam_nodes.assign(1, 0);  // virtual root: its children are the level-0 nodes
+            for (int level = 0; level < levels_; ++level) {
+                const int64_t off = level_offsets_[level];
+                const bool last = level + 1 == levels_;
+                // Candidates: all children of all beam nodes, in ascending index order (beam kept
+                // sorted by index) so that ties resolve to the lower index.
+                std::sort(beam_nodes.begin(), beam_nodes.end());
+                const int64_t count = static_cast<int64_t>(beam_nodes.size()) * k;
+                cand.resize(count);
+                dots.resize(count);
+                fast.resize(count);
+                for (size_t b = 0; b < beam_nodes.size(); ++b) {
+                    const int64_t first_child = level == 0 ? 0 : beam_nodes[b] * k;
+                    kern.dot_rows(x, C + (off + first_child) * dim, k, dim, dots.data() + b * k);
+                    for (int64_t j = 0; j < k; ++j) {
+                        cand[b * k + j] = first_child + j;
+                        fast[b * k + j] = static_cast<double>(norms[off + first_child + j]) - 2.0 * dots[b * k + j];
+                    }
+                }
+                const int64_t keep = last ? 1 : std::min<int64_t>(ctx.beam, count);
+                if (keep == 1) {
+                    const int64_t j = select_best(x, fast.data(), count, tol, C, dim,
+                                                  [&](int64_t jj) { return off + cand[jj]; });
+                    beam_nodes.assign(1, cand[j]);
+                    continue;
+                }
+                if (keep == count) {
+                    beam_nodes = cand;
+                    continue;
+                }
+                // keep-th smallest screening value sets the window (docs/tokenizer.md, steps 2-4).
+                sorted_fast = fast;
+                std::nth_element(sorted_fast.begin(), sorted_fast.begin() + (keep - 1), sorted_fast.end());
+                const double kth = sorted_fast[keep - 1];
+                bool finite = true;
+                for (double f : fast) finite = finite && std::isfinite(f);
+                const double limit = finite ? kth + tol : kInf;
+                int64_t in_window = 0;
+                for (double f : fast) in_window += (f <= limit);
+                beam_nodes.clear();
+                if (in_window == keep) {
+                    for (int64_t j = 0; j < count; ++j)
+                        if (fast[j] <= limit) beam_nodes.push_back(cand[j]);
+                    continue;
+                }
+                ranked.clear();
+                for (int64_t j = 0; j < count; ++j) {
+                    if (!(fast[j] <= limit)) continue;
+                    ranked.emplace_back(canon_distance(x, C + (off + cand[j]) * dim, dim), cand[j]);
+                }
+                std::partial_sort(ranked.begin(), ranked.begin() + keep, ranked.end());
+                for (int64_t j = 0; j < keep; ++j) beam_nodes.push_back(ranked[j].second);
+            }
+            ctx.out[i] = beam_nodes[0];
+        }
+    }
+    const int64_t bad = first_bad.load();
+    if (bad != std::numeric_limits<int64_t>::max()) {
+        std::vector<float> buf(dim);
+        throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, buf.data()), dim));
+    }
+}
+
+void CpuTokenizerCore::exact(const Ctx& ctx) const {
+    const int64_t n = ctx.n, dim = dim_, num_leaves = num_leaves_;
+    const float* C = centroids_.data();
+    const float* leaves = C + level_offsets_[levels_ - 1] * dim;
+    const float* leaf_norms = norms2_.data() + level_offsets_[levels_ - 1];
+    const double tol_scale = tolerance_scale(dim);
+    const cpu::DotKernels& kern = cpu::dot_kernels();
+    std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
+
+    // A tile of features stays in L2 (96 x 4 KB for D = 1024) while every leaf streams past it once.
+    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(96, (int64_t(384) * 1024 / 4) / dim / 3 * 3));
+    const int64_t num_tiles = (n + tile - 1) / tile;
+
+    struct State {
+        double best;             // smallest screening value so far
+        double tol;              // tolerance of this feature
+        bool finite;             // false once a screening value overflowed: rank everything canonically
+        std::vector<std::pair<int64_t, double>> window;  // (leaf, fast) that were within best + tol
+    };
+
+#pragma omp parallel num_threads(ctx.threads)
+    {
+        std::vector<float> tile_buf(ctx.dtype == FeatureDType::kFloat16 ? tile * dim : 0);
+        std::vector<State> st(tile);
+        float d12[12];
+        auto offer = [&](State& s, int64_t leaf, float dot) {
+            const double f = static_cast<double>(leaf_norms[leaf]) - 2.0 * static_cast<double>(dot);
+            if (!std::isfinite(f)) {
+                s.finite = false;
+                return;
+            }
+            if (f <= s.best + s.tol) {
+                if (f < s.best) s.best = f;
+                s.window.emplace_back(leaf, f);
+                // Keep the list short when the running minimum moved a lot.
+                if (s.window.size() > 256) {
+                    const double lim = s.best + s.tol;
+                    auto it = std::remove_if(s.window.begin(), s.window.end(),
+                                             [lim](const std::pair<int64_t, double>& e) { return e.second > lim; });
+                    s.window.erase(it, s.window.end());
+                }
+            }
+        };
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < num_tiles; ++t) {
+            const int64_t i0 = t * tile;
+            const int64_t m = std::min(tile, n - i0);
+            const float* X;
+            if (ctx.dtype == FeatureDType::kFloat32) {
+                X = static_cast<const float*>(ctx.features) + i0 * dim;
+            } else {
+                for (int64_t r = 0; r < m; ++r) ctx.row(i0 + r, dim, tile_buf.data() + r * dim);
+                X = tile_buf.data();
+            }
+            bool tile_ok = true;
+            for (int64_t r = 0; r < m; ++r) {
+                const double n2 = norm2_f64(X + r * dim, dim);
+                if (!row_is_valid(n2)) {
+                    record_bad_row(first_bad, i0 + r);
+                    tile_ok = false;
+                }
+                st[r].best = kInf;
+                st[r].tol = tol_scale * (n2 + c_max_);
+                st[r].finite = true;
+                st[r].window.clear();
+            }
+            if (!tile_ok) continue;
+            const int64_t m3 = m / 3 * 3;
+            const int64_t l4 = num_leaves / 4 * 4;
+            for (int64_t l = 0; l < l4; l += 4) {
+                const float* cb = leaves + l * dim;
+                for (int64_t r = 0; r < m3; r += 3) {
+                    kern.dot_3x4(X + r * dim, cb, dim, d12);
+                    for (int a = 0; a < 3; ++a)
+                        for (int b = 0; b < 4; ++b) offer(st[r + a], l + b, d12[a * 4 + b]);
+                }
+                for (int64_t r = m3; r < m; ++r) {
+                    kern.dot_rows(X + r * dim, cb, 4, dim, d12);
+                    for (int b = 0; b < 4; ++b) offer(st[r], l + b, d12[b]);
+                }
+            }
+            if (l4 < num_leaves) {
+                for (int64_t r = 0; r < m; ++r) {
+                    kern.dot_rows(X + r * dim, leaves + l4 * dim, num_leaves - l4, dim, d12);
+                    for (int64_t b = 0; b < num_leaves - l4; ++b) offer(st[r], l4 + b, d12[b]);
+                }
+            }
+            for (int64_t r = 0; r < m; ++r) {
+                State& s = st[r];
+                const float* x = X + r * dim;
+                int64_t best = -1;
+                double best_canon = kInf;
+                if (!s.finite) {
+                    for (int64_t leaf = 0; leaf < num_leaves; ++leaf) {
+                        const double c = canon_distance(x, leaves + leaf * dim, dim);
+                        if (best < 0 || c < best_canon) best_canon = c, best = leaf;
+                    }
+                } else {
+                    // The window list is in ascending leaf order; the final limit is the smallest.
+                    const double lim = s.best + s.tol;
+                    int64_t in_window = 0;
+                    for (const auto& e : s.window) {
+                        if (e.second <= lim) {
+                            ++in_window;
+                            best = e.first;
+                        }
+                    }
+                    if (in_window > 1) {
+                        best = -1;
+                        for (const auto& e : s.window) {
+                            if (e.second > lim) continue;
+                            const double c = canon_distance(x, leaves + e.first * dim, dim);
+                            if (best < 0 || c < best_canon) best_canon = c, best = e.first;
+                        }
+                    }
+                }
+                ctx.out[i0 + r] = best;
+            }
+        }
+    }
+    const int64_t bad = first_bad.load();
+    if (bad != std::numeric_limits<int64_t>::max()) {
+        std::vector<float> buf(dim);
+        throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, buf.data()), dim));
+    }
+}
+
+}  // namespace vbedge

@@ -1,0 +1,179 @@
+// Screening dot products for the CPU tokenizer: portable code plus an AVX2+FMA path picked at run
+// time. See kernels/include/vbedge/cpu_dot.h.
+#include "vbedge/cpu_dot.h"
+
+#include "vbedge/tokenizer_common.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define VBEDGE_X86 1
+#include <immintrin.h>
+#endif
+
+namespace vbedge {
+namespace cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Portable path. Eight independent partial sums per dot product let the compiler map the inner
+// loop onto whatever SIMD width the target has (NEON, SSE2) without -ffast-math.
+
+float dot_portable(const float* x, const float* c, int64_t dim) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t d = 0;
+    for (; d + 8 <= dim; d += 8) {
+        for (int j = 0; j < 8; ++j) acc[j] += x[d + j] * c[d + j];
+    }
+    for (; d < dim; ++d) acc[0] += x[d] * c[d];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+void dot_rows_portable(const float* x, const float* rows, int64_t num_rows, int64_t dim, float* out) {
+    for (int64_t j = 0; j < num_rows; ++j) out[j] = dot_portable(x, rows + j * dim, dim);
+}
+
+void dot_3x4_portable(const float* xs, const float* rows, int64_t dim, float* out) {
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 4; ++j) out[i * 4 + j] = dot_portable(xs + i * dim, rows + j * dim, dim);
+}
+
+void half_row_portable(const uint16_t* src, float* dst, int64_t dim) {
+    for (int64_t d = 0; d < dim; ++d) dst[d] = half_bits_to_float(src[d]);
+}
+
+#if VBEDGE_X86
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA path. Only called after __builtin_cpu_supports confirmed the instructions.
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+// R rows at once, one accumulator per row: R independent FMA chains hide the FMA latency and the
+// feature chunk is loaded once for all R rows.
+template <int R>
+__attribute__((target("avx2,fma"))) void dot_rows_block_avx2(const float* x, const float* rows, int64_t dim,
+                                                              float* out) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const int64_t dv = dim & ~int64_t(7);
+    for (int64_t d = 0; d < dv; d += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + d);
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(rows + r * dim + d), acc[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+        float s = hsum256(acc[r]);
+        for (int64_t d = dv; d < dim; ++d) s += x[d] * rows[r * dim + d];
+        out[r] = s;
+    }
+}
+
+__attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* x, const float* rows, int64_t num_rows,
+                                                       int64_t dim, float* out) {
+    int64_t j = 0;
+    for (; j + 12 <= num_rows; j += 12) dot_rows_block_avx2<12>(x, rows + j * dim, dim, out + j);
+    switch (num_rows - j) {
+        case 11: dot_rows_block_avx2<11>(x, rows + j * dim, dim, out + j); break;
+        case 10: dot_rows_block_avx2<10>(x, rows + j * dim, dim, out + j); break;
+        case 9: dot_rows_block_avx2<9>(x, rows + j * dim, dim, out + j); break;
+        case 8: dot_rows_block_avx2<8>(x, rows + j * dim, dim, out + j); break;
+        case 7: dot_rows_block_avx2<7>(x, rows + j * dim, dim, out + j); break;
+        case 6: dot_rows_block_avx2<6>(x, rows + j * dim, dim, out + j); break;
+        case 5: dot_rows_block_avx2<5>(x, rows + j * dim, dim, out + j); break;
+        case 4: dot_rows_block_avx2<4>(x, rows + j * dim, dim, out + j); break;
+        case 3: dot_rows_block_avx2<3>(x, rows + j * dim, dim, out + j); break;
+        case 2: dot_rows_block_avx2<2>(x, rows + j * dim, dim, out + j); break;
+        case 1: dot_rows_block_avx2<1>(x, rows + j * dim, dim, out + j); break;
+        default: break;
+    }
+}
+
+// 3 features x 4 centroids: 12 accumulators + 3 feature registers + 1 centroid register = 16 ymm,
+// 7 loads per 12 FMAs, so the tile is FMA-bound rather than load-bound (exact mode's inner loop).
+__attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* xs, const float* rows, int64_t dim,
+                                                      float* out) {
+    const float* x0 = xs;
+    const float* x1 = xs + dim;
+    const float* x2 = xs + 2 * dim;
+    const float* c0 = rows;
+    const float* c1 = rows + dim;
+    const float* c2 = rows + 2 * dim;
+    const float* c3 = rows + 3 * dim;
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a03 = _mm256_setzero_ps();
+    __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(), a13 = _mm256_setzero_ps();
+    __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps(), a23 = _mm256_setzero_ps();
+    const int64_t dv = dim & ~int64_t(7);
+    for (int64_t d = 0; d < dv; d += 8) {
+        const __m256 v0 = _mm256_loadu_ps(x0 + d);
+        const __m256 v1 = _mm256_loadu_ps(x1 + d);
+        const __m256 v2 = _mm256_loadu_ps(x2 + d);
+        __m256 c = _mm256_loadu_ps(c0 + d);
+        a00 = _mm256_fmadd_ps(v0, c, a00);
+        a10 = _mm256_fmadd_ps(v1, c, a10);
+        a20 = _mm256_fmadd_ps(v2, c, a20);
+        c = _mm256_loadu_ps(c1 + d);
+        a01 = _mm256_fmadd_ps(v0, c, a01);
+        a11 = _mm256_fmadd_ps(v1, c, a11);
+        a21 = _mm256_fmadd_ps(v2, c, a21);
+        c = _mm256_loadu_ps(c2 + d);
+        a02 = _mm256_fmadd_ps(v0, c, a02);
+        a12 = _mm256_fmadd_ps(v1, c, a12);
+        a22 = _mm256_fmadd_ps(v2, c, a22);
+        c = _mm256_loadu_ps(c3 + d);
+        a03 = _mm256_fmadd_ps(v0, c, a03);
+        a13 = _mm256_fmadd_ps(v1, c, a13);
+        a23 = _mm256_fmadd_ps(v2, c, a23);
+    }
+    const __m256 accs[12] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23};
+    for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 4; ++j) {
+            float s = hsum256(accs[i * 4 + j]);
+            for (int64_t d = dv; d < dim; ++d) s += xs[i * dim + d] * rows[j * dim + d];
+            out[i * 4 + j] = s;
+        }
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) void half_row_f16c(const uint16_t* src, float* dst, int64_t dim) {
+    int64_t d = 0;
+    for (; d + 8 <= dim; d += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
+        _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(h));  // exact: every half is a float
+    }
+    for (; d < dim; ++d) dst[d] = half_bits_to_float(src[d]);
+}
+#endif  // VBEDGE_X86
+
+DotKernels pick_kernels() {
+#if VBEDGE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        DotKernels k{dot_rows_avx2, dot_3x4_avx2, half_row_portable, "avx2+fma"};
+        if (__builtin_cpu_supports("f16c")) {
+            k.half_row = half_row_f16c;
+            k.name = "avx2+fma+f16c";
+        }
+        return k;
+    }
+#endif
+    return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, "portable"};
+}
+
+}  // namespace
+
+const DotKernels& dot_kernels() {
+    static const DotKernels kernels = pick_kernels();  // C++11 magic static: initialised once
+    return kernels;
+}
+
+const DotKernels& portable_dot_kernels() {
+    static const DotKernels kernels{dot_rows_portable, dot_3x4_portable, half_row_portable, "portable"};
+    return kernels;
+}
+
+}  // namespace cpu
+}  // namespace vbedge

@@ -1,0 +1,37 @@
+// Float32 dot-product kernels for the screening pass of the CPU tokenizer.
+//
+// Two implementations sit behind one set of function pointers: AVX2+FMA (x86-64, chosen at run time
+// with __builtin_cpu_supports so the same binary runs on CPUs without AVX2) and a portable one that
+// the compiler can auto-vectorise (aarch64 Jetson, old x86). Results only feed the screening
+// distance, whose error budget (docs/tokenizer.md) allows any summation order and FMA.
+#pragma once
+
+#include <cstdint>
+
+namespace vbedge {
+namespace cpu {
+
+// out[j] = dot(x, rows + j * dim) for j < num_rows.
+using DotRowsFn = void (*)(const float* x, const float* rows, int64_t num_rows, int64_t dim, float* out);
+
+// out[i * 4 + j] = dot(xs + i * dim, rows + j * dim) for i < 3, j < 4 (a 3-feature x 4-centroid tile).
+using Dot3x4Fn = void (*)(const float* xs, const float* rows, int64_t dim, float* out);
+
+// dst[d] = float(src[d]) for IEEE binary16 bits, exactly.
+using HalfRowFn = void (*)(const uint16_t* src, float* dst, int64_t dim);
+
+struct DotKernels {
+    DotRowsFn dot_rows;
+    Dot3x4Fn dot_3x4;
+    HalfRowFn half_row;
+    const char* name;
+};
+
+// The kernels picked for this CPU (resolved once, thread-safe).
+const DotKernels& dot_kernels();
+
+// The portable kernels, always available (tests compare both paths).
+const DotKernels& portable_dot_kernels();
+
+}  // namespace cpu
+}  // namespace vbedge
