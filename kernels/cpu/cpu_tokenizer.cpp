@@ -243,67 +243,95 @@ void CpuTokenizerCore::tree_beam1(const Ctx& ctx) const {
     const float* norms = norms2_.data();
     const double tol_scale = tolerance_scale(dim);
     const cpu::DotKernels& kern = cpu::dot_kernels();
+    const int64_t k4 = k / 4 * 4;
 
     std::vector<double> tol(n);
-    std::vector<int64_t> node(n);
-    std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
-    std::vector<double> bad_norm(1, 0.0);
-
-    // Level 0, fused with validation and the norm that sets each feature's tolerance: the row is
-    // read once here while it is in cache.
-#pragma omp parallel num_threads(ctx.threads)
-    {
-        std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
-        std::vector<float> dots(k);
-        std::vector<double> fast(k);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; ++i) {
-            const float* x = ctx.row(i, dim, buf.data());
-            const double n2 = norm2_f64(x, dim);
-            if (!row_is_valid(n2)) {
-                record_bad_row(first_bad, i);
-                node[i] = 0;
-                continue;
-            }
-            tol[i] = tol_scale * (n2 + c_max_);
-            kern.dot_rows(x, C, k, dim, dots.data());
-            for (int64_t j = 0; j < k; ++j) fast[j] = static_cast<double>(norms[j]) - 2.0 * dots[j];
-            node[i] = select_best(x, fast.data(), k, tol[i], C, dim, [](int64_t j) { return j; });
-        }
-    }
-    const int64_t bad = first_bad.load();
-    if (bad != std::numeric_limits<int64_t>::max()) {
-        std::vector<float> buf(dim);
-        throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, buf.data()), dim));
-    }
-
+    std::vector<int64_t> node(n, 0);  // level 0: every feature sits at the virtual root 0
     std::vector<int64_t> order(n);
+    for (int64_t i = 0; i < n; ++i) order[i] = i;
+    std::vector<int64_t> groups;  // start positions in `order` of groups of <= 3 features sharing a node
     std::vector<int64_t> bucket_start;
-    for (int level = 1; level < levels_; ++level) {
-        // Counting sort of the features by current node (k^level buckets): features sharing a
-        // parent become neighbours and read the same k children from cache.
-        const int64_t num_parents = int_pow(k, level);
-        bucket_start.assign(num_parents + 1, 0);
-        for (int64_t i = 0; i < n; ++i) ++bucket_start[node[i] + 1];
-        for (int64_t p = 0; p < num_parents; ++p) bucket_start[p + 1] += bucket_start[p];
-        for (int64_t i = 0; i < n; ++i) order[bucket_start[node[i]]++] = i;
+    std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
 
+    for (int level = 0; level < levels_; ++level) {
+        if (level > 0) {
+            // Counting sort of the features by current node (k^level buckets): features sharing a
+            // parent become neighbours and read the same k children from cache.
+            const int64_t num_parents = int_pow(k, level);
+            bucket_start.assign(num_parents + 1, 0);
+            for (int64_t i = 0; i < n; ++i) ++bucket_start[node[i] + 1];
+            for (int64_t p = 0; p < num_parents; ++p) bucket_start[p + 1] += bucket_start[p];
+            for (int64_t i = 0; i < n; ++i) order[bucket_start[node[i]]++] = i;
+        }
+        // Groups of up to three features with the same node share one 3 x 4 register tile, so each
+        // child chunk loaded from cache feeds three FMAs.
+        groups.clear();
+        for (int64_t pos = 0; pos < n;) {
+            groups.push_back(pos);
+            int64_t len = 1;
+            while (len < 3 && pos + len < n && node[order[pos + len]] == node[order[pos]]) ++len;
+            pos += len;
+        }
+        groups.push_back(n);
+        const int64_t num_groups = static_cast<int64_t>(groups.size()) - 1;
         const int64_t off = level_offsets_[level];
+
 #pragma omp parallel num_threads(ctx.threads)
         {
-            std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
-            std::vector<float> dots(k);
+            std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? 3 * dim : 0);
+            std::vector<float> dots(3 * k);
             std::vector<double> fast(k);
+            float d12[12];
 #pragma omp for schedule(static)
-            for (int64_t pos = 0; pos < n; ++pos) {
-                const int64_t i = order[pos];
-                const float* x = ctx.row(i, dim, buf.data());
-                const int64_t first = off + node[i] * k;  // row of the first child
-                kern.dot_rows(x, C + first * dim, k, dim, dots.data());
-                for (int64_t j = 0; j < k; ++j) fast[j] = static_cast<double>(norms[first + j]) - 2.0 * dots[j];
-                const int64_t j = select_best(x, fast.data(), k, tol[i], C, dim,
-                                              [first](int64_t jj) { return first + jj; });
-                node[i] = node[i] * k + j;
+            for (int64_t g = 0; g < num_groups; ++g) {
+                const int64_t p0 = groups[g];
+                const int64_t len = groups[g + 1] - p0;
+                const float* xs[3];
+                int64_t ids[3];
+                bool ok = true;
+                for (int64_t a = 0; a < len; ++a) {
+                    ids[a] = order[p0 + a];
+                    xs[a] = ctx.row(ids[a], dim, buf.data() + a * dim);
+                    if (level == 0) {
+                        // Validation and the tolerance are fused into level 0: the row is in cache.
+                        const double n2 = norm2_f64(xs[a], dim);
+                        if (!row_is_valid(n2)) {
+                            record_bad_row(first_bad, ids[a]);
+                            ok = false;
+                        }
+                        tol[ids[a]] = tol_scale * (n2 + c_max_);
+                    }
+                }
+                if (!ok) continue;
+                const int64_t parent = node[ids[0]];
+                const int64_t first = off + (level == 0 ? 0 : parent * k);  // row of the first child
+                const float* children = C + first * dim;
+                if (len == 3) {
+                    for (int64_t cb = 0; cb < k4; cb += 4) {
+                        kern.dot_3x4(xs[0], xs[1], xs[2], children + cb * dim, dim, d12);
+                        for (int a = 0; a < 3; ++a)
+                            for (int b = 0; b < 4; ++b) dots[a * k + cb + b] = d12[a * 4 + b];
+                    }
+                    if (k4 < k)
+                        for (int a = 0; a < 3; ++a)
+                            kern.dot_rows(xs[a], children + k4 * dim, k - k4, dim, dots.data() + a * k + k4);
+                } else {
+                    for (int64_t a = 0; a < len; ++a) kern.dot_rows(xs[a], children, k, dim, dots.data() + a * k);
+                }
+                for (int64_t a = 0; a < len; ++a) {
+                    for (int64_t j = 0; j < k; ++j)
+                        fast[j] = static_cast<double>(norms[first + j]) - 2.0 * static_cast<double>(dots[a * k + j]);
+                    const int64_t j = select_best(xs[a], fast.data(), k, tol[ids[a]], C, dim,
+                                                  [first](int64_t jj) { return first + jj; });
+                    node[ids[a]] = (level == 0 ? 0 : parent * k) + j;
+                }
+            }
+        }
+        if (level == 0) {
+            const int64_t bad = first_bad.load();
+            if (bad != std::numeric_limits<int64_t>::max()) {
+                std::vector<float> tmp(dim);
+                throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, tmp.data()), dim));
             }
         }
     }
@@ -469,7 +497,7 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
             for (int64_t l = 0; l < l4; l += 4) {
                 const float* cb = leaves + l * dim;
                 for (int64_t r = 0; r < m3; r += 3) {
-                    kern.dot_3x4(X + r * dim, cb, dim, d12);
+                    kern.dot_3x4(X + r * dim, X + (r + 1) * dim, X + (r + 2) * dim, cb, dim, d12);
                     for (int a = 0; a < 3; ++a)
                         for (int b = 0; b < 4; ++b) offer(st[r + a], l + b, d12[a * 4 + b]);
                 }

@@ -31,9 +31,11 @@ void dot_rows_portable(const float* x, const float* rows, int64_t num_rows, int6
     for (int64_t j = 0; j < num_rows; ++j) out[j] = dot_portable(x, rows + j * dim, dim);
 }
 
-void dot_3x4_portable(const float* xs, const float* rows, int64_t dim, float* out) {
+void dot_3x4_portable(const float* x0, const float* x1, const float* x2, const float* rows, int64_t dim,
+                      float* out) {
+    const float* xs[3] = {x0, x1, x2};
     for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 4; ++j) out[i * 4 + j] = dot_portable(xs + i * dim, rows + j * dim, dim);
+        for (int j = 0; j < 4; ++j) out[i * 4 + j] = dot_portable(xs[i], rows + j * dim, dim);
 }
 
 void half_row_portable(const uint16_t* src, float* dst, int64_t dim) {
@@ -94,11 +96,9 @@ __attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* x, const flo
 
 // 3 features x 4 centroids: 12 accumulators + 3 feature registers + 1 centroid register = 16 ymm,
 // 7 loads per 12 FMAs, so the tile is FMA-bound rather than load-bound (exact mode's inner loop).
-__attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* xs, const float* rows, int64_t dim,
-                                                      float* out) {
-    const float* x0 = xs;
-    const float* x1 = xs + dim;
-    const float* x2 = xs + 2 * dim;
+__attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* x0, const float* x1, const float* x2,
+                                                      const float* rows, int64_t dim, float* out) {
+    const float* xs[3] = {x0, x1, x2};
     const float* c0 = rows;
     const float* c1 = rows + dim;
     const float* c2 = rows + 2 * dim;
@@ -132,7 +132,7 @@ __attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* xs, const flo
     for (int i = 0; i < 3; ++i) {
         for (int j = 0; j < 4; ++j) {
             float s = hsum256(accs[i * 4 + j]);
-            for (int64_t d = dv; d < dim; ++d) s += xs[i * dim + d] * rows[j * dim + d];
+            for (int64_t d = dv; d < dim; ++d) s += xs[i][d] * rows[j * dim + d];
             out[i * 4 + j] = s;
         }
     }

@@ -14,8 +14,9 @@ namespace cpu {
 // out[j] = dot(x, rows + j * dim) for j < num_rows.
 using DotRowsFn = void (*)(const float* x, const float* rows, int64_t num_rows, int64_t dim, float* out);
 
-// out[i * 4 + j] = dot(xs + i * dim, rows + j * dim) for i < 3, j < 4 (a 3-feature x 4-centroid tile).
-using Dot3x4Fn = void (*)(const float* xs, const float* rows, int64_t dim, float* out);
+// out[i * 4 + j] = dot(x_i, rows + j * dim) for i < 3, j < 4 (a 3-feature x 4-centroid tile).
+using Dot3x4Fn = void (*)(const float* x0, const float* x1, const float* x2, const float* rows, int64_t dim,
+                          float* out);
 
 // dst[d] = float(src[d]) for IEEE binary16 bits, exactly.
 using HalfRowFn = void (*)(const uint16_t* src, float* dst, int64_t dim);
