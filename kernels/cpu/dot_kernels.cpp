@@ -4,6 +4,9 @@
 
 #include "vbedge/tokenizer_common.h"
 
+#include <cstdlib>
+#include <cstring>
+
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define VBEDGE_X86 1
 #include <immintrin.h>
@@ -149,6 +152,12 @@ __attribute__((target("avx2,fma,f16c"))) void half_row_f16c(const uint16_t* src,
 #endif  // VBEDGE_X86
 
 DotKernels pick_kernels() {
+    // VBEDGE_CPU_SIMD=portable forces the portable path, so tests on an AVX2 machine can check the
+    // code that aarch64 Jetson and pre-AVX2 CPUs run.
+    const char* forced = std::getenv("VBEDGE_CPU_SIMD");
+    if (forced != nullptr && std::strcmp(forced, "portable") == 0) {
+        return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, "portable"};
+    }
 #if VBEDGE_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
