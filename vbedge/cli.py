@@ -38,6 +38,9 @@ def build_parser():
     export_sub.required = True
     # Export subcommands are registered here by the export modules' add_*_command functions,
     # imported lazily inside their handlers so the CLI starts without torch.
+    from vbedge.export.videobert import add_export_videobert_command
+
+    add_export_videobert_command(export_sub)
 
     return parser
 
