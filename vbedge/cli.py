@@ -41,6 +41,9 @@ def build_parser():
     from vbedge.export.videobert import add_export_videobert_command
 
     add_export_videobert_command(export_sub)
+    from vbedge.export.s3d import add_export_s3d_command
+
+    add_export_s3d_command(export_sub)
 
     return parser
 
