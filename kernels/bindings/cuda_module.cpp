@@ -1,0 +1,230 @@
+// pybind11 module vbedge._kernels_cuda: the CUDA visual tokenizer.
+//
+// A thin raw-pointer layer (like faiss's): tokenize_ptr takes device pointers and a cudaStream_t as
+// integers, so one kernel serves torch, cupy and TensorRT buffers; vbedge/cuda_tokenizer.py wraps it
+// for arrays. The GIL is released while CUDA work is enqueued or waited for.
+// std::invalid_argument becomes ValueError, std::runtime_error RuntimeError (pybind11's translation).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "../cuda/cuda_tokenizer.cuh"
+
+namespace py = pybind11;
+namespace vc = vbedge::cuda;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::ostringstream s;
+    s << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+    if (a.ndim() == 1) s << ",";
+    s << ")";
+    return s.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+void check_cuda(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) {
+        throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) + " (" +
+                                 cudaGetErrorString(err) + ")");
+    }
+}
+
+cudaStream_t as_stream(std::uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+
+class PyCudaTokenizer {
+public:
+    PyCudaTokenizer(const py::array& centroids, int levels, int64_t branching, int device) {
+        if (!centroids.dtype().is(py::dtype::of<float>())) {
+            throw std::invalid_argument("centroids must be float32, got dtype " + dtype_str(centroids));
+        }
+        if (centroids.ndim() != 2) {
+            throw std::invalid_argument("centroids must be a 2-D array (M, D), got shape " + shape_str(centroids));
+        }
+        if ((centroids.flags() & py::array::c_style) == 0) {
+            throw std::invalid_argument("centroids must be C-contiguous (use np.ascontiguousarray)");
+        }
+        const float* data = static_cast<const float*>(centroids.data());
+        const int64_t rows = centroids.shape(0), dim = centroids.shape(1);
+        py::gil_scoped_release release;
+        engine_ = std::make_unique<vc::TokenizerEngine>(data, rows, dim, levels, branching, device);
+    }
+
+    void tokenize_ptr(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
+                      int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream, const std::string& mode_name,
+                      int64_t beam, std::uintptr_t error_ptr) {
+        const vc::Dtype dtype = vc::parse_dtype(dtype_name);
+        const vc::Mode mode = vc::parse_mode(mode_name);
+        if (dim != engine_->dim()) {
+            throw std::invalid_argument("features must have dim " + std::to_string(engine_->dim()) +
+                                        " to match the codebook, got " + std::to_string(dim));
+        }
+        if (n > 0 && (features_ptr == 0 || out_ptr == 0)) {
+            throw std::invalid_argument("features_ptr and out_ptr must be non-zero device pointers");
+        }
+        py::gil_scoped_release release;
+        engine_->tokenize_device(reinterpret_cast<const void*>(features_ptr), dtype, n, row_stride,
+                                 reinterpret_cast<int64_t*>(out_ptr), as_stream(stream), mode, beam,
+                                 reinterpret_cast<int64_t*>(error_ptr));
+    }
+
+    py::array_t<int64_t> tokenize_host(const py::array& features_in, const std::string& mode_name, int64_t beam) {
+        const vc::Mode mode = vc::parse_mode(mode_name);
+        engine_->check_options(mode, beam);
+        vc::Dtype dtype;
+        if (features_in.dtype().is(py::dtype::of<float>())) {
+            dtype = vc::Dtype::kFloat32;
+        } else if (features_in.dtype().is(py::dtype("float16"))) {
+            dtype = vc::Dtype::kFloat16;
+        } else {
+            throw std::invalid_argument("features must be float32 or float16, got dtype " + dtype_str(features_in));
+        }
+        if (features_in.ndim() != 2) {
+            throw std::invalid_argument("features must be a 2-D array (N, " + std::to_string(engine_->dim()) +
+                                        "), got shape " + shape_str(features_in));
+        }
+        if (features_in.shape(1) != engine_->dim()) {
+            throw std::invalid_argument("features must have shape (N, " + std::to_string(engine_->dim()) +
+                                        ") to match the codebook, got " + shape_str(features_in));
+        }
+        // A C-contiguous view or copy (same dtype): the staging copy reads rows back to back.
+        py::array features = py::module_::import("numpy").attr("ascontiguousarray")(features_in);
+        const int64_t n = features.shape(0);
+        py::array_t<int64_t> out(n);
+        const void* src = features.data();
+        int64_t* dst = out.mutable_data();
+        int64_t first_bad;
+        {
+            py::gil_scoped_release release;
+            first_bad = engine_->tokenize_host(src, dtype, n, dst, mode, beam);
+        }
+        if (first_bad >= 0) {
+            throw std::invalid_argument("features must be finite: row " + std::to_string(first_bad) +
+                                        " contains NaN or Inf (or its squared norm overflows float32, norm above "
+                                        "~1.8e19)");
+        }
+        return out;
+    }
+
+    vc::TokenizerEngine& engine() { return *engine_; }
+
+private:
+    std::unique_ptr<vc::TokenizerEngine> engine_;
+};
+
+// Makes `consumer` wait (on the device) for the work enqueued so far on `producer`.
+void stream_wait(std::uintptr_t consumer, std::uintptr_t producer, int device) {
+    if (consumer == producer) return;
+    py::gil_scoped_release release;
+    int previous = 0;
+    check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    cudaEvent_t ev = nullptr;
+    cudaError_t err = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventRecord(ev, as_stream(producer));
+    if (err == cudaSuccess) err = cudaStreamWaitEvent(as_stream(consumer), ev, 0);
+    if (ev != nullptr) cudaEventDestroy(ev);  // released once the event completes
+    cudaSetDevice(previous);
+    check_cuda(err, "stream_wait (cudaEventRecord/cudaStreamWaitEvent)");
+}
+
+// Synchronises `stream`, then reads one int64 from device memory (the error word of a call).
+int64_t read_int64(std::uintptr_t ptr, std::uintptr_t stream, int device) {
+    int64_t value = 0;
+    py::gil_scoped_release release;
+    int previous = 0;
+    check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    cudaError_t err = cudaStreamSynchronize(as_stream(stream));
+    if (err == cudaSuccess) err = cudaMemcpy(&value, reinterpret_cast<const void*>(ptr), sizeof(value),
+                                             cudaMemcpyDeviceToHost);
+    cudaSetDevice(previous);
+    check_cuda(err, "read_int64 (cudaStreamSynchronize/cudaMemcpy)");
+    return value;
+}
+
+// Device ordinal of a device pointer; raises ValueError for host memory.
+int pointer_device(std::uintptr_t ptr) {
+    cudaPointerAttributes attr;
+    const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        throw std::invalid_argument(std::string("pointer is not CUDA memory (cudaPointerGetAttributes: ") +
+                                    cudaGetErrorString(err) + ")");
+    }
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
+        throw std::invalid_argument("pointer is host memory, expected device (or managed) memory");
+    }
+    return attr.device;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels_cuda, m) {
+    m.doc() = "vbedge CUDA visual tokenizer (raw device pointers + the caller's stream)";
+
+    py::class_<PyCudaTokenizer>(m, "CudaTokenizer")
+        .def(py::init<const py::array&, int, int64_t, int>(), py::arg("centroids"), py::arg("levels"),
+             py::arg("branching"), py::arg("device") = 0,
+             "Upload a codebook ((M, D) float32, levels stored one after another) to `device`.")
+        .def("tokenize_ptr", &PyCudaTokenizer::tokenize_ptr, py::arg("features_ptr"), py::arg("n"), py::arg("dim"),
+             py::arg("dtype"), py::arg("row_stride"), py::arg("out_ptr"), py::arg("stream"), py::arg("mode"),
+             py::arg("beam"), py::arg("error_ptr") = 0,
+             "Asynchronous on `stream`: leaf ids of n rows at features_ptr (row_stride elements apart) into the "
+             "int64 device buffer out_ptr. Non-finite rows get -1 and their smallest index is atomically min-ed "
+             "into the int64 at error_ptr (caller initialises it to INT64_MAX), when error_ptr != 0.")
+        .def("tokenize_host", &PyCudaTokenizer::tokenize_host, py::arg("features"), py::arg("mode") = "tree",
+             py::arg("beam") = 1,
+             "Synchronous: host (N, D) float32/float16 array in, int64 leaf ids out; ValueError names the first "
+             "non-finite row.")
+        .def_property_readonly("levels", [](PyCudaTokenizer& t) { return t.engine().levels(); })
+        .def_property_readonly("branching", [](PyCudaTokenizer& t) { return t.engine().branching(); })
+        .def_property_readonly("dim", [](PyCudaTokenizer& t) { return t.engine().dim(); })
+        .def_property_readonly("num_leaves", [](PyCudaTokenizer& t) { return t.engine().num_leaves(); })
+        .def_property_readonly("device", [](PyCudaTokenizer& t) { return t.engine().device(); })
+        .def_property_readonly("max_centroid_norm2", [](PyCudaTokenizer& t) { return t.engine().max_centroid_norm2(); })
+        .def_property(
+            "sort_threshold", [](PyCudaTokenizer& t) { return t.engine().sort_threshold(); },
+            [](PyCudaTokenizer& t, int64_t v) { t.engine().set_sort_threshold(v); },
+            "Tree beam-1 batches of at least this many rows use the node-grouped (sorted) kernels.")
+        .def_property(
+            "_force_generic", [](PyCudaTokenizer& t) { return t.engine().force_generic(); },
+            [](PyCudaTokenizer& t, bool v) { t.engine().set_force_generic(v); },
+            "Testing aid: run every call through the generic beam/exact kernel.");
+
+    m.def("device_count", []() { return vc::device_count(); }, "Number of CUDA devices (0 without driver/device).");
+    m.def(
+        "probe",
+        []() {
+            std::string why;
+            const int count = vc::device_count(&why);
+            return std::make_pair(count, why);
+        },
+        "(device_count, reason): reason explains a count of 0.");
+    m.def("device_name", &vc::device_name, py::arg("device"));
+    m.def(
+        "compute_capability",
+        [](int device) {
+            int major = 0, minor = 0;
+            vc::compute_capability(device, &major, &minor);
+            return std::make_pair(major, minor);
+        },
+        py::arg("device"));
+    m.def("stream_wait", &stream_wait, py::arg("consumer"), py::arg("producer"), py::arg("device"),
+          "Make stream `consumer` wait on the device for the work enqueued so far on `producer`.");
+    m.def("read_int64", &read_int64, py::arg("ptr"), py::arg("stream"), py::arg("device"),
+          "Synchronise `stream`, then read one int64 from device memory.");
+    m.def("pointer_device", &pointer_device, py::arg("ptr"), "Device ordinal of a CUDA pointer.");
+}
