@@ -44,6 +44,16 @@ def _find_nvcc():
     return None
 
 
+def _cuda_home(nvcc):
+    """Toolkit root holding include/cuda_runtime_api.h (nvcc may be a wrapper script elsewhere)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for home in candidates:
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            return home
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
 def _nvcc_supported_archs(nvcc):
     try:
         out = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True, check=True).stdout
@@ -136,7 +146,7 @@ class BuildExtWithCuda(build_ext):
             _log(" ".join(cmd))
             subprocess.run(cmd, check=True)
             objects.append(obj)
-        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        cuda_home = _cuda_home(nvcc)
         lib_dirs = [os.path.join(cuda_home, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")]
         lib_dirs = [d for d in lib_dirs if os.path.isdir(d)]
         ext.sources = cpp_sources
