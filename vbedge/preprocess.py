@@ -165,7 +165,8 @@ def resample_indices(timestamps, fps) -> np.ndarray:
     targets = ts[0] + step * np.arange(count)
     right = np.clip(np.searchsorted(ts, targets, side="left"), 0, ts.size - 1)
     left = np.clip(right - 1, 0, ts.size - 1)
-    take_left = np.abs(targets - ts[left]) <= np.abs(ts[right] - targets)
+    # Ties go to the earlier frame; 1 ns of slack so float noise in the step cannot flip a tie.
+    take_left = np.abs(targets - ts[left]) <= np.abs(ts[right] - targets) + 1e-9
     return np.where(take_left, left, right).astype(np.int64)
 
 
