@@ -1,0 +1,149 @@
+"""ONNX Runtime backend: the default that runs everywhere (CPU), with CUDA/TensorRT execution providers
+when the installed onnxruntime build has them (``pip install onnxruntime-gpu``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import FormatError, InvalidInputError
+from .base import Backend, BackendUnavailableError, TensorSpec, validate_inputs
+
+log = logging.getLogger("vbedge")
+
+# ONNX Runtime type strings -> NumPy dtype names (what TensorSpec and validate_inputs use).
+_ORT_TO_NUMPY = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+# Provider lists per device, most preferred first. CPU always closes the list so that nodes an
+# accelerator does not implement still run (ONNX Runtime partitions the graph).
+DEVICE_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_HINT = {
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu (in place of onnxruntime; needs CUDA and cuDNN), "
+    "or on Jetson the onnxruntime-gpu wheel for your JetPack",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu and install TensorRT "
+    "(pip install 'vbedge[tensorrt]', or JetPack on Jetson)",
+}
+
+
+def _spec(node_arg):
+    dtype = _ORT_TO_NUMPY.get(node_arg.type)
+    if dtype is None:
+        raise FormatError(f"tensor {node_arg.name!r} has type {node_arg.type}, which vbedge backends do not support")
+    shape = []
+    for axis, dim in enumerate(node_arg.shape):
+        # ORT reports named dynamic dims as str and anonymous ones as None; TensorSpec wants a str.
+        shape.append(dim if isinstance(dim, (int, str)) else f"{node_arg.name}_dim{axis}")
+    return TensorSpec(node_arg.name, dtype, tuple(shape))
+
+
+def providers_for(device, available):
+    """Provider list for ``device`` ('cpu', 'cuda', 'tensorrt'); raise BackendUnavailableError when missing."""
+    if device not in DEVICE_PROVIDERS:
+        raise InvalidInputError(f"onnxruntime device must be one of {sorted(DEVICE_PROVIDERS)}, got {device!r}")
+    wanted = DEVICE_PROVIDERS[device]
+    missing = [p for p in wanted[:1] if p not in available]
+    if missing:
+        raise BackendUnavailableError(
+            f"onnxruntime device {device!r} needs {missing[0]}, which this onnxruntime build does not have "
+            f"(available: {', '.join(available)}); {_HINT.get(missing[0], '')}".rstrip("; ")
+        )
+    return [p for p in wanted if p in available]
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ONNX model with ONNX Runtime.
+
+    Args:
+        onnx_path: the ``.onnx`` file.
+        device: 'cpu' (default), 'cuda' or 'tensorrt' (ONNX Runtime's execution providers, which
+            need the onnxruntime-gpu build).
+        precision: what the ONNX file holds ('fp32', 'fp16', 'int8'); recorded for reports.
+            ONNX Runtime runs the graph as it is; pick the bundle's file of that precision.
+        intra_op_threads: threads for one operator (None: ONNX Runtime's default).
+        provider_options: optional dict provider name -> options dict (e.g. device_id).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path, device="cpu", precision="fp32", intra_op_threads=None, provider_options=None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailableError(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from exc
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise FormatError(f"ONNX model not found: {self.onnx_path}")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise InvalidInputError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
+        self.precision = precision
+        self.device = device
+        providers = providers_for(device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = int(intra_op_threads)
+        provider_options = provider_options or {}
+        unknown = sorted(set(provider_options) - set(providers))
+        if unknown:
+            raise InvalidInputError(f"provider_options for {unknown}, which are not in use (in use: {providers})")
+        try:
+            self._session = ort.InferenceSession(
+                str(self.onnx_path),
+                sess_options=options,
+                providers=providers,
+                provider_options=[provider_options.get(p, {}) for p in providers],
+            )
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise FormatError(f"onnxruntime cannot load {self.onnx_path}: {exc}") from exc
+        used = self._session.get_providers()
+        if providers[0] not in used:
+            # ORT falls back to CPU silently when an accelerator's libraries fail to load; we do not.
+            raise BackendUnavailableError(
+                f"onnxruntime could not enable {providers[0]} for {self.onnx_path.name} (using {used}); "
+                f"check the CUDA/cuDNN/TensorRT libraries; {_HINT.get(providers[0], '')}".rstrip("; ")
+            )
+        self.providers = used
+        self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
+        self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
+        log.info("onnxruntime backend: %s on %s", self.onnx_path.name, ", ".join(used))
+
+    @property
+    def inputs(self):
+        return list(self._inputs)
+
+    @property
+    def outputs(self):
+        return list(self._outputs)
+
+    def run(self, inputs):
+        """Validate ``inputs`` against the model's specs, run, and return dict output name -> array."""
+        if self._session is None:
+            raise InvalidInputError(f"{self.onnx_path.name}: backend is closed")
+        feeds = validate_inputs(self._inputs, inputs, model=self.onnx_path.name)
+        names = [spec.name for spec in self._outputs]
+        try:
+            values = self._session.run(names, feeds)
+        except Exception as exc:  # ORT's runtime errors (shape mismatch inside the graph, ...)
+            shapes = {name: tuple(a.shape) for name, a in feeds.items()}
+            raise InvalidInputError(f"onnxruntime failed on {self.onnx_path.name} with input shapes {shapes}: {exc}") from exc
+        return dict(zip(names, values))
+
+    def close(self):
+        self._session = None
