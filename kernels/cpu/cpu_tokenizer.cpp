@@ -185,6 +185,20 @@ CpuTokenizerCore::CpuTokenizerCore(const float* centroids, int64_t num_rows, int
         norms2_[r] = static_cast<float>(n2);
         c_max_ = std::max(c_max_, n2);
     }
+    // Covering radius of each parent of the leaves (exact mode's pruning bound), in float64 and
+    // rounded up by a relative 1e-9, far above the error of the float64 sum and sqrt.
+    if (levels >= 2) {
+        const int64_t num_parents = num_leaves_ / branching;
+        const float* parents = centroids_.data() + level_offsets_[levels - 2] * dim;
+        const float* leaves = centroids_.data() + level_offsets_[levels - 1] * dim;
+        parent_radius_.assign(num_parents, 0.0);
+        for (int64_t p = 0; p < num_parents; ++p) {
+            double r2 = 0.0;
+            for (int64_t j = 0; j < branching; ++j)
+                r2 = std::max(r2, canon_distance(parents + p * dim, leaves + (p * branching + j) * dim, dim));
+            parent_radius_[p] = std::sqrt(r2) * (1.0 + 1e-9);
+        }
+    }
 }
 
 const char* CpuTokenizerCore::simd_path() { return cpu::dot_kernels().name; }
@@ -282,7 +296,9 @@ void CpuTokenizerCore::tree_beam1(const Ctx& ctx) const {
             std::vector<float> dots(3 * k);
             std::vector<double> fast(k);
             float d12[12];
-#pragma omp for schedule(static)
+            // Dynamic chunks of consecutive groups keep the cache locality of the sorted order and
+            // still balance the threads when a core is shared with other processes.
+#pragma omp for schedule(dynamic, 32)
             for (int64_t g = 0; g < num_groups; ++g) {
                 const int64_t p0 = groups[g];
                 const int64_t len = groups[g + 1] - p0;
@@ -425,123 +441,234 @@ void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
     }
 }
 
+namespace {
+
+// Per-feature state of an exact search: the running minimum of the screening value (shifted by
+// -|x|^2: |c|^2 - 2 x.c) and every leaf that was within the tolerance of the minimum when seen.
+struct ExactState {
+    double best;
+    double tol;
+    double norm2;
+    bool finite;
+    std::vector<std::pair<int64_t, double>> window;
+
+    void reset(double n2, double t) {
+        best = kInf;
+        tol = t;
+        norm2 = n2;
+        finite = true;
+        window.clear();
+    }
+
+    void offer(int64_t leaf, double f) {
+        if (!std::isfinite(f)) {
+            finite = false;  // float32 overflow on an extreme input: rank every leaf canonically
+            return;
+        }
+        if (f > best + tol) return;
+        if (f < best) best = f;
+        window.emplace_back(leaf, f);
+        if (window.size() > 256) {  // keep the list short when the minimum moved a lot
+            const double lim = best + tol;
+            auto it = std::remove_if(window.begin(), window.end(),
+                                     [lim](const std::pair<int64_t, double>& e) { return e.second > lim; });
+            window.erase(it, window.end());
+        }
+    }
+
+    // The best leaf by (canon, index) among the final window.
+    int64_t finish(const float* x, const float* leaves, int64_t num_leaves, int64_t dim) const {
+        int64_t best_leaf = -1;
+        double best_canon = kInf;
+        auto consider = [&](int64_t leaf) {
+            const double c = canon_distance(x, leaves + leaf * dim, dim);
+            if (best_leaf < 0 || c < best_canon || (c == best_canon && leaf < best_leaf)) {
+                best_canon = c;
+                best_leaf = leaf;
+            }
+        };
+        if (!finite) {
+            for (int64_t leaf = 0; leaf < num_leaves; ++leaf) consider(leaf);
+            return best_leaf;
+        }
+        const double lim = best + tol;
+        int64_t in_window = 0;
+        for (const auto& e : window) {
+            if (e.second <= lim) {
+                ++in_window;
+                best_leaf = e.first;
+            }
+        }
+        if (in_window <= 1) return best_leaf;
+        best_leaf = -1;
+        for (const auto& e : window)
+            if (e.second <= lim) consider(e.first);
+        return best_leaf;
+    }
+};
+
+// Offers `m` contiguous feature rows X against `count` contiguous centroid rows (ids id0..),
+// in 3 x 4 register tiles: each centroid block read from memory feeds a whole tile of features.
+void scan_block(const cpu::DotKernels& kern, const float* const* xs, int64_t m, const float* rows,
+                const float* row_norms, int64_t id0, int64_t count, int64_t dim, ExactState* st) {
+    float d12[12];
+    const int64_t m3 = m / 3 * 3;
+    const int64_t c4 = count / 4 * 4;
+    for (int64_t l = 0; l < c4; l += 4) {
+        const float* cb = rows + l * dim;
+        for (int64_t r = 0; r < m3; r += 3) {
+            kern.dot_3x4(xs[r], xs[r + 1], xs[r + 2], cb, dim, d12);
+            for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < 4; ++b)
+                    st[r + a].offer(id0 + l + b, static_cast<double>(row_norms[l + b]) - 2.0 * d12[a * 4 + b]);
+        }
+        for (int64_t r = m3; r < m; ++r) {
+            kern.dot_rows(xs[r], cb, 4, dim, d12);
+            for (int b = 0; b < 4; ++b) st[r].offer(id0 + l + b, static_cast<double>(row_norms[l + b]) - 2.0 * d12[b]);
+        }
+    }
+    if (c4 < count) {
+        for (int64_t r = 0; r < m; ++r) {
+            kern.dot_rows(xs[r], rows + c4 * dim, count - c4, dim, d12);
+            for (int64_t b = 0; b < count - c4; ++b)
+                st[r].offer(id0 + c4 + b, static_cast<double>(row_norms[c4 + b]) - 2.0 * d12[b]);
+        }
+    }
+}
+
+}  // namespace
+
 void CpuTokenizerCore::exact(const Ctx& ctx) const {
-    const int64_t n = ctx.n, dim = dim_, num_leaves = num_leaves_;
+    const int64_t n = ctx.n, dim = dim_, k = branching_, num_leaves = num_leaves_;
     const float* C = centroids_.data();
-    const float* leaves = C + level_offsets_[levels_ - 1] * dim;
-    const float* leaf_norms = norms2_.data() + level_offsets_[levels_ - 1];
+    const int64_t leaf_off = level_offsets_[levels_ - 1];
+    const float* leaves = C + leaf_off * dim;
+    const float* leaf_norms = norms2_.data() + leaf_off;
     const double tol_scale = tolerance_scale(dim);
     const cpu::DotKernels& kern = cpu::dot_kernels();
     std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
 
-    // A tile of features stays in L2 (96 x 4 KB for D = 1024) while every leaf streams past it once.
-    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(96, (int64_t(384) * 1024 / 4) / dim / 3 * 3));
-    const int64_t num_tiles = (n + tile - 1) / tile;
+    // Pruning with the parents of the leaves (level L-2): a leaf c under parent p satisfies
+    // |x - c| >= |x - p| - r_p (r_p: covering radius of p's leaves), so a parent whose lower bound
+    // exceeds the best screening value found so far plus 2 tol cannot hold a leaf of the final
+    // window (docs/tokenizer.md) and is skipped. Features for which the bound prunes little
+    // (unclustered data) take the dense tiled scan over every leaf instead.
+    const bool prune = levels_ >= 2 && !parent_radius_.empty();
+    const int64_t num_parents = prune ? num_leaves / k : 0;
+    const int64_t parent_off = prune ? level_offsets_[levels_ - 2] : 0;
+    const float* parents = C + parent_off * dim;
+    const float* parent_norms = norms2_.data() + parent_off;
 
-    struct State {
-        double best;             // smallest screening value so far
-        double tol;              // tolerance of this feature
-        bool finite;             // false once a screening value overflowed: rank everything canonically
-        std::vector<std::pair<int64_t, double>> window;  // (leaf, fast) that were within best + tol
-    };
+    // A tile of features stays in L2 while centroid blocks stream past it once.
+    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(48, (int64_t(192) * 1024 / 4) / dim / 3 * 3));
+    const int64_t num_tiles = (n + tile - 1) / tile;
 
 #pragma omp parallel num_threads(ctx.threads)
     {
         std::vector<float> tile_buf(ctx.dtype == FeatureDType::kFloat16 ? tile * dim : 0);
-        std::vector<State> st(tile);
-        float d12[12];
-        auto offer = [&](State& s, int64_t leaf, float dot) {
-            const double f = static_cast<double>(leaf_norms[leaf]) - 2.0 * static_cast<double>(dot);
-            if (!std::isfinite(f)) {
-                s.finite = false;
-                return;
-            }
-            if (f <= s.best + s.tol) {
-                if (f < s.best) s.best = f;
-                s.window.emplace_back(leaf, f);
-                // Keep the list short when the running minimum moved a lot.
-                if (s.window.size() > 256) {
-                    const double lim = s.best + s.tol;
-                    auto it = std::remove_if(s.window.begin(), s.window.end(),
-                                             [lim](const std::pair<int64_t, double>& e) { return e.second > lim; });
-                    s.window.erase(it, s.window.end());
-                }
-            }
-        };
+        std::vector<ExactState> st(tile), pst(tile), dense_st(tile);
+        std::vector<const float*> xs(tile), dense_xs(tile);
+        std::vector<int64_t> dense_rows(tile);
+        std::vector<float> dots(k);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < num_tiles; ++t) {
             const int64_t i0 = t * tile;
             const int64_t m = std::min(tile, n - i0);
-            const float* X;
-            if (ctx.dtype == FeatureDType::kFloat32) {
-                X = static_cast<const float*>(ctx.features) + i0 * dim;
-            } else {
-                for (int64_t r = 0; r < m; ++r) ctx.row(i0 + r, dim, tile_buf.data() + r * dim);
-                X = tile_buf.data();
-            }
             bool tile_ok = true;
             for (int64_t r = 0; r < m; ++r) {
-                const double n2 = norm2_f64(X + r * dim, dim);
+                xs[r] = ctx.row(i0 + r, dim, tile_buf.data() + r * dim);
+                const double n2 = norm2_f64(xs[r], dim);
                 if (!row_is_valid(n2)) {
                     record_bad_row(first_bad, i0 + r);
                     tile_ok = false;
                 }
-                st[r].best = kInf;
-                st[r].tol = tol_scale * (n2 + c_max_);
-                st[r].finite = true;
-                st[r].window.clear();
+                st[r].reset(n2, tol_scale * (n2 + c_max_));
             }
             if (!tile_ok) continue;
-            const int64_t m3 = m / 3 * 3;
-            const int64_t l4 = num_leaves / 4 * 4;
-            for (int64_t l = 0; l < l4; l += 4) {
-                const float* cb = leaves + l * dim;
-                for (int64_t r = 0; r < m3; r += 3) {
-                    kern.dot_3x4(X + r * dim, X + (r + 1) * dim, X + (r + 2) * dim, cb, dim, d12);
-                    for (int a = 0; a < 3; ++a)
-                        for (int b = 0; b < 4; ++b) offer(st[r + a], l + b, d12[a * 4 + b]);
+            int64_t num_dense = 0;
+            if (!prune) {
+                for (int64_t r = 0; r < m; ++r) dense_rows[num_dense++] = r;
+            } else {
+                // Screening values of every parent, kept as a window state too so that the best
+                // parent is known; then each feature descends into the parents it cannot exclude.
+                for (int64_t r = 0; r < m; ++r) pst[r].reset(st[r].norm2, kInf);
+                std::vector<float> pf(static_cast<size_t>(m) * num_parents);
+                {
+                    // Dense parent pass, storing every value (tol = inf keeps all in the window).
+                    float d12[12];
+                    const int64_t m3 = m / 3 * 3, p4 = num_parents / 4 * 4;
+                    for (int64_t p = 0; p < p4; p += 4) {
+                        for (int64_t r = 0; r < m3; r += 3) {
+                            kern.dot_3x4(xs[r], xs[r + 1], xs[r + 2], parents + p * dim, dim, d12);
+                            for (int a = 0; a < 3; ++a)
+                                for (int b = 0; b < 4; ++b) pf[(r + a) * num_parents + p + b] = d12[a * 4 + b];
+                        }
+                        for (int64_t r = m3; r < m; ++r) {
+                            kern.dot_rows(xs[r], parents + p * dim, 4, dim, d12);
+                            for (int b = 0; b < 4; ++b) pf[r * num_parents + p + b] = d12[b];
+                        }
+                    }
+                    for (int64_t r = 0; r < m; ++r)
+                        if (p4 < num_parents)
+                            kern.dot_rows(xs[r], parents + p4 * dim, num_parents - p4, dim,
+                                          pf.data() + r * num_parents + p4);
                 }
-                for (int64_t r = m3; r < m; ++r) {
-                    kern.dot_rows(X + r * dim, cb, 4, dim, d12);
-                    for (int b = 0; b < 4; ++b) offer(st[r], l + b, d12[b]);
-                }
-            }
-            if (l4 < num_leaves) {
                 for (int64_t r = 0; r < m; ++r) {
-                    kern.dot_rows(X + r * dim, leaves + l4 * dim, num_leaves - l4, dim, d12);
-                    for (int64_t b = 0; b < num_leaves - l4; ++b) offer(st[r], l4 + b, d12[b]);
+                    ExactState& s = st[r];
+                    const float* pfr = pf.data() + r * num_parents;
+                    // Full screening value of each parent (|x|^2 + |p|^2 - 2 x.p) and a rigorous
+                    // lower bound of the squared distance of any of its leaves.
+                    int64_t best_p = 0;
+                    double best_pf = kInf;
+                    bool finite = true;
+                    for (int64_t p = 0; p < num_parents; ++p) {
+                        const double f = s.norm2 + static_cast<double>(parent_norms[p]) - 2.0 * pfr[p];
+                        finite = finite && std::isfinite(f);
+                        if (f < best_pf) best_pf = f, best_p = p;
+                    }
+                    if (!finite) {
+                        dense_rows[num_dense++] = r;
+                        continue;
+                    }
+                    auto lower_bound = [&](int64_t p) {
+                        const double f = s.norm2 + static_cast<double>(parent_norms[p]) - 2.0 * pfr[p];
+                        // |x-p|^2 >= f - tol/2 (screening error bound); shrink a little more for the
+                        // roundings of sqrt and of this bound itself.
+                        const double dp = std::sqrt(std::max(0.0, f - 0.5 * s.tol)) * (1.0 - 1e-9);
+                        const double gap = dp - parent_radius_[p];
+                        return gap > 0 ? gap * gap * (1.0 - 1e-9) : 0.0;
+                    };
+                    auto visit = [&](int64_t p) {
+                        kern.dot_rows(xs[r], leaves + p * k * dim, k, dim, dots.data());
+                        for (int64_t j = 0; j < k; ++j)
+                            s.offer(p * k + j, static_cast<double>(leaf_norms[p * k + j]) - 2.0 * dots[j]);
+                    };
+                    visit(best_p);
+                    // limit is in full (unshifted) units: s.best is shifted by -|x|^2.
+                    auto limit = [&]() { return s.norm2 + s.best + 2.0 * s.tol; };
+                    int64_t survivors = 0;
+                    for (int64_t p = 0; p < num_parents; ++p) survivors += lower_bound(p) <= limit();
+                    if (!s.finite || survivors * 4 > num_parents) {
+                        // Pruning would not pay: scan densely (the state restarts from scratch).
+                        dense_rows[num_dense++] = r;
+                        continue;
+                    }
+                    for (int64_t p = 0; p < num_parents; ++p) {
+                        if (p == best_p || lower_bound(p) > limit()) continue;
+                        visit(p);
+                    }
+                    ctx.out[i0 + r] = s.finish(xs[r], leaves, num_leaves, dim);
                 }
             }
-            for (int64_t r = 0; r < m; ++r) {
-                State& s = st[r];
-                const float* x = X + r * dim;
-                int64_t best = -1;
-                double best_canon = kInf;
-                if (!s.finite) {
-                    for (int64_t leaf = 0; leaf < num_leaves; ++leaf) {
-                        const double c = canon_distance(x, leaves + leaf * dim, dim);
-                        if (best < 0 || c < best_canon) best_canon = c, best = leaf;
-                    }
-                } else {
-                    // The window list is in ascending leaf order; the final limit is the smallest.
-                    const double lim = s.best + s.tol;
-                    int64_t in_window = 0;
-                    for (const auto& e : s.window) {
-                        if (e.second <= lim) {
-                            ++in_window;
-                            best = e.first;
-                        }
-                    }
-                    if (in_window > 1) {
-                        best = -1;
-                        for (const auto& e : s.window) {
-                            if (e.second > lim) continue;
-                            const double c = canon_distance(x, leaves + e.first * dim, dim);
-                            if (best < 0 || c < best_canon) best_canon = c, best = e.first;
-                        }
-                    }
+            if (num_dense > 0) {
+                for (int64_t a = 0; a < num_dense; ++a) {
+                    const int64_t r = dense_rows[a];
+                    dense_xs[a] = xs[r];
+                    dense_st[a].reset(st[r].norm2, st[r].tol);
                 }
-                ctx.out[i0 + r] = best;
+                scan_block(kern, dense_xs.data(), num_dense, leaves, leaf_norms, 0, num_leaves, dim, dense_st.data());
+                for (int64_t a = 0; a < num_dense; ++a)
+                    ctx.out[i0 + dense_rows[a]] = dense_st[a].finish(dense_xs[a], leaves, num_leaves, dim);
             }
         }
     }

@@ -55,6 +55,7 @@ private:
     std::vector<float> centroids_;  // own copy, row-major (num_rows_, dim_)
     std::vector<float> norms2_;     // float32 squared norm of each row (for screening)
     double c_max_ = 0.0;            // max squared norm in float64 (for the tolerance)
+    std::vector<double> parent_radius_;  // per parent of the leaves: max distance to its leaves
 };
 
 }  // namespace vbedge
