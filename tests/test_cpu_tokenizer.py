@@ -342,3 +342,53 @@ def test_non_finite_and_overflowing_rows_are_named(small, mode, beam, dtype):
         x[41] = 1e20  # finite, but |x|^2 = 6e40 overflows float32
         with pytest.raises(ValueError, match="row 41.*overflows float32"):
             tok.tokenize(x, mode, beam)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact mode prunes parents of leaves with a covering-radius bound; these cases sit on its edges.
+
+
+def test_exact_pruning_ties_across_parents():
+    """Strongly clustered tree (pruning skips almost every parent) with ties between leaves of
+    different parents: duplicated leaves and midpoints. The lower leaf id must still win."""
+    rng = np.random.default_rng(21)
+    levels, branching, dim = 3, 6, 32
+    c = tree_centroids(rng, levels, branching, dim, spread=0.05).astype(np.float64)
+    lo, hi = leaf_rows(levels, branching)
+    # Leaf 200 (parent 33) duplicated as leaf 7 (parent 1) and leaf 150 (parent 25).
+    c[lo + 7] = c[lo + 200]
+    c[lo + 150] = c[lo + 200]
+    c = np.ascontiguousarray(c.astype(np.float32))
+    leaves = c[lo:hi]
+    a = rng.integers(0, hi - lo, 150)
+    b = rng.integers(0, hi - lo, 150)
+    # Midpoints of leaves with integer-ish coordinates would tie exactly; here use the duplicated
+    # leaf itself plus noise-free copies, and midpoints (near-ties across parents).
+    x = np.concatenate(
+        [
+            np.repeat(leaves[200:201], 5, axis=0),
+            ((leaves[a].astype(np.float64) + leaves[b]) / 2).astype(np.float32),
+            features_near_leaves(rng, c, levels, branching, 100, 1e-3),
+        ]
+    )
+    x = np.ascontiguousarray(x)
+    check_all(c, levels, branching, x, [("exact", 1), ("tree", 1), ("tree", 36)])
+    tok = _kernels.CpuTokenizer(c, levels, branching)
+    assert tok.tokenize(x[:5], "exact", 1).tolist() == [7] * 5
+
+
+def test_exact_pruning_exact_ties_on_integer_tree():
+    """Integer coordinates: exact canonical ties between leaves under different parents."""
+    rng = np.random.default_rng(22)
+    levels, branching, dim = 3, 4, 6
+    parts, parent = [], np.zeros((1, dim))
+    for step in (8, 2, 1):
+        base = np.repeat(parent, branching, axis=0)
+        parent = base + rng.integers(-step, step + 1, size=base.shape)
+        parts.append(parent)
+    c = np.ascontiguousarray(np.concatenate(parts).astype(np.float32))
+    lo, hi = leaf_rows(levels, branching)
+    a = c[rng.integers(lo, hi, 300)]
+    b = c[rng.integers(lo, hi, 300)]
+    x = np.ascontiguousarray(np.concatenate([(a + b) / 2, a, np.round(a + rng.normal(0, 1, a.shape))]).astype(np.float32))
+    check_all(c, levels, branching, x, cases_for(levels, branching))

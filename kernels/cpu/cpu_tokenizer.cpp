@@ -566,7 +566,7 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
 #pragma omp parallel num_threads(ctx.threads)
     {
         std::vector<float> tile_buf(ctx.dtype == FeatureDType::kFloat16 ? tile * dim : 0);
-        std::vector<ExactState> st(tile), pst(tile), dense_st(tile);
+        std::vector<ExactState> st(tile), dense_st(tile);
         std::vector<const float*> xs(tile), dense_xs(tile);
         std::vector<int64_t> dense_rows(tile);
         std::vector<float> dots(k);
@@ -589,12 +589,10 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
             if (!prune) {
                 for (int64_t r = 0; r < m; ++r) dense_rows[num_dense++] = r;
             } else {
-                // Screening values of every parent, kept as a window state too so that the best
-                // parent is known; then each feature descends into the parents it cannot exclude.
-                for (int64_t r = 0; r < m; ++r) pst[r].reset(st[r].norm2, kInf);
+                // Dot products with every parent (tiled like the dense scan); then each feature
+                // descends into the parents it cannot exclude, its best parent first.
                 std::vector<float> pf(static_cast<size_t>(m) * num_parents);
                 {
-                    // Dense parent pass, storing every value (tol = inf keeps all in the window).
                     float d12[12];
                     const int64_t m3 = m / 3 * 3, p4 = num_parents / 4 * 4;
                     for (int64_t p = 0; p < p4; p += 4) {
