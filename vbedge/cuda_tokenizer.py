@@ -228,19 +228,25 @@ class CudaTokenizer:
         else:
             raise InvalidInputError(f"stream must be None, an int cudaStream_t or a torch.cuda.Stream, got {stream!r}")
         stream_ptr = tstream.cuda_stream
+        on_current = stream_ptr == current.cuda_stream
         if out is None:
-            with torch.cuda.stream(tstream):  # allocate on the stream that will use it
+            # Allocate on the stream that will use it (the stream context costs microseconds,
+            # which matter for N = 1, so it is entered only when needed).
+            if on_current:
                 out = torch.empty(n, dtype=torch.int64, device=x.device)
+            else:
+                with torch.cuda.stream(tstream):
+                    out = torch.empty(n, dtype=torch.int64, device=x.device)
         else:
             self._check_out_torch(out, n, x.device)
-        if stream_ptr != current.cuda_stream:
+        if not on_current:
             # The caching allocator must not hand x's memory to someone else before our kernels ran.
             x.record_stream(tstream)
         if n == 0:
             return out
         error_ptr = 0
         if check_finite:
-            with torch.cuda.stream(tstream):
+            with torch.cuda.stream(tstream):  # the fill kernel must precede ours on that stream
                 err = torch.full((1,), _INT64_MAX, dtype=torch.int64, device=x.device)
             error_ptr = err.data_ptr()
         self._run(x.data_ptr(), n, dtype, row_stride, out.data_ptr(), stream_ptr, mode, beam, error_ptr)
