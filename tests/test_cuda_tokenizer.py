@@ -394,3 +394,86 @@ def test_cupy_inputs():
         tok.tokenize(bad)
     with pytest.raises(InvalidInputError, match="float32"):
         tok.tokenize(xc.astype(cupy.float64))
+
+
+# ---------------------------------------------------------------------------------- Python layer, no GPU
+class _FakeCudaArray:
+    """A device array as another framework (Numba...) would expose it, for the wrapper logic."""
+
+    def __init__(self, shape, typestr, strides=None, ptr=0x7F0000000000, stream=None):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "strides": strides,
+                                         "data": (ptr, False), "version": 3}
+        if stream is not None:
+            self.__cuda_array_interface__["stream"] = stream
+
+
+class _FakeImpl:
+    levels, branching, dim, num_leaves, device = 2, 4, 8, 16, 0
+
+    def __init__(self):
+        self.calls = []
+
+    def tokenize_ptr(self, *args):
+        self.calls.append(args)
+
+
+class _FakeExt:
+    def __init__(self):
+        self.waits = []
+
+    def pointer_device(self, ptr):
+        return 0
+
+    def stream_wait(self, consumer, producer, device):
+        self.waits.append((consumer, producer))
+
+    def read_int64(self, ptr, stream, device):
+        return 2**63 - 1
+
+
+def _fake_tokenizer():
+    tok = CudaTokenizer.__new__(CudaTokenizer)
+    tok._impl, tok._ext = _FakeImpl(), _FakeExt()
+    return tok
+
+
+def test_wrapper_passes_pointer_stride_dtype_and_stream():
+    tok = _fake_tokenizer()
+    out = _FakeCudaArray((5,), "<i8", ptr=0x7F0000100000)
+    # float16 rows 24 elements (48 bytes) apart, on stream 1234, produced on stream 99
+    x = _FakeCudaArray((5, 8), "<f2", strides=(48, 2), stream=99)
+    assert tok.tokenize(x, stream=1234, check_finite=False, out=out) is out
+    assert tok._impl.calls == [(0x7F0000000000, 5, 8, "float16", 24, 0x7F0000100000, 1234, "tree", 1, 0)]
+    assert tok._ext.waits == [(1234, 99)]
+    tok.tokenize(_FakeCudaArray((5, 8), "<f4"), mode="exact", check_finite=False, out=out)
+    assert tok._impl.calls[-1][3:] == ("float32", 8, 0x7F0000100000, 0, "exact", 1, 0)
+
+
+def test_wrapper_rejects_bad_device_arrays():
+    tok = _fake_tokenizer()
+    out = _FakeCudaArray((5,), "<i8")
+    cases = [
+        (_FakeCudaArray((5, 8), "<f8"), "float32"),
+        (_FakeCudaArray((5,), "<f4"), "2-D"),
+        (_FakeCudaArray((5, 9), "<f4"), r"\(N, 8\)"),
+        (_FakeCudaArray((5, 8), "<f4", strides=(4, 20)), "unit element stride"),
+        (_FakeCudaArray((5, 8), "<f4", strides=(16, 4)), "row stride"),
+    ]
+    for arr, message in cases:
+        with pytest.raises(InvalidInputError, match=message):
+            tok.tokenize(arr, check_finite=False, out=out)
+    with pytest.raises(InvalidInputError, match="out must be"):
+        tok.tokenize(_FakeCudaArray((5, 8), "<f4"), check_finite=False, out=_FakeCudaArray((4,), "<i8"))
+    with pytest.raises(InvalidInputError, match="stream"):
+        tok.tokenize(np.zeros((5, 8), np.float32), stream=3)
+    with pytest.raises(InvalidInputError, match="beam"):
+        tok.tokenize(_FakeCudaArray((5, 8), "<f4"), beam=0, out=out)
+    with pytest.raises(InvalidInputError, match="NumPy array or a CUDA array"):
+        tok.tokenize([[0.0] * 8])
+
+
+def test_wrapper_rejects_cpu_torch_tensor():
+    torch = pytest.importorskip("torch")
+    tok = _fake_tokenizer()
+    with pytest.raises(InvalidInputError, match="expected a CUDA tensor"):
+        tok.tokenize(torch.zeros((5, 8)))
