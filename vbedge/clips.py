@@ -36,6 +36,9 @@ __all__ = ["Clip", "ClipAssembler", "ClipStats", "assemble_clips"]
 # Same tolerance as resample_indices: keeps the last target when a span is an exact multiple
 # of the step despite floating-point error.
 _EPS = 1e-9
+# Same slack as resample_indices on ties (1 ns), so float noise in the step cannot flip a tie
+# that is exact in decimal (10 fps in, 20 fps out); tests compare against resample_indices.
+_TIE_SLACK = 1e-9
 
 
 @dataclass
@@ -214,7 +217,7 @@ class ClipAssembler:
             target = self._target_time(self._next_target)
             if target > ts:
                 break
-            if target - last_ts <= ts - target:
+            if target - last_ts <= ts - target + _TIE_SLACK:
                 picked = _Picked(last_image, target, last_index, last_ts)
             else:
                 picked = _Picked(image, target, src_index, ts)
