@@ -481,6 +481,7 @@ generic_kernel(DevCodebook cb, const T* feats, long long n, long long stride, in
                 const long long node = static_cast<long long>(cur[c / fan]) * fan + c % fan;
                 const float4* c4 = reinterpret_cast<const float4*>(level_rows + node * Dp);
                 float acc = 0.f;
+#pragma unroll 8
                 for (int d4 = lane; d4 < Dp4; d4 += kWarp) acc = sq_dist4(xs4[d4], __ldg(c4 + d4), acc);
                 acc = warp_sum(acc);
                 if (lane == 0) fast[c] = acc;
