@@ -603,9 +603,9 @@ class DeviceArray:
 
     @property
     def __cuda_array_interface__(self):
-        # CAI v3: stream 0 would mean "legacy default stream"; None means "no sync needed".
+        # CAI v3 forbids stream 0; the legacy default stream (handle 0) is spelled 1 there.
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
-                "strides": None, "stream": self.stream or None}
+                "strides": None, "stream": self.stream if self.stream else 1}
 
     def __repr__(self):
         return f"DeviceArray(ptr=0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype.name})"
