@@ -768,7 +768,7 @@ class _LiveCaptureSource(_LiveSource):
             return None, f"{type(exc).__name__}: {exc}"
         if capture is None or not capture.isOpened():
             _release(capture)
-            return None, "the capture did not open (unreachable, refused or no such device)"
+            return None, "the capture did not open: unreachable, refused or no such device"
         return capture, None
 
     def _timestamp(self, capture, connection):
