@@ -28,6 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -279,9 +282,6 @@ def export_videobert(videobert, out_dir, *, top_k: int = DEFAULT_TOP_K, opset: i
     returns the metadata dict. With ``check`` (the default) each graph is compared with PyTorch on
     random inputs and passed through the TensorRT-readiness check; a failure raises.
     """
-    from vbedge.export.fp16 import convert_to_fp16
-    from vbedge.export.readiness import require_tensorrt_ready
-
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
     vocab = videobert.vocab
@@ -298,6 +298,22 @@ def export_videobert(videobert, out_dir, *, top_k: int = DEFAULT_TOP_K, opset: i
     bar = _Progress(steps, enabled=progress)
 
     model = _prepare_for_export(videobert.model)
+    # Files are written under a staging folder and moved to their final names only after every
+    # check passed: a failed export never leaves a videobert.onnx that looks valid.
+    staging = Path(tempfile.mkdtemp(prefix=".videobert-export-", dir=out_dir))
+    try:
+        meta = _export_staged(videobert, model, vocab, top_k, opset, fp16, check, bar, staging)
+        for name in [f["path"] for f in meta["files"].values()] + ["videobert.json"]:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def _export_staged(videobert, model, vocab, top_k, opset, fp16, check, bar, out_dir):
+    from vbedge.export.fp16 import convert_to_fp16
+    from vbedge.export.readiness import require_tensorrt_ready
+
     module = _edge_module(model, vocab, top_k)
     fp32_path, fp16_path = out_dir / "videobert.onnx", out_dir / "videobert.fp16.onnx"
     dynamic_axes = {"input_ids": [0, 1], "attention_mask": [0, 1], "token_type_ids": [0, 1],

@@ -215,3 +215,13 @@ def test_cli_export_from_saved_folder(exported, codebook, tmp_path, capsys):
 def test_missing_checkpoint_is_a_format_error(codebook, tmp_path):
     with pytest.raises(FormatError):
         VideoBert.load(tmp_path / "missing", codebook=codebook)
+
+
+def test_failed_check_leaves_no_files(exported, tmp_path, monkeypatch):
+    import vbedge.export.videobert as mod
+
+    vb, _, _ = exported
+    monkeypatch.setattr(mod, "FP32_TOLERANCES", dict(FP32_TOLERANCES, max_score_abs=-1.0))  # impossible
+    with pytest.raises(ExportCheckError, match="max score error"):
+        export_videobert(vb, tmp_path / "out", top_k=K, fp16=False, progress=False)
+    assert os.listdir(tmp_path / "out") == []
