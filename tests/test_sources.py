@@ -663,3 +663,15 @@ def test_http_url_read_offline_is_a_file(videos, tmp_path):
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+def test_importing_sources_and_clips_does_not_import_opencv():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json, vbedge.sources, vbedge.clips\n"
+            "print(json.dumps('cv2' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) is False
