@@ -293,7 +293,9 @@ def format_summary(result):
     meta = result.metadata
     lines = ["vbedge export s3d: wrote"]
     for path in result.files:
-        lines.append(f"  {path}  ({path.stat().st_size / 1e6:.1f} MB)")
+        size = path.stat().st_size
+        lines.append(f"  {path}  ({size / 1e6:.1f} MB)" if size >= 100_000
+                     else f"  {path}  ({size / 1e3:.1f} kB)")
     checks = meta["checks"]
     for precision in ("fp32", "fp16"):
         for item in checks.get(precision) or []:
