@@ -86,6 +86,11 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--ref-n", type=int, default=None, help="features for the NumPy reference (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", choices=("clustered", "random"), default="clustered",
+                    help="clustered: leaves plus noise (default); random: i.i.d. Gaussian features, the "
+                    "worst case for exact mode's pruning")
+    ap.add_argument("--noise", type=float, default=1.0,
+                    help="clustered data: feature noise in units of the leaf-level noise (default 1)")
     args = ap.parse_args(argv)
     n = 2_000 if args.quick and args.n == 20_000 else args.n
     repeat = 1 if args.quick else 3
@@ -104,8 +109,12 @@ def main(argv=None):
     centroids, leaf_noise = synthetic_tree(rng, levels, branching, dim)
     leaf_lo = num_centroids(levels - 1, branching)
     leaves = np.ascontiguousarray(centroids[leaf_lo:])
-    pick = rng.integers(0, leaves.shape[0], size=n)
-    features = leaves[pick] + rng.standard_normal((n, dim), dtype=np.float32) * np.float32(leaf_noise)
+    if args.data == "clustered":
+        pick = rng.integers(0, leaves.shape[0], size=n)
+        noise = np.float32(leaf_noise * args.noise)
+        features = leaves[pick] + rng.standard_normal((n, dim), dtype=np.float32) * noise
+    else:
+        features = rng.standard_normal((n, dim), dtype=np.float32)
     features = np.ascontiguousarray(features, dtype=np.float32)
 
     threads = args.threads or _kernels.openmp_max_threads()
@@ -119,7 +128,9 @@ def main(argv=None):
     print(f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"  vbedge._kernels {_kernels.version()}, SIMD path {_kernels.simd_path()}, threads {threads}")
     print(f"workload: {n} features, tree {levels} x {branching} ({branching ** levels} leaves), D={dim}, "
-          f"clustered synthetic data (seed {args.seed}), best of {repeat}")
+          f"{args.data} synthetic data"
+          f"{f' (noise {args.noise} x leaf noise)' if args.data == 'clustered' else ''}, seed {args.seed}, "
+          f"best of {repeat}")
 
     tok = _kernels.CpuTokenizer(centroids, levels, branching)
     rows = []  # (name, seconds, features timed, ids or None)

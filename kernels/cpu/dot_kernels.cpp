@@ -34,11 +34,11 @@ void dot_rows_portable(const float* x, const float* rows, int64_t num_rows, int6
     for (int64_t j = 0; j < num_rows; ++j) out[j] = dot_portable(x, rows + j * dim, dim);
 }
 
-void dot_3x4_portable(const float* x0, const float* x1, const float* x2, const float* rows, int64_t dim,
-                      float* out) {
+void dot_3x4_portable(const float* x0, const float* x1, const float* x2, const float* rows, int64_t stride,
+                      int64_t len, float* out) {
     const float* xs[3] = {x0, x1, x2};
     for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 4; ++j) out[i * 4 + j] = dot_portable(xs[i], rows + j * dim, dim);
+        for (int j = 0; j < 4; ++j) out[i * 4 + j] += dot_portable(xs[i], rows + j * stride, len);
 }
 
 void half_row_portable(const uint16_t* src, float* dst, int64_t dim) {
@@ -100,12 +100,13 @@ __attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* x, const flo
 // 3 features x 4 centroids: 12 accumulators + 3 feature registers + 1 centroid register = 16 ymm,
 // 7 loads per 12 FMAs, so the tile is FMA-bound rather than load-bound (exact mode's inner loop).
 __attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* x0, const float* x1, const float* x2,
-                                                      const float* rows, int64_t dim, float* out) {
+                                                      const float* rows, int64_t stride, int64_t len, float* out) {
+    const int64_t dim = len;
     const float* xs[3] = {x0, x1, x2};
     const float* c0 = rows;
-    const float* c1 = rows + dim;
-    const float* c2 = rows + 2 * dim;
-    const float* c3 = rows + 3 * dim;
+    const float* c1 = rows + stride;
+    const float* c2 = rows + 2 * stride;
+    const float* c3 = rows + 3 * stride;
     __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a03 = _mm256_setzero_ps();
     __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(), a13 = _mm256_setzero_ps();
     __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps(), a23 = _mm256_setzero_ps();
@@ -135,8 +136,8 @@ __attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* x0, const flo
     for (int i = 0; i < 3; ++i) {
         for (int j = 0; j < 4; ++j) {
             float s = hsum256(accs[i * 4 + j]);
-            for (int64_t d = dv; d < dim; ++d) s += xs[i][d] * rows[j * dim + d];
-            out[i * 4 + j] = s;
+            for (int64_t d = dv; d < dim; ++d) s += xs[i][d] * rows[j * stride + d];
+            out[i * 4 + j] += s;
         }
     }
 }

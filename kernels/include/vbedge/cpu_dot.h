@@ -14,9 +14,10 @@ namespace cpu {
 // out[j] = dot(x, rows + j * dim) for j < num_rows.
 using DotRowsFn = void (*)(const float* x, const float* rows, int64_t num_rows, int64_t dim, float* out);
 
-// out[i * 4 + j] = dot(x_i, rows + j * dim) for i < 3, j < 4 (a 3-feature x 4-centroid tile).
-using Dot3x4Fn = void (*)(const float* x0, const float* x1, const float* x2, const float* rows, int64_t dim,
-                          float* out);
+// out[i * 4 + j] += dot(x_i[0:len], (rows + j * stride)[0:len]) for i < 3, j < 4: a 3-feature x
+// 4-centroid tile. Accumulating into `out` lets callers split D into cache-sized chunks.
+using Dot3x4Fn = void (*)(const float* x0, const float* x1, const float* x2, const float* rows, int64_t stride,
+                          int64_t len, float* out);
 
 // dst[d] = float(src[d]) for IEEE binary16 bits, exactly.
 using HalfRowFn = void (*)(const uint16_t* src, float* dst, int64_t dim);
