@@ -71,6 +71,12 @@ void record_bad_row(std::atomic<int64_t>& first_bad, int64_t row) {
     }
 }
 
+// Software prefetch of a whole row, one request per 64-byte line (portable GCC/Clang builtin).
+inline void prefetch_row(const void* p, size_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 int resolve_threads(int requested, int64_t n) {
 #ifdef _OPENMP
     int nt = requested > 0 ? requested : omp_get_max_threads();
@@ -133,6 +139,12 @@ struct CpuTokenizerCore::Ctx {
     int64_t beam;
     int threads;
     int64_t* out;
+
+    const void* row_address(int64_t i, int64_t dim) const {
+        const size_t item = dtype == FeatureDType::kFloat32 ? 4 : 2;
+        return static_cast<const char*>(features) + static_cast<size_t>(i * dim) * item;
+    }
+    size_t row_bytes(int64_t dim) const { return static_cast<size_t>(dim) * (dtype == FeatureDType::kFloat32 ? 4 : 2); }
 
     // Row i as float32: a pointer into the input, or `buf` filled with the exact float16 values.
     const float* row(int64_t i, int64_t dim, float* buf) const {
@@ -302,6 +314,12 @@ void CpuTokenizerCore::tree_beam1(const Ctx& ctx) const {
             for (int64_t g = 0; g < num_groups; ++g) {
                 const int64_t p0 = groups[g];
                 const int64_t len = groups[g + 1] - p0;
+                // The next group's feature rows live at scattered addresses (sorted order) and
+                // usually come from DRAM: request them now so they arrive while this group computes.
+                if (g + 1 < num_groups) {
+                    for (int64_t pos = groups[g + 1]; pos < groups[g + 2]; ++pos)
+                        prefetch_row(ctx.row_address(order[pos], dim), ctx.row_bytes(dim));
+                }
                 const float* xs[3];
                 int64_t ids[3];
                 bool ok = true;
