@@ -91,6 +91,12 @@ def convert_to_fp16(src_onnx, dst_onnx, keep_fp32_op_types=DEFAULT_KEEP_FP32) ->
     except Exception as exc:  # onnx raises DecodeError/OSError variants; name the file instead
         raise FormatError(f"cannot read ONNX model {src}: {exc}") from exc
 
+    # Exporters record value_info (dtype/shape) for intermediate tensors and initializers; the
+    # converter keeps FP32-blocked ops' weights in FP32 but leaves those records saying FP16,
+    # which fails strict shape inference (and the readiness check). ONNX Runtime and TensorRT
+    # infer value_info themselves, so the stale records are dropped before converting.
+    del model.graph.value_info[:]
+
     ort_float16 = _load_converter()
     keep = list(dict.fromkeys(keep_fp32_op_types))
     log.info("converting %s to FP16 (keeping %d op types in FP32)", src.name, len(keep))

@@ -248,14 +248,6 @@ def _torch_export(module, vocab, path: Path, opset: int):
             verbose=False, optimize=True,
         )
     program.save(str(path), external_data=False)
-    # The exporter records value_info (dtype/shape) for initializers too; the FP16 converter keeps
-    # LayerNorm weights FP32 but leaves those records saying FP16, which fails strict shape
-    # inference (the readiness check). ORT and TensorRT re-infer value_info, so drop it.
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.graph.value_info[:]
-    onnx.save(proto, str(path))
     return path
 
 
