@@ -238,24 +238,34 @@ def test_kernel_keeps_its_own_copy_of_the_centroids():
     np.testing.assert_array_equal(tok.tokenize(x, "exact", 1), expected)
 
 
-def test_portable_path_gives_the_same_ids():
-    """The non-AVX2 path (what aarch64 Jetson runs) forced through VBEDGE_CPU_SIMD=portable."""
+@pytest.mark.parametrize(
+    "env,expected_path",
+    [
+        ({"VBEDGE_CPU_SIMD": "portable"}, "portable"),  # what aarch64 Jetson / pre-AVX2 CPUs run
+        ({"VBEDGE_CPU_TREE_BEAM": "per-feature"}, None),  # the path for huge N x beam
+    ],
+)
+def test_alternative_code_paths_give_the_same_ids(env, expected_path):
+    """Code paths that this machine would not take by itself, forced through environment variables."""
     code = (
         "import numpy as np, sys\n"
         "from vbedge import _kernels\n"
         "from vbedge.tokenize_reference import tokenize_reference, num_centroids\n"
-        "assert _kernels.simd_path() == 'portable', _kernels.simd_path()\n"
+        f"expected = {expected_path!r}\n"
+        "assert expected is None or _kernels.simd_path() == expected, _kernels.simd_path()\n"
         "rng = np.random.default_rng(0)\n"
         "c = rng.standard_normal((num_centroids(3, 5), 33)).astype(np.float32)\n"
         "x = rng.standard_normal((400, 33)).astype(np.float32)\n"
+        "c[40:45] = c[39]  # duplicate leaves: ties\n"
+        "x[:20] = c[30:50]\n"
         "t = _kernels.CpuTokenizer(c, 3, 5)\n"
-        "for mode, beam in [('tree', 1), ('tree', 4), ('exact', 1)]:\n"
+        "for mode, beam in [('tree', 1), ('tree', 4), ('tree', 125), ('exact', 1)]:\n"
         "    assert (t.tokenize(x, mode, beam) == tokenize_reference(c, 3, 5, x, mode, beam)).all(), mode\n"
         "    h = x.astype(np.float16)\n"
         "    assert (t.tokenize(h, mode, beam) == tokenize_reference(c, 3, 5, h, mode, beam)).all(), mode\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, VBEDGE_CPU_SIMD="portable")
+    env = dict(os.environ, **env)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -373,7 +374,58 @@ void CpuTokenizerCore::tree_beam1(const Ctx& ctx) const {
     std::copy(node.begin(), node.end(), ctx.out);
 }
 
+namespace {
+
+// Keeps the best `keep` of `count` candidates (ids `cand`, ascending) by (canon, id), screening with
+// `fast` and tolerance `tol` (docs/tokenizer.md, steps 2-4). The kept ids go to `out`, ascending.
+void select_keep(const float* x, const int64_t* cand, const double* fast, int64_t count, int64_t keep, double tol,
+                 const float* C, int64_t off, int64_t dim, std::vector<int64_t>& out, std::vector<double>& scratch,
+                 std::vector<std::pair<double, int64_t>>& ranked) {
+    out.clear();
+    if (keep >= count) {
+        out.assign(cand, cand + count);
+        return;
+    }
+    if (keep == 1) {
+        const int64_t j = select_best(x, fast, count, tol, C, dim, [&](int64_t jj) { return off + cand[jj]; });
+        out.push_back(cand[j]);
+        return;
+    }
+    scratch.assign(fast, fast + count);
+    std::nth_element(scratch.begin(), scratch.begin() + (keep - 1), scratch.end());
+    bool finite = true;
+    for (int64_t j = 0; j < count; ++j) finite = finite && std::isfinite(fast[j]);
+    const double limit = finite ? scratch[keep - 1] + tol : kInf;
+    int64_t in_window = 0;
+    for (int64_t j = 0; j < count; ++j) in_window += (fast[j] <= limit);
+    if (in_window == keep) {  // the window is exactly the kept set: no canonical distance needed
+        for (int64_t j = 0; j < count; ++j)
+            if (fast[j] <= limit) out.push_back(cand[j]);
+        return;
+    }
+    ranked.clear();
+    for (int64_t j = 0; j < count; ++j) {
+        if (!(fast[j] <= limit)) continue;
+        ranked.emplace_back(canon_distance(x, C + (off + cand[j]) * dim, dim), cand[j]);
+    }
+    std::partial_sort(ranked.begin(), ranked.begin() + keep, ranked.end());
+    for (int64_t j = 0; j < keep; ++j) out.push_back(ranked[j].second);
+    std::sort(out.begin(), out.end());
+}
+
+}  // namespace
+
 void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
+    // The grouped version holds N x beam x k screening values; past ~256 MB of them, go per feature.
+    const double grouped_bytes = 4.0 * static_cast<double>(ctx.n) * static_cast<double>(ctx.beam) *
+                                 static_cast<double>(branching_);
+    // VBEDGE_CPU_TREE_BEAM=per-feature forces the per-feature path so tests can cover it cheaply.
+    const char* forced = std::getenv("VBEDGE_CPU_TREE_BEAM");
+    const bool per_feature = forced != nullptr && std::string(forced) == "per-feature";
+    if (!per_feature && grouped_bytes <= 256.0 * 1024 * 1024) {
+        tree_beam_grouped(ctx);
+        return;
+    }
     const int64_t n = ctx.n, dim = dim_, k = branching_;
     const float* C = centroids_.data();
     const float* norms = norms2_.data();
@@ -386,7 +438,7 @@ void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
         std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
         std::vector<int64_t> beam_nodes, cand;
         std::vector<float> dots;
-        std::vector<double> fast, sorted_fast;
+        std::vector<double> fast, scratch;
         std::vector<std::pair<double, int64_t>> ranked;
 #pragma omp for schedule(dynamic, 16)
         for (int64_t i = 0; i < n; ++i) {
@@ -401,9 +453,8 @@ void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
             for (int level = 0; level < levels_; ++level) {
                 const int64_t off = level_offsets_[level];
                 const bool last = level + 1 == levels_;
-                // Candidates: all children of all beam nodes, in ascending index order (beam kept
-                // sorted by index) so that ties resolve to the lower index.
-                std::sort(beam_nodes.begin(), beam_nodes.end());
+                // Candidates: all children of all beam nodes, in ascending index order (the beam is
+                // kept sorted) so that ties resolve to the lower index.
                 const int64_t count = static_cast<int64_t>(beam_nodes.size()) * k;
                 cand.resize(count);
                 dots.resize(count);
@@ -417,38 +468,9 @@ void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
                     }
                 }
                 const int64_t keep = last ? 1 : std::min<int64_t>(ctx.beam, count);
-                if (keep == 1) {
-                    const int64_t j = select_best(x, fast.data(), count, tol, C, dim,
-                                                  [&](int64_t jj) { return off + cand[jj]; });
-                    beam_nodes.assign(1, cand[j]);
-                    continue;
-                }
-                if (keep == count) {
-                    beam_nodes = cand;
-                    continue;
-                }
-                // keep-th smallest screening value sets the window (docs/tokenizer.md, steps 2-4).
-                sorted_fast = fast;
-                std::nth_element(sorted_fast.begin(), sorted_fast.begin() + (keep - 1), sorted_fast.end());
-                const double kth = sorted_fast[keep - 1];
-                bool finite = true;
-                for (double f : fast) finite = finite && std::isfinite(f);
-                const double limit = finite ? kth + tol : kInf;
-                int64_t in_window = 0;
-                for (double f : fast) in_window += (f <= limit);
-                beam_nodes.clear();
-                if (in_window == keep) {
-                    for (int64_t j = 0; j < count; ++j)
-                        if (fast[j] <= limit) beam_nodes.push_back(cand[j]);
-                    continue;
-                }
-                ranked.clear();
-                for (int64_t j = 0; j < count; ++j) {
-                    if (!(fast[j] <= limit)) continue;
-                    ranked.emplace_back(canon_distance(x, C + (off + cand[j]) * dim, dim), cand[j]);
-                }
-                std::partial_sort(ranked.begin(), ranked.begin() + keep, ranked.end());
-                for (int64_t j = 0; j < keep; ++j) beam_nodes.push_back(ranked[j].second);
+                std::vector<int64_t> next;
+                select_keep(x, cand.data(), fast.data(), count, keep, tol, C, off, dim, next, scratch, ranked);
+                beam_nodes.swap(next);
             }
             ctx.out[i] = beam_nodes[0];
         }
@@ -458,6 +480,132 @@ void CpuTokenizerCore::tree_beam(const Ctx& ctx) const {
         std::vector<float> buf(dim);
         throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, buf.data()), dim));
     }
+}
+
+void CpuTokenizerCore::tree_beam_grouped(const Ctx& ctx) const {
+    // Level by level over the batch, like beam 1: every (feature, beam node) pair is bucketed by its
+    // node, so pairs sharing a node read its k children once from cache in 3 x 4 register tiles;
+    // then each feature selects its next beam from the stored screening values.
+    const int64_t n = ctx.n, dim = dim_, k = branching_, B = ctx.beam;
+    const float* C = centroids_.data();
+    const float* norms = norms2_.data();
+    const double tol_scale = tolerance_scale(dim);
+    const cpu::DotKernels& kern = cpu::dot_kernels();
+    const int64_t k4 = k / 4 * 4;
+
+    std::vector<double> tol(n);
+    std::vector<int64_t> nodes(static_cast<size_t>(n) * B, 0), count(n, 1);  // level 0: the virtual root
+    std::vector<float> dots(static_cast<size_t>(n) * B * k);
+    std::vector<int64_t> pairs, sorted_pairs, groups, bucket_start;
+    std::atomic<int64_t> first_bad(std::numeric_limits<int64_t>::max());
+
+    for (int level = 0; level < levels_; ++level) {
+        const int64_t off = level_offsets_[level];
+        const bool last = level + 1 == levels_;
+        // Pairs are encoded as feature * B + slot; bucket them by node (k^level nodes).
+        pairs.clear();
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t sl = 0; sl < count[i]; ++sl) pairs.push_back(i * B + sl);
+        const int64_t num_pairs = static_cast<int64_t>(pairs.size());
+        const int64_t num_nodes = level == 0 ? 1 : int_pow(k, level);
+        bucket_start.assign(num_nodes + 1, 0);
+        for (int64_t q : pairs) ++bucket_start[nodes[q] + 1];
+        for (int64_t p = 0; p < num_nodes; ++p) bucket_start[p + 1] += bucket_start[p];
+        sorted_pairs.resize(num_pairs);
+        for (int64_t q : pairs) sorted_pairs[bucket_start[nodes[q]]++] = q;
+        groups.clear();
+        for (int64_t pos = 0; pos < num_pairs;) {
+            groups.push_back(pos);
+            int64_t len = 1;
+            while (len < 3 && pos + len < num_pairs && nodes[sorted_pairs[pos + len]] == nodes[sorted_pairs[pos]]) ++len;
+            pos += len;
+        }
+        groups.push_back(num_pairs);
+        const int64_t num_groups = static_cast<int64_t>(groups.size()) - 1;
+
+#pragma omp parallel num_threads(ctx.threads)
+        {
+            std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? 3 * dim : 0);
+            float d12[12];
+#pragma omp for schedule(dynamic, 32)
+            for (int64_t g = 0; g < num_groups; ++g) {
+                const int64_t p0 = groups[g];
+                const int64_t len = groups[g + 1] - p0;
+                if (g + 1 < num_groups) {
+                    for (int64_t pos = groups[g + 1]; pos < groups[g + 2]; ++pos)
+                        prefetch_row(ctx.row_address(sorted_pairs[pos] / B, dim), ctx.row_bytes(dim));
+                }
+                const float* xs[3];
+                int64_t q[3];
+                bool ok = true;
+                for (int64_t a = 0; a < len; ++a) {
+                    q[a] = sorted_pairs[p0 + a];
+                    const int64_t i = q[a] / B;
+                    xs[a] = ctx.row(i, dim, buf.data() + a * dim);
+                    if (level == 0) {
+                        const double n2 = norm2_f64(xs[a], dim);
+                        if (!row_is_valid(n2)) {
+                            record_bad_row(first_bad, i);
+                            ok = false;
+                        }
+                        tol[i] = tol_scale * (n2 + c_max_);
+                    }
+                }
+                if (!ok) continue;
+                const int64_t first = off + (level == 0 ? 0 : nodes[q[0]] * k);
+                const float* children = C + first * dim;
+                if (len == 3) {
+                    for (int64_t cb = 0; cb < k4; cb += 4) {
+                        std::fill(d12, d12 + 12, 0.0f);
+                        kern.dot_3x4(xs[0], xs[1], xs[2], children + cb * dim, dim, dim, d12);
+                        for (int a = 0; a < 3; ++a)
+                            for (int b = 0; b < 4; ++b) dots[q[a] * k + cb + b] = d12[a * 4 + b];
+                    }
+                    if (k4 < k)
+                        for (int a = 0; a < 3; ++a)
+                            kern.dot_rows(xs[a], children + k4 * dim, k - k4, dim, dots.data() + q[a] * k + k4);
+                } else {
+                    for (int64_t a = 0; a < len; ++a) kern.dot_rows(xs[a], children, k, dim, dots.data() + q[a] * k);
+                }
+            }
+        }
+        if (level == 0) {
+            const int64_t bad = first_bad.load();
+            if (bad != std::numeric_limits<int64_t>::max()) {
+                std::vector<float> tmp(dim);
+                throw_bad_row(bad, norm2_f64(ctx.row(bad, dim, tmp.data()), dim));
+            }
+        }
+
+#pragma omp parallel num_threads(ctx.threads)
+        {
+            std::vector<float> buf(ctx.dtype == FeatureDType::kFloat16 ? dim : 0);
+            std::vector<int64_t> cand, next;
+            std::vector<double> fast, scratch;
+            std::vector<std::pair<double, int64_t>> ranked;
+#pragma omp for schedule(dynamic, 64)
+            for (int64_t i = 0; i < n; ++i) {
+                // Slots hold the beam in ascending node order, so candidates come out ascending.
+                const int64_t cnt = count[i] * k;
+                cand.resize(cnt);
+                fast.resize(cnt);
+                for (int64_t sl = 0; sl < count[i]; ++sl) {
+                    const int64_t first_child = level == 0 ? 0 : nodes[i * B + sl] * k;
+                    for (int64_t j = 0; j < k; ++j) {
+                        cand[sl * k + j] = first_child + j;
+                        fast[sl * k + j] = static_cast<double>(norms[off + first_child + j]) -
+                                           2.0 * static_cast<double>(dots[(i * B + sl) * k + j]);
+                    }
+                }
+                const int64_t keep = last ? 1 : std::min<int64_t>(B, cnt);
+                const float* x = ctx.row(i, dim, buf.data());
+                select_keep(x, cand.data(), fast.data(), cnt, keep, tol[i], C, off, dim, next, scratch, ranked);
+                count[i] = static_cast<int64_t>(next.size());
+                for (int64_t sl = 0; sl < count[i]; ++sl) nodes[i * B + sl] = next[sl];
+            }
+        }
+    }
+    for (int64_t i = 0; i < n; ++i) ctx.out[i] = nodes[i * B];
 }
 
 namespace {

@@ -44,6 +44,7 @@ private:
     struct Ctx;
     void tree_beam1(const Ctx& ctx) const;
     void tree_beam(const Ctx& ctx) const;
+    void tree_beam_grouped(const Ctx& ctx) const;
     void exact(const Ctx& ctx) const;
 
     int levels_;
