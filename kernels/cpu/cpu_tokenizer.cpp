@@ -683,9 +683,18 @@ void scan_block(const cpu::DotKernels& kern, const float* const* xs, int64_t m, 
     const int64_t m3 = m / 3 * 3;
     const int64_t c4 = count / 4 * 4;
     float d12[12];
+    // The next 4-centroid block comes from DRAM: spread software prefetches of it over this
+    // block's feature triples so that it is in cache when the block starts (measured +8%).
+    const int64_t block_lines = (4 * dim * 4 + 63) / 64;
+    const int64_t triples = std::max<int64_t>(1, m3 / 3);
+    const int64_t lines_per_triple = (block_lines + triples - 1) / triples;
     for (int64_t l = 0; l < c4; l += 4) {
         const float* cb = rows + l * dim;
+        const char* next = reinterpret_cast<const char*>(rows + std::min(l + 4, count - 1) * dim);
+        const int64_t next_lines = std::min<int64_t>(block_lines, ((count - std::min(l + 4, count - 1)) * dim * 4) / 64);
         for (int64_t r = 0; r < m3; r += 3) {
+            const int64_t q0 = (r / 3) * lines_per_triple;
+            for (int64_t q = q0; q < std::min(q0 + lines_per_triple, next_lines); ++q) __builtin_prefetch(next + q * 64, 0, 3);
             std::fill(d12, d12 + 12, 0.0f);
             kern.dot_3x4(xs[r], xs[r + 1], xs[r + 2], cb, dim, dim, d12);
             for (int a = 0; a < 3; ++a)
@@ -730,7 +739,7 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
     const float* parent_norms = norms2_.data() + parent_off;
 
     // A tile of features stays in L2 while centroid blocks stream past it once.
-    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(48, (int64_t(192) * 1024 / 4) / dim / 3 * 3));
+    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(96, (int64_t(384) * 1024 / 4) / dim / 3 * 3));
     const int64_t num_tiles = (n + tile - 1) / tile;
 
 #pragma omp parallel num_threads(ctx.threads)
@@ -740,6 +749,10 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
         std::vector<const float*> xs(tile), dense_xs(tile);
         std::vector<int64_t> dense_rows(tile);
         std::vector<float> dots(k);
+        // On unclustered data nearly every feature ends up dense and the parent pass is wasted
+        // work; after such a tile, this thread skips the parent pass for the next 7 tiles and
+        // then tries again. (Only the speed depends on this: both paths return the same ids.)
+        int64_t skip_parent_pass = 0;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < num_tiles; ++t) {
             const int64_t i0 = t * tile;
@@ -756,7 +769,9 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
             }
             if (!tile_ok) continue;
             int64_t num_dense = 0;
-            if (!prune) {
+            const bool try_prune = prune && skip_parent_pass == 0;
+            if (skip_parent_pass > 0) --skip_parent_pass;
+            if (!try_prune) {
                 for (int64_t r = 0; r < m; ++r) dense_rows[num_dense++] = r;
             } else {
                 // Dot products with every parent (tiled like the dense scan); then each feature
@@ -829,6 +844,7 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
                     ctx.out[i0 + r] = s.finish(xs[r], leaves, num_leaves, dim);
                 }
             }
+            if (try_prune && num_dense * 10 > m * 9) skip_parent_pass = 7;
             if (num_dense > 0) {
                 for (int64_t a = 0; a < num_dense; ++a) {
                     const int64_t r = dense_rows[a];
