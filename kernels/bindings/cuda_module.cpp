@@ -10,6 +10,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <sstream>
@@ -44,6 +45,74 @@ void check_cuda(cudaError_t err, const char* what) {
 
 cudaStream_t as_stream(std::uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
 
+// User errors are detected here, in g++-compiled code, before anything enters the nvcc-compiled
+// engine: on the H100 check machine (2026-11-26) a C++ exception thrown inside the engine's
+// constructor crashed the process instead of reaching pybind11, so the engine must only ever see
+// arguments it accepts. Its own checks stay as a second line of defence.
+vc::Dtype parse_dtype_arg(const std::string& name) {
+    if (name == "float32") return vc::Dtype::kFloat32;
+    if (name == "float16") return vc::Dtype::kFloat16;
+    throw std::invalid_argument("dtype must be \"float32\" or \"float16\", got \"" + name + "\"");
+}
+
+vc::Mode parse_mode_arg(const std::string& name) {
+    if (name == "tree") return vc::Mode::kTree;
+    if (name == "exact") return vc::Mode::kExact;
+    throw std::invalid_argument("mode must be \"tree\" or \"exact\", got \"" + name + "\"");
+}
+
+void check_options_arg(vc::Mode mode, int64_t beam, int64_t num_leaves) {
+    if (mode == vc::Mode::kExact) {
+        if (beam != 1) {
+            throw std::invalid_argument("beam must be 1 in exact mode (exact searches every leaf), got " +
+                                        std::to_string(beam));
+        }
+        return;
+    }
+    if (beam < 1 || beam > num_leaves) {
+        throw std::invalid_argument("beam must be between 1 and branching**levels = " + std::to_string(num_leaves) +
+                                    ", got " + std::to_string(beam));
+    }
+}
+
+void validate_codebook_arg(const float* data, int64_t rows, int64_t dim, int levels, int64_t branching) {
+    if (levels < 1 || levels > 16) {
+        throw std::invalid_argument("levels must be between 1 and 16, got " + std::to_string(levels));
+    }
+    if (branching < 2) throw std::invalid_argument("branching must be at least 2, got " + std::to_string(branching));
+    double leaves = 1.0, expected = 0.0;
+    for (int l = 0; l < levels; ++l) {
+        leaves *= static_cast<double>(branching);
+        expected += leaves;
+    }
+    if (leaves >= 2147483647.0) {
+        throw std::invalid_argument("branching**levels = " + std::to_string(branching) + "**" + std::to_string(levels) +
+                                    " is too large for the CUDA tokenizer (expected fewer than 2**31 leaves)");
+    }
+    if (dim < 1 || dim > (1 << 20)) {
+        throw std::invalid_argument("centroid dimension must be in [1, 1048576], got " + std::to_string(dim));
+    }
+    if (static_cast<double>(rows) != expected) {
+        std::ostringstream msg;
+        msg << "centroids must have shape (" << static_cast<int64_t>(expected) << ", D) for levels=" << levels
+            << ", branching=" << branching << " (sum of branching**(l+1) for l < levels), got (" << rows << ", "
+            << dim << ")";
+        throw std::invalid_argument(msg.str());
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* c = data + r * dim;
+        double n2 = 0.0;
+        for (int64_t d = 0; d < dim; ++d) n2 += static_cast<double>(c[d]) * static_cast<double>(c[d]);
+        if (!std::isfinite(n2)) {
+            throw std::invalid_argument("centroids must be finite; row " + std::to_string(r) + " has NaN or Inf");
+        }
+        if (n2 > 3.4028234663852886e38) {
+            throw std::invalid_argument("centroid row " + std::to_string(r) +
+                                        " has a squared norm that overflows float32 (norm above ~1.8e19)");
+        }
+    }
+}
+
 class PyCudaTokenizer {
 public:
     PyCudaTokenizer(const py::array& centroids, int levels, int64_t branching, int device) {
@@ -58,6 +127,14 @@ public:
         }
         const float* data = static_cast<const float*>(centroids.data());
         const int64_t rows = centroids.shape(0), dim = centroids.shape(1);
+        validate_codebook_arg(data, rows, dim, levels, branching);
+        std::string why;
+        const int count = vc::device_count(&why);
+        if (count == 0) throw std::invalid_argument("no CUDA device is available (" + why + ")");
+        if (device < 0 || device >= count) {
+            throw std::invalid_argument("device must be in [0, " + std::to_string(count) + "), got " +
+                                        std::to_string(device));
+        }
         py::gil_scoped_release release;
         engine_ = std::make_unique<vc::TokenizerEngine>(data, rows, dim, levels, branching, device);
     }
@@ -65,8 +142,22 @@ public:
     void tokenize_ptr(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
                       int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream, const std::string& mode_name,
                       int64_t beam, std::uintptr_t error_ptr) {
-        const vc::Dtype dtype = vc::parse_dtype(dtype_name);
-        const vc::Mode mode = vc::parse_mode(mode_name);
+        const vc::Dtype dtype = parse_dtype_arg(dtype_name);
+        const vc::Mode mode = parse_mode_arg(mode_name);
+        check_options_arg(mode, beam, engine_->num_leaves());
+        if (n < 0) throw std::invalid_argument("number of features must be >= 0, got " + std::to_string(n));
+        if (row_stride < engine_->dim()) {
+            throw std::invalid_argument("row_stride must be >= dim = " + std::to_string(engine_->dim()) +
+                                        " elements, got " + std::to_string(row_stride));
+        }
+        const std::uintptr_t elem = dtype == vc::Dtype::kFloat32 ? 4 : 2;
+        if (features_ptr % elem != 0) {
+            throw std::invalid_argument("features pointer is not aligned to its element size (" +
+                                        std::to_string(elem) + " bytes)");
+        }
+        if (out_ptr % 8 != 0 || error_ptr % 8 != 0) {
+            throw std::invalid_argument("out and error pointers must be 8-byte aligned (int64)");
+        }
         if (dim != engine_->dim()) {
             throw std::invalid_argument("features must have dim " + std::to_string(engine_->dim()) +
                                         " to match the codebook, got " + std::to_string(dim));
@@ -81,8 +172,8 @@ public:
     }
 
     py::array_t<int64_t> tokenize_host(const py::array& features_in, const std::string& mode_name, int64_t beam) {
-        const vc::Mode mode = vc::parse_mode(mode_name);
-        engine_->check_options(mode, beam);
+        const vc::Mode mode = parse_mode_arg(mode_name);
+        check_options_arg(mode, beam, engine_->num_leaves());
         vc::Dtype dtype;
         if (features_in.dtype().is(py::dtype::of<float>())) {
             dtype = vc::Dtype::kFloat32;
@@ -174,6 +265,16 @@ int pointer_device(std::uintptr_t ptr) {
 
 PYBIND11_MODULE(_kernels_cuda, m) {
     m.doc() = "vbedge CUDA visual tokenizer (raw device pointers + the caller's stream)";
+    // Diagnostic for benchmarks/gpu_check.sh: does an exception thrown in nvcc-compiled code reach
+    // Python as RuntimeError (with or without the GIL released), or does it crash the process?
+    m.def("_throw_from_engine", [](bool release_gil) {
+        if (release_gil) {
+            py::gil_scoped_release release;
+            vc::throw_for_diagnostics();
+        } else {
+            vc::throw_for_diagnostics();
+        }
+    }, py::arg("release_gil") = false);
 
     py::class_<PyCudaTokenizer>(m, "CudaTokenizer")
         .def(py::init<const py::array&, int, int64_t, int>(), py::arg("centroids"), py::arg("levels"),
@@ -197,7 +298,10 @@ PYBIND11_MODULE(_kernels_cuda, m) {
         .def_property_readonly("max_centroid_norm2", [](PyCudaTokenizer& t) { return t.engine().max_centroid_norm2(); })
         .def_property(
             "sort_threshold", [](PyCudaTokenizer& t) { return t.engine().sort_threshold(); },
-            [](PyCudaTokenizer& t, int64_t v) { t.engine().set_sort_threshold(v); },
+            [](PyCudaTokenizer& t, int64_t v) {
+                if (v < 0) throw std::invalid_argument("sort_threshold must be >= 0, got " + std::to_string(v));
+                t.engine().set_sort_threshold(v);
+            },
             "Tree beam-1 batches of at least this many rows use the node-grouped (sorted) kernels.")
         .def_property(
             "_force_generic", [](PyCudaTokenizer& t) { return t.engine().force_generic(); },

@@ -46,21 +46,7 @@ double canon_distance(const float* x, const float* c, int64_t dim) {
 }
 
 // Squared norm in float64 (exact products of floats, so it is finite iff every element is finite).
-double norm2_f64(const float* x, int64_t dim) {
-    double acc[4] = {0, 0, 0, 0};
-    int64_t d = 0;
-    for (; d + 4 <= dim; d += 4) {
-        for (int j = 0; j < 4; ++j) {
-            const double v = x[d + j];
-            acc[j] += v * v;
-        }
-    }
-    for (; d < dim; ++d) {
-        const double v = x[d];
-        acc[0] += v * v;
-    }
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
+double norm2_f64(const float* x, int64_t dim) { return cpu::dot_kernels().norm2(x, dim); }
 
 // A feature row is usable when it is finite and its squared norm is finite in float32.
 bool row_is_valid(double norm2) { return std::isfinite(norm2) && norm2 <= kFloat32Max; }
@@ -320,6 +306,10 @@ void CpuTokenizerCore::tree_beam1(const Ctx& ctx) const {
                 if (g + 1 < num_groups) {
                     for (int64_t pos = groups[g + 1]; pos < groups[g + 2]; ++pos)
                         prefetch_row(ctx.row_address(order[pos], dim), ctx.row_bytes(dim));
+                    // Deep levels: a new node's k children (48 KB at k=12, D=1024) come from DRAM.
+                    const int64_t next_node = node[order[groups[g + 1]]];
+                    if (level > 0 && next_node != node[order[p0]])
+                        prefetch_row(C + (off + next_node * k) * dim, static_cast<size_t>(k * dim) * 4);
                 }
                 const float* xs[3];
                 int64_t ids[3];

@@ -41,6 +41,22 @@ void dot_3x4_portable(const float* x0, const float* x1, const float* x2, const f
         for (int j = 0; j < 4; ++j) out[i * 4 + j] += dot_portable(xs[i], rows + j * stride, len);
 }
 
+double norm2_portable(const float* x, int64_t dim) {
+    double acc[4] = {0, 0, 0, 0};
+    int64_t d = 0;
+    for (; d + 4 <= dim; d += 4) {
+        for (int j = 0; j < 4; ++j) {
+            const double v = x[d + j];
+            acc[j] += v * v;
+        }
+    }
+    for (; d < dim; ++d) {
+        const double v = x[d];
+        acc[0] += v * v;
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 void half_row_portable(const uint16_t* src, float* dst, int64_t dim) {
     for (int64_t d = 0; d < dim; ++d) dst[d] = half_bits_to_float(src[d]);
 }
@@ -142,6 +158,27 @@ __attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* x0, const flo
     }
 }
 
+__attribute__((target("avx2,fma"))) double norm2_avx2(const float* x, int64_t dim) {
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd(), a3 = _mm256_setzero_pd();
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16) {
+        const __m256d v0 = _mm256_cvtps_pd(_mm_loadu_ps(x + d));
+        const __m256d v1 = _mm256_cvtps_pd(_mm_loadu_ps(x + d + 4));
+        const __m256d v2 = _mm256_cvtps_pd(_mm_loadu_ps(x + d + 8));
+        const __m256d v3 = _mm256_cvtps_pd(_mm_loadu_ps(x + d + 12));
+        a0 = _mm256_fmadd_pd(v0, v0, a0);
+        a1 = _mm256_fmadd_pd(v1, v1, a1);
+        a2 = _mm256_fmadd_pd(v2, v2, a2);
+        a3 = _mm256_fmadd_pd(v3, v3, a3);
+    }
+    const __m256d s = _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3));
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, s);
+    double total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (; d < dim; ++d) total += static_cast<double>(x[d]) * static_cast<double>(x[d]);
+    return total;
+}
+
 __attribute__((target("avx2,fma,f16c"))) void half_row_f16c(const uint16_t* src, float* dst, int64_t dim) {
     int64_t d = 0;
     for (; d + 8 <= dim; d += 8) {
@@ -157,12 +194,12 @@ DotKernels pick_kernels() {
     // code that aarch64 Jetson and pre-AVX2 CPUs run.
     const char* forced = std::getenv("VBEDGE_CPU_SIMD");
     if (forced != nullptr && std::strcmp(forced, "portable") == 0) {
-        return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, "portable"};
+        return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, "portable"};
     }
 #if VBEDGE_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        DotKernels k{dot_rows_avx2, dot_3x4_avx2, half_row_portable, "avx2+fma"};
+        DotKernels k{dot_rows_avx2, dot_3x4_avx2, half_row_portable, norm2_avx2, "avx2+fma"};
         if (__builtin_cpu_supports("f16c")) {
             k.half_row = half_row_f16c;
             k.name = "avx2+fma+f16c";
@@ -170,7 +207,7 @@ DotKernels pick_kernels() {
         return k;
     }
 #endif
-    return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, "portable"};
+    return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, "portable"};
 }
 
 }  // namespace
@@ -181,7 +218,7 @@ const DotKernels& dot_kernels() {
 }
 
 const DotKernels& portable_dot_kernels() {
-    static const DotKernels kernels{dot_rows_portable, dot_3x4_portable, half_row_portable, "portable"};
+    static const DotKernels kernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, "portable"};
     return kernels;
 }
 

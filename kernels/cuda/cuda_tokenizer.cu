@@ -579,6 +579,8 @@ Mode parse_mode(const std::string& name) {
     throw std::invalid_argument("mode must be \"tree\" or \"exact\", got \"" + name + "\"");
 }
 
+void throw_for_diagnostics() { throw std::runtime_error("thrown inside cuda_tokenizer.cu (diagnostic)"); }
+
 int device_count(std::string* why) {
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);

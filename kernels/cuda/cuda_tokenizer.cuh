@@ -29,6 +29,8 @@ Mode parse_mode(const std::string& name);
 // error text in that case, so callers can say why the GPU is unavailable.
 int device_count(std::string* why = nullptr);
 std::string device_name(int device);
+// Throws std::runtime_error from this translation unit (nvcc-compiled), for a crash diagnostic.
+void throw_for_diagnostics();
 void compute_capability(int device, int* major, int* minor);
 
 // Owns a device copy of one codebook plus persistent scratch buffers. Not copyable.

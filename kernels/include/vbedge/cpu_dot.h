@@ -22,10 +22,14 @@ using Dot3x4Fn = void (*)(const float* x0, const float* x1, const float* x2, con
 // dst[d] = float(src[d]) for IEEE binary16 bits, exactly.
 using HalfRowFn = void (*)(const uint16_t* src, float* dst, int64_t dim);
 
+// Squared norm accumulated in float64 (any order): finite iff every element is finite.
+using Norm2Fn = double (*)(const float* x, int64_t dim);
+
 struct DotKernels {
     DotRowsFn dot_rows;
     Dot3x4Fn dot_3x4;
     HalfRowFn half_row;
+    Norm2Fn norm2;
     const char* name;
 };
 
