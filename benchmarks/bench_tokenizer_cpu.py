@@ -182,6 +182,15 @@ def main(argv=None):
     if faiss_ids is not None:
         print(f"  faiss vs C++ exact ids:   {np.mean(faiss_ids == exact) * 100:.2f}% "
               "(faiss ranks by float32 |x|^2+|c|^2-2x.c, so near-ties may differ)")
+    # The live case: one clip at a time.
+    one = features[:1]
+    lat = []
+    for _ in range(20 if args.quick else 200):
+        t0 = time.perf_counter()
+        tok.tokenize(one, "tree", 1, args.threads)
+        lat.append(time.perf_counter() - t0)
+    print(f"N = 1 latency, C++ tree beam 1 (median of {len(lat)} calls, Python call included): "
+          f"{np.median(lat) * 1e6:.1f} us")
     print(f"load average after the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if np.any(tree1[:ref_n] != ref_ids):
         print("ERROR: the C++ kernel disagrees with the NumPy reference", file=sys.stderr)
