@@ -83,13 +83,23 @@ fi
 
 # 2. build in place (CPU extension + CUDA extension)
 if $PY -c "import setuptools" > /dev/null 2>&1; then
-    TAIL_LINES=15 step build 120 "$PY" setup.py build_ext --inplace --build-temp build/gpu_check
+    # An editable install (as a user would do there) builds both extensions in place and maps
+    # export/ and calib/ to vbedge.export / vbedge.calib, which the other tests import.
+    TAIL_LINES=15 step build 150 "$PY" -m pip install -v --no-build-isolation --no-deps -e .
     # setup.py itself failing (old setuptools...) should not cost the run: build by hand instead.
     [ "${CODES[-1]}" != "0" ] && TAIL_LINES=15 step build_manual 100 bash -c manual_build
 else
     TAIL_LINES=15 step build_manual 120 bash -c manual_build
 fi
 step import 20 "$PY" -c "import vbedge._kernels_cuda as k; from vbedge.cuda_tokenizer import cuda_extension_status as s; print(k.probe(), s(), k.compute_capability(0))"
+
+# Does a C++ exception thrown in nvcc-compiled code reach Python, with and without the GIL
+# released? (The first H100 run crashed on one; each probe runs in its own process.)
+step throw_diag 20 bash -c 'for g in False True; do $PY -c "import vbedge._kernels_cuda as k
+try:
+    k._throw_from_engine($g)
+except RuntimeError as e:
+    print(\"release_gil=$g: RuntimeError reached Python:\", e)"; echo "release_gil=$g: exit $?"; done'
 
 # 3. GPU tests, plus the C++ tokenizer tests (the CUDA tests compare against that kernel)
 TESTS="tests/test_cuda_tokenizer.py"
