@@ -69,7 +69,7 @@ def main(argv=None):
     import transformers
 
     from vbedge.codebook import HierarchicalCodebook
-    from vbedge.export.videobert import _edge_module, export_videobert
+    from vbedge.export.videobert import edge_module, export_videobert
     from vbedge.models.videobert import VideoBert, caption_inputs
 
     torch.set_num_threads(args.threads)
@@ -98,7 +98,7 @@ def main(argv=None):
 
     tfeeds = {k: torch.from_numpy(x) for k, x in feeds.items()}
     model = vb.model.eval()  # export switched it to eager attention, as in the graph
-    edge = _edge_module(model, v, 10)
+    edge = edge_module(model, v, 10)
     positions = tfeeds["predict_positions"]
 
     def eager_full():

@@ -77,7 +77,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _edge_module(model, vocab, top_k: int):
+def edge_module(model, vocab, top_k: int):
     """The torch module that is exported (see the module docstring)."""
     import torch
 
@@ -306,7 +306,7 @@ def _export_staged(videobert, model, vocab, top_k, opset, fp16, check, bar, out_
     from vbedge.export.fp16 import convert_to_fp16
     from vbedge.export.readiness import require_tensorrt_ready
 
-    module = _edge_module(model, vocab, top_k)
+    module = edge_module(model, vocab, top_k)
     fp32_path, fp16_path = out_dir / "videobert.onnx", out_dir / "videobert.fp16.onnx"
     dynamic_axes = {"input_ids": [0, 1], "attention_mask": [0, 1], "token_type_ids": [0, 1],
                     "predict_positions": [0, 1]}
@@ -393,6 +393,26 @@ class _Progress:
             self.bar.close()
 
 
+def load_videobert_checkpoint(checkpoint, codebook=None, seed=0):
+    """A :class:`~vbedge.models.videobert.VideoBert` from a saved VideoBERT folder or a plain BERT folder.
+
+    A folder written by ``VideoBert.save`` (it has ``videobert.json``) is loaded and, when a
+    ``codebook`` is given, checked against it; a plain Hugging Face BERT folder is extended to the
+    joint vocabulary of ``codebook``, which is then required.
+    """
+    from vbedge.models.videobert import VideoBert
+
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "videobert.json").is_file():
+        return VideoBert.load(checkpoint, codebook=codebook)
+    if codebook is None:
+        raise InvalidInputError(
+            f"{str(checkpoint)!r} is not a VideoBERT folder (no videobert.json); give a codebook (--codebook) "
+            "to extend a plain BERT checkpoint"
+        )
+    return VideoBert.from_bert(checkpoint, codebook, seed=seed)
+
+
 # ---------------------------------------------------------------------- command line
 
 def add_export_videobert_command(export_subparsers):
@@ -420,17 +440,9 @@ def add_export_videobert_command(export_subparsers):
 
 def _cmd_export_videobert(args):
     from vbedge.codebook import HierarchicalCodebook
-    from vbedge.models.videobert import VideoBert
 
-    ckpt = Path(args.checkpoint)
     codebook = HierarchicalCodebook.load(args.codebook) if args.codebook else None
-    if (ckpt / "videobert.json").is_file():
-        videobert = VideoBert.load(ckpt, codebook=codebook)
-    else:
-        if codebook is None:
-            raise InvalidInputError(f"{str(ckpt)!r} is not a VideoBERT folder (no videobert.json); give --codebook "
-                                    "to extend a plain BERT checkpoint")
-        videobert = VideoBert.from_bert(ckpt, codebook, seed=args.seed)
+    videobert = load_videobert_checkpoint(args.checkpoint, codebook, seed=args.seed)
     meta = export_videobert(videobert, args.output, top_k=args.top_k, opset=args.opset,
                             fp16=not args.no_fp16, check=not args.no_check)
     print(format_summary(meta, args.output))

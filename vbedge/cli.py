@@ -45,6 +45,10 @@ def build_parser():
 
     add_export_s3d_command(export_sub)
 
+    from vbedge.export.bundle import add_build_command
+
+    add_build_command(sub)
+
     return parser
 
 

@@ -150,6 +150,10 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     status["torch"] = (False, "not selectable from an ONNX file")
     name, why = choose_backend(backend, status)
     log.info("backend for %s: %s", os.path.basename(str(onnx_path)), why)
+    return _instantiate(name, onnx_path, precision, options)
+
+
+def _instantiate(name, onnx_path, precision, options):
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 
@@ -157,3 +161,23 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     from .onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(onnx_path, precision=precision, **options)
+
+
+def create_bundle_backend(bundle, model, backend="auto", precision="fp32", **options):
+    """A backend running ``model`` ('s3d' or 'videobert') of a loaded :class:`vbedge.bundle.Bundle`.
+
+    'torch' runs the bundle's PyTorch reference weights (bundles built with --reference-weights);
+    every other choice goes through :func:`create_backend` on the bundle's ONNX file at
+    ``precision``, with TensorRT engines cached in the bundle's ``engines/`` folder.
+    """
+    if backend == "torch":
+        from .torch_eager import TorchBackend
+
+        log.info("backend for %s: torch requested (PyTorch reference weights)", model)
+        return TorchBackend.from_bundle(bundle, model, threads=options.pop("intra_op_threads", None))
+    onnx_path = bundle.onnx_path(model, precision)
+    name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")))
+    log.info("backend for %s (%s): %s", model, precision, why)
+    if name == "tensorrt":
+        options.setdefault("cache_dir", bundle.engine_dir)
+    return _instantiate(name, onnx_path, precision, options)

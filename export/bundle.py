@@ -1,0 +1,184 @@
+"""Build a deployable bundle: export S3D and VideoBERT, add the codebook and vocabulary, write the manifest.
+
+``vbedge build --s3d W.pth --videobert DIR --codebook C.npz -o BUNDLE`` is a thin front over
+:func:`build_bundle`. The bundle is assembled in a staging folder beside the destination and
+moved into place only after every export check passed and :meth:`vbedge.bundle.Bundle.load`
+verified it, so a failed build never leaves a folder that looks like a bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vbedge.bundle import PRECISIONS, Bundle, write_manifest
+from vbedge.errors import FormatError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+#: Where optional PyTorch reference weights live inside a bundle (for the torch backend).
+REFERENCE_DIR = "reference"
+
+
+def _check_precisions(precisions):
+    precisions = list(dict.fromkeys(precisions))
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise InvalidInputError(f"precisions must be among {PRECISIONS}, got {unknown}")
+    if "fp32" not in precisions:
+        raise InvalidInputError("precisions must include fp32: it is the reference the other variants are checked against")
+    if "int8" in precisions:
+        raise InvalidInputError(
+            "int8 bundles are not available yet: INT8 calibration and Q/DQ export are still to be built; "
+            "use --precision fp32,fp16"
+        )
+    return precisions
+
+
+def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_random_init=False, seed=0,
+                 precisions=("fp32", "fp16"), spec=None, top_k=None, reference_weights=False,
+                 overwrite=False, progress=True):
+    """Export both models into a new bundle folder ``output_dir`` and return the verified :class:`Bundle`.
+
+    Args:
+        videobert: a :class:`~vbedge.models.videobert.VideoBert` built for ``codebook``.
+        codebook: the :class:`~vbedge.HierarchicalCodebook` (or the path of its .npz).
+        s3d_weights: torchvision S3D state dict (.pth); or ``s3d_random_init=True`` (tests, demo).
+        precisions: subset of ('fp32', 'fp16'); fp32 is required (int8 is not available yet).
+        spec: :class:`~vbedge.preprocess.PreprocessSpec` for S3D (default: 20 fps, 30 frames, 224).
+        top_k: k of the VideoBERT top-k outputs (default: the exporter's).
+        reference_weights: also store the PyTorch weights under ``reference/`` so the torch
+            backend can run the bundle (larger bundle; not needed on a device).
+        overwrite: replace an existing ``output_dir`` (only after the new bundle is complete).
+    """
+    from vbedge.codebook import HierarchicalCodebook
+    from vbedge.export.s3d import export_s3d
+    from vbedge.export.videobert import DEFAULT_TOP_K, export_videobert
+    from vbedge.preprocess import PreprocessSpec
+
+    precisions = _check_precisions(precisions)
+    if not isinstance(codebook, HierarchicalCodebook):
+        codebook = HierarchicalCodebook.load(codebook)
+    if videobert.codebook_ref.get("sha256") != codebook.sha256:
+        raise FormatError("the VideoBERT model was built for another codebook (sha256 differs)")
+    spec = spec or PreprocessSpec()
+    out = Path(output_dir)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        fp16 = "fp16" in precisions
+        log.info("bundle: exporting S3D")
+        s3d = export_s3d(staging, s3d_weights, random_init=s3d_random_init, seed=seed, spec=spec, fp16=fp16,
+                         progress=progress)
+        feature_dim = int(s3d.metadata["outputs"][0]["shape"][-1])
+        if feature_dim != codebook.dim:
+            raise FormatError(f"S3D makes {feature_dim}-d features but the codebook is {codebook.dim}-d")
+        log.info("bundle: exporting VideoBERT")
+        vb_meta = export_videobert(videobert, staging, top_k=top_k or DEFAULT_TOP_K, fp16=fp16, progress=progress)
+        codebook.save(staging / "codebook.npz")
+        videobert.vocab.save(staging)
+        models = {
+            "s3d": {
+                "onnx": {p: s3d.metadata["files"][p]["path"] for p in precisions},
+                "metadata": "s3d.json",
+                "inputs": s3d.metadata["inputs"],
+                "outputs": s3d.metadata["outputs"],
+                "feature_dim": feature_dim,
+            },
+            "videobert": {
+                "onnx": {p: vb_meta["files"][p]["path"] for p in precisions},
+                "metadata": "videobert.json",
+                "inputs": vb_meta["inputs"],
+                "outputs": vb_meta["outputs"],
+                "top_k": vb_meta["top_k"],
+                "vocab_size": videobert.vocab.size,
+                "codebook_sha256": codebook.sha256,
+            },
+        }
+        if reference_weights:
+            _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models)
+        write_manifest(staging, models, "codebook.npz",
+                       {"vocab_file": "vocab.txt", "layout_file": "vocab_layout.json"}, spec.to_dict())
+        Bundle.load(staging)  # verify exactly what a device will verify
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return Bundle.load(out, verify_hashes=False)
+
+
+def _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models):
+    import torch
+
+    from vbedge.models.s3d import build_s3d_feature_extractor
+
+    ref = staging / REFERENCE_DIR
+    ref.mkdir()
+    extractor = build_s3d_feature_extractor(s3d_weights, random_init=s3d_random_init, seed=seed)
+    # A plain tensor state dict: loadable with torch.load(weights_only=True), no pickled objects.
+    torch.save(extractor.state_dict(), ref / "s3d.pth")
+    models["s3d"]["reference"] = f"{REFERENCE_DIR}/s3d.pth"
+    models["s3d"]["extra_files"] = [f"{REFERENCE_DIR}/s3d.pth"]
+    vb_dir = videobert.save(ref / "videobert")
+    models["videobert"]["reference"] = f"{REFERENCE_DIR}/videobert"
+    models["videobert"]["extra_files"] = sorted(
+        f"{REFERENCE_DIR}/videobert/{p.name}" for p in Path(vb_dir).iterdir() if p.is_file()
+    )
+
+
+# ---------------------------------------------------------------------- command line
+def add_build_command(subparsers):
+    """Register ``vbedge build`` (imports nothing heavy; torch loads in the handler)."""
+    p = subparsers.add_parser(
+        "build",
+        help="export S3D + VideoBERT into a verified bundle folder (needs vbedge[export])",
+        description="Export S3D and VideoBERT to ONNX (fp32, fp16), check them against PyTorch, and "
+                    "write a bundle: manifest.json with every file's sha256, the models, the codebook "
+                    "and the vocabulary.",
+    )
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--s3d", metavar="W.pth", help="torchvision S3D state dict")
+    weights.add_argument("--s3d-random-init", action="store_true", help="random S3D weights (demos and tests)")
+    p.add_argument("--videobert", required=True, metavar="DIR",
+                   help="VideoBERT folder (VideoBert.save) or plain Hugging Face BERT folder to extend")
+    p.add_argument("--codebook", required=True, metavar="C.npz", help="hierarchical codebook")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32,fp16 (default both)")
+    p.add_argument("--calib", metavar="CLIPS", help="calibration clips for int8 (not available yet)")
+    p.add_argument("--frames", type=int, help="clip length in frames (default 30)")
+    p.add_argument("--crop", type=int, help="crop side in pixels (default 224)")
+    p.add_argument("--top-k", type=int, help="k of VideoBERT's top-k outputs (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random S3D weights / new BERT embeddings")
+    p.add_argument("--reference-weights", action="store_true",
+                   help="also store PyTorch weights so the torch backend can run the bundle")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.set_defaults(func=_cmd_build)
+    return p
+
+
+def _cmd_build(args):
+    from vbedge.codebook import HierarchicalCodebook
+    from vbedge.export.videobert import load_videobert_checkpoint
+    from vbedge.preprocess import PreprocessSpec
+
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if args.calib and "int8" not in precisions:
+        raise InvalidInputError("--calib is only used with --precision ...,int8")
+    codebook = HierarchicalCodebook.load(args.codebook)
+    videobert = load_videobert_checkpoint(args.videobert, codebook, seed=args.seed)
+    spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop)) if v is not None}
+    spec = PreprocessSpec(**spec_changes) if spec_changes else None
+    bundle = build_bundle(args.output, videobert=videobert, codebook=codebook, s3d_weights=args.s3d,
+                          s3d_random_init=args.s3d_random_init, seed=args.seed, precisions=precisions, spec=spec,
+                          top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite)
+    print(f"wrote {bundle!r}")
+    for name, entry in sorted(bundle.manifest["files"].items()):
+        print(f"  {name:<34} {entry['size'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}")
+    return 0
