@@ -90,11 +90,13 @@ def check_all_paths(centroids, levels, branching, x, mode="tree", beam=1, expect
     tok = CudaTokenizer(centroids, levels, branching)
     paths = {"default": {}, "generic": {"_force_generic": True}}
     if mode == "tree" and beam == 1:
-        paths["sorted"] = {"sort_threshold": 0}
+        paths["sorted"] = {"sort_threshold": 0}  # tiled level kernel (default)
+        paths["sorted_orig"] = {"sort_threshold": 0, "_sorted_impl": 0}  # original level kernel
         paths["small"] = {"sort_threshold": 1 << 40}
     for name, settings in paths.items():
         tok._impl.sort_threshold = settings.get("sort_threshold", 4096)
         tok._impl._force_generic = settings.get("_force_generic", False)
+        tok._impl._sorted_impl = settings.get("_sorted_impl", 1)
         got = tok.tokenize(x, mode=mode, beam=beam)
         assert got.dtype == np.int64 and got.shape == (len(x),)
         np.testing.assert_array_equal(got, expected, err_msg=f"CUDA path {name!r} != reference ({mode}, beam={beam})")
@@ -214,6 +216,9 @@ def test_large_batch_sorted_path():
     x = near_leaf_features(cent, levels, branching, n, seed=52)
     tok = CudaTokenizer(cent, levels, branching)
     got = tok.tokenize(x)  # n >= sort_threshold: node-grouped kernels
+    tok._impl._sorted_impl = 0
+    np.testing.assert_array_equal(tok.tokenize(x), got, err_msg="tiled sorted kernel != original sorted kernel")
+    tok._impl._sorted_impl = 1
     tok.sort_threshold = n + 1
     np.testing.assert_array_equal(tok.tokenize(x), got, err_msg="sorted path != small-batch path")
     cpu = cpu_ids(cent, levels, branching, x, "tree", 1)
@@ -222,6 +227,42 @@ def test_large_batch_sorted_path():
     sub = np.random.default_rng(53).choice(n, size=1500, replace=False)
     np.testing.assert_array_equal(got[sub], tokenize_reference(cent, levels, branching, x[sub], "tree", 1))
     assert len(np.unique(got)) > 1000  # the features really spread over many leaves
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_sorted_kernels_odd_sizes_nan_rows_and_phase_timing(dtype):
+    """Tiled and original sorted kernels: partial feature groups (n, runs not multiples of 4), an odd
+    dimension (element-wise loads), branching 16 (the wider accumulator instance), non-finite rows,
+    and the phase-timing debug aid (2L-1 non-negative times, same ids)."""
+    for levels, branching, dim, n in ((3, 12, 1024, 4099), (3, 16, 37, 1001), (2, 7, 130, 523)):
+        cent = tree_centroids(levels, branching, dim, seed=dim + n)
+        x = near_leaf_features(cent, levels, branching, n, seed=n).astype(dtype)
+        x[: n // 10] = np.random.default_rng(n).normal(size=(n // 10, dim)).astype(dtype)
+        expected = tokenize_reference(cent, levels, branching, x.astype(np.float32), "tree", 1)
+        bad = [3, n // 2, n - 1]
+        xb = x.copy()
+        xb[bad[0], 0] = np.nan
+        xb[bad[1], dim - 1] = np.inf
+        xb[bad[2], dim // 2] = -np.inf
+        tok = CudaTokenizer(cent, levels, branching)
+        tok._impl.sort_threshold = 0
+        for impl in (1, 0):
+            tok._impl._sorted_impl = impl
+            for timing in (False, True):
+                tok._impl._phase_timing = timing
+                got = tok.tokenize(x)
+                np.testing.assert_array_equal(got, expected, err_msg=f"sorted impl {impl}, timing {timing}")
+                phases = list(tok._impl._phase_ms)
+                if timing:
+                    assert len(phases) == 2 * levels - 1 and all(t >= 0 for t in phases)
+                else:
+                    assert phases == []
+            tok._impl._phase_timing = False
+            with pytest.raises(InvalidInputError, match=f"row {bad[0]}"):
+                tok.tokenize(xb)
+    with pytest.raises(ValueError):
+        tok._impl._sorted_impl = 2
 
 
 @gpu

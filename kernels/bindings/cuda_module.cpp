@@ -306,7 +306,21 @@ PYBIND11_MODULE(_kernels_cuda, m) {
         .def_property(
             "_force_generic", [](PyCudaTokenizer& t) { return t.engine().force_generic(); },
             [](PyCudaTokenizer& t, bool v) { t.engine().set_force_generic(v); },
-            "Testing aid: run every call through the generic beam/exact kernel.");
+            "Testing aid: run every call through the generic beam/exact kernel.")
+        .def_property(
+            "_sorted_impl", [](PyCudaTokenizer& t) { return t.engine().sorted_impl(); },
+            [](PyCudaTokenizer& t, int v) {
+                if (v != 0 && v != 1) throw std::invalid_argument("_sorted_impl must be 0 or 1, got " + std::to_string(v));
+                t.engine().set_sorted_impl(v);
+            },
+            "Benchmark/testing aid: sorted-path level kernel, 1 = tiled (default), 0 = original.")
+        .def_property(
+            "_phase_timing", [](PyCudaTokenizer& t) { return t.engine().phase_timing(); },
+            [](PyCudaTokenizer& t, bool v) { t.engine().set_phase_timing(v); },
+            "Debug aid: time each phase of the sorted path with CUDA events (makes calls synchronous).")
+        .def_property_readonly(
+            "_phase_ms", [](PyCudaTokenizer& t) { return t.engine().phase_ms(); },
+            "Device ms of the last timed sorted-path call: [level 0, sort 1, level 1, ..., level L-1].");
 
     m.def("device_count", []() { return vc::device_count(); }, "Number of CUDA devices (0 without driver/device).");
     m.def(

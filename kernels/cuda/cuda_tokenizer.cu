@@ -396,6 +396,235 @@ tree_sorted_level_kernel(DevCodebook cb, int level, const T* feats, long long n,
     }
 }
 
+// ------------------------------------------------------------------ tree, beam 1, large batches, tiled
+
+// Canonical distance reading the feature straight from its (global) row: load_x converts to
+// float32 exactly, so the value is bit-identical to canon_dist on a staged copy.
+template <typename T>
+__device__ double canon_dist_row(const T* row, const float* c, int D) {
+    double s = 0.0;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) {
+        const double diff = __dsub_rn(static_cast<double>(load_x(row + d)), static_cast<double>(__ldg(c + d)));
+        s = __dadd_rn(s, __dmul_rn(diff, diff));
+    }
+    return s;
+}
+
+// select_child with the feature read from its global row (see select_child).
+template <typename T>
+__device__ int select_child_row(float my_fast, int k, double tol, const T* row, const float* child0, int Dp, int D,
+                                int lane) {
+    const float best = warp_min(my_fast);
+    const double limit = static_cast<double>(best) + tol;
+    const bool cand = lane < k && static_cast<double>(my_fast) <= limit;
+    const unsigned mask = __ballot_sync(kFullMask, cand);
+    if (__popc(mask) == 1) return __ffs(mask) - 1;
+    double cv = CUDART_INF;
+    if (cand) cv = canon_dist_row(row, child0 + static_cast<long long>(lane) * Dp, D);
+    int bj = lane;
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) {
+        const double ocv = __shfl_xor_sync(kFullMask, cv, m);
+        const int obj = __shfl_xor_sync(kFullMask, bj, m);
+        if (ocv < cv || (ocv == cv && obj < bj)) {
+            cv = ocv;
+            bj = obj;
+        }
+    }
+    return bj;
+}
+
+// Elements 4*d4 .. 4*d4+3 of a row as float32 (zero past D). vec: D % 4 == 0 and the row is
+// 4-element aligned (warp-uniform), so one 16-byte (float) or 8-byte (half) load.
+template <typename T>
+__device__ __forceinline__ float4 load_row4(const T* row, int d4, int D, bool vec) {
+    if (vec) return load_x4(row + 4 * d4);
+    const int d = 4 * d4;
+    float4 v;
+    v.x = d < D ? load_x(row + d) : 0.f;
+    v.y = d + 1 < D ? load_x(row + d + 1) : 0.f;
+    v.z = d + 2 < D ? load_x(row + d + 2) : 0.f;
+    v.w = d + 3 < D ? load_x(row + d + 3) : 0.f;
+    return v;
+}
+
+// Same contract and launch structure as tree_sorted_level_kernel (node runs of sorted positions,
+// the run's k children in shared memory), but each warp screens kTiledF features of the run at once
+// with the features held in registers (read straight from global memory, the next slice prefetched
+// while the current one is used): one shared-memory load of a child slice now feeds kTiledF
+// features instead of one, which removes the shared-memory bandwidth bound of the old kernel
+// (13 LDS.128 per 8 FP32 instructions per lane), and the feature is no longer staged through shared
+// memory. The per-level histogram is accumulated per run in shared memory (k global atomics per run
+// instead of one per feature). KT: compile-time bound on k (accumulators stay in registers).
+constexpr int kTiledF = 4;
+constexpr int kTiledWarps = 8;
+constexpr int kTiledThreads = kTiledWarps * kWarp;
+constexpr int kTiledChunk = 256;  // sorted positions per block
+
+template <typename T, int KT>
+__global__ void __launch_bounds__(kTiledThreads, 2)
+tree_tiled_level_kernel(DevCodebook cb, int level, const T* feats, long long n, long long stride, const int* perm,
+                        const int* bucket_end, const int* node_in, int* node_out, int* counts_next, long long* out,
+                        long long* err) {
+    extern __shared__ float4 smem4[];
+    __shared__ int hist_s[KT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k = cb.k, Dp = cb.Dp, Dp4 = Dp >> 2, D = cb.D;
+    const float4* ch4 = smem4;  // k * Dp floats: the run's node's children
+    const bool final_level = level == cb.levels - 1;
+    if (threadIdx.x < KT) hist_s[threadIdx.x] = 0;  // ordered by the first barrier below
+
+    const long long start = static_cast<long long>(blockIdx.x) * kTiledChunk;
+    const long long end = min(n, start + kTiledChunk);
+    long long pos = start;
+    while (pos < end) {
+        int p = 0;
+        long long run_end = end;
+        if (perm != nullptr) {
+            p = max(node_in[perm[pos]], 0);
+            run_end = min(end, static_cast<long long>(bucket_end[p + 1]));
+        }
+        const long long first_row = cb.level_offset[level] + static_cast<long long>(p) * k;
+        __syncthreads();  // every warp is done with the previous node's children and histogram
+        {
+            const float4* src = reinterpret_cast<const float4*>(cb.cent + first_row * Dp);
+            float4* dst = smem4;
+            const int total = k * Dp4;
+#pragma unroll 4
+            for (int t = threadIdx.x; t < total; t += kTiledThreads) dst[t] = __ldg(src + t);
+        }
+        __syncthreads();
+        const float* child0_global = cb.cent + first_row * Dp;
+
+        for (long long g = pos + static_cast<long long>(warp) * kTiledF; g < run_end;
+             g += static_cast<long long>(kTiledWarps) * kTiledF) {
+            const int nf = static_cast<int>(min(static_cast<long long>(kTiledF), run_end - g));
+            int idx[kTiledF];
+            int pin[kTiledF];
+            const T* row[kTiledF];
+            bool vec[kTiledF];
+#pragma unroll
+            for (int f = 0; f < kTiledF; ++f) {
+                const long long q = g + (f < nf ? f : 0);  // padding slots repeat the first feature
+                idx[f] = perm != nullptr ? perm[q] : static_cast<int>(q);
+                pin[f] = node_in != nullptr ? node_in[idx[f]] : 0;
+                row[f] = feats + static_cast<long long>(idx[f]) * stride;
+                vec[f] = (D & 3) == 0 && (reinterpret_cast<uintptr_t>(row[f]) % (4 * sizeof(T))) == 0;
+            }
+            float acc[kTiledF][KT];
+            float ss[kTiledF];
+            bool finite[kTiledF];
+#pragma unroll
+            for (int f = 0; f < kTiledF; ++f) {
+                ss[f] = 0.f;
+                finite[f] = true;
+#pragma unroll
+                for (int j = 0; j < KT; ++j) acc[f][j] = 0.f;
+            }
+            float4 xn[kTiledF];
+            if (lane < Dp4) {
+#pragma unroll
+                for (int f = 0; f < kTiledF; ++f) xn[f] = load_row4(row[f], lane, D, vec[f]);
+            }
+            for (int d4 = lane; d4 < Dp4; d4 += kWarp) {
+                float4 x[kTiledF];
+#pragma unroll
+                for (int f = 0; f < kTiledF; ++f) x[f] = xn[f];
+                const int nx = d4 + kWarp;
+                if (nx < Dp4) {  // prefetch the next slice while this one is used
+#pragma unroll
+                    for (int f = 0; f < kTiledF; ++f) xn[f] = load_row4(row[f], nx, D, vec[f]);
+                }
+#pragma unroll
+                for (int f = 0; f < kTiledF; ++f) {
+                    finite[f] = finite[f] && isfinite(x[f].x) && isfinite(x[f].y) && isfinite(x[f].z) &&
+                                isfinite(x[f].w);
+                    ss[f] = fmaf(x[f].x, x[f].x, ss[f]);
+                    ss[f] = fmaf(x[f].y, x[f].y, ss[f]);
+                    ss[f] = fmaf(x[f].z, x[f].z, ss[f]);
+                    ss[f] = fmaf(x[f].w, x[f].w, ss[f]);
+                }
+#pragma unroll
+                for (int j = 0; j < KT; ++j) {
+                    if (j < k) {
+                        const float4 c = ch4[j * Dp4 + d4];
+#pragma unroll
+                        for (int f = 0; f < kTiledF; ++f) acc[f][j] = sq_dist4(x[f], c, acc[f][j]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int f = 0; f < kTiledF; ++f) {
+                // Warp-uniform from here: pin, nf and the reductions are the same on every lane.
+                const float norm2 = warp_sum(ss[f]);
+                const bool ok = __all_sync(kFullMask, finite[f]) && isfinite(norm2);
+                float mine = CUDART_INF_F;
+#pragma unroll
+                for (int j = 0; j < KT; ++j) {
+                    if (j < k) {
+                        const float s = warp_sum(acc[f][j]);
+                        if (lane == j) mine = s;
+                    }
+                }
+                if (f >= nf) continue;
+                int result = -1;
+                if (pin[f] >= 0) {
+                    if (ok) {
+                        const double tol = cb.tol_scale * (static_cast<double>(norm2) + cb.cmax);
+                        const int j = select_child_row(mine, k, tol, row[f], child0_global, Dp, D, lane);
+                        result = pin[f] * k + j;
+                    } else if (lane == 0 && err != nullptr) {
+                        atomicMin(err, static_cast<long long>(idx[f]));
+                    }
+                }
+                if (lane == 0) {
+                    if (final_level) {
+                        out[idx[f]] = result;
+                    } else {
+                        node_out[idx[f]] = result;
+                        // Rows of this run land in keys p*k .. p*k+k-1 (invalid rows: key 0, run 0).
+                        const int key = max(result, 0);
+                        const int h = key - p * k;
+                        if (h >= 0 && h < k) {
+                            atomicAdd(&hist_s[h], 1);
+                        } else {
+                            atomicAdd(&counts_next[key], 1);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the run's histogram is complete
+        if (!final_level && threadIdx.x < k) {
+            const int c = hist_s[threadIdx.x];
+            if (c != 0) atomicAdd(&counts_next[static_cast<long long>(p) * k + threadIdx.x], c);
+            hist_s[threadIdx.x] = 0;
+        }
+        pos = run_end;
+    }
+}
+
+// Warp-aggregated scatter (same result contract as scatter_kernel): lanes with the same key take
+// consecutive slots with one atomic per distinct key per warp instead of one per feature.
+__global__ void scatter_aggregated_kernel(const int* node, long long n, int* cursor, int* perm) {
+    const int lane = threadIdx.x & 31;
+    const long long step = static_cast<long long>(gridDim.x) * blockDim.x;
+    // Whole warps iterate together (the bound is rounded up to a multiple of the step's warps).
+    for (long long base = blockIdx.x * static_cast<long long>(blockDim.x) + (threadIdx.x & ~31); base < n;
+         base += step) {
+        const long long i = base + lane;
+        const bool valid = i < n;
+        const int key = valid ? max(node[i], 0) : -1;
+        const unsigned same = __match_any_sync(kFullMask, key);
+        const int leader = __ffs(same) - 1;
+        int slot = 0;
+        if (valid && lane == leader) slot = atomicAdd(&cursor[key], __popc(same));
+        slot = __shfl_sync(kFullMask, slot, leader);
+        if (valid) perm[slot + __popc(same & ((1u << lane) - 1u))] = static_cast<int>(i);
+    }
+}
+
 // Single block: offsets[0..nkeys] = exclusive scan of counts (offsets[nkeys] = total); cursor = copy.
 __global__ void __launch_bounds__(kScanThreads) scan_counts_kernel(const int* counts, int nkeys, int* offsets,
                                                                    int* cursor) {
@@ -685,6 +914,8 @@ TokenizerEngine::TokenizerEngine(const float* centroids, int64_t num_rows, int64
         }
         sorted_smem_ = row_bytes * static_cast<size_t>(branching + kSortedWarps);
         sorted_ok_ = branching <= kMaxKSorted && sorted_smem_ <= limit;
+        tiled_smem_ = row_bytes * static_cast<size_t>(branching);
+        tiled_ok_ = branching <= kMaxKSorted && tiled_smem_ <= limit;
 
         allow_smem(tree_small_kernel<float>, small_smem_, "tree_small_kernel<float>");
         allow_smem(tree_small_kernel<__half>, small_smem_, "tree_small_kernel<half>");
@@ -693,6 +924,12 @@ TokenizerEngine::TokenizerEngine(const float* centroids, int64_t num_rows, int64
         if (sorted_ok_) {
             allow_smem(tree_sorted_level_kernel<float>, sorted_smem_, "tree_sorted_level_kernel<float>");
             allow_smem(tree_sorted_level_kernel<__half>, sorted_smem_, "tree_sorted_level_kernel<half>");
+        }
+        if (tiled_ok_) {
+            allow_smem(tree_tiled_level_kernel<float, 12>, tiled_smem_, "tree_tiled_level_kernel<float, 12>");
+            allow_smem(tree_tiled_level_kernel<__half, 12>, tiled_smem_, "tree_tiled_level_kernel<half, 12>");
+            allow_smem(tree_tiled_level_kernel<float, 16>, tiled_smem_, "tree_tiled_level_kernel<float, 16>");
+            allow_smem(tree_tiled_level_kernel<__half, 16>, tiled_smem_, "tree_tiled_level_kernel<half, 16>");
         }
 
         const size_t cent_bytes = padded.size() * sizeof(float);
@@ -743,6 +980,8 @@ void TokenizerEngine::release_all() noexcept {
     if (h_io_ != nullptr) cudaFreeHost(h_io_);
     if (host_stream_ != nullptr) cudaStreamDestroy(host_stream_);
     if (done_event_ != nullptr) cudaEventDestroy(done_event_);
+    for (cudaEvent_t e : phase_events_) cudaEventDestroy(e);
+    phase_events_.clear();
     d_centroids_ = nullptr;
     d_node_a_ = d_node_b_ = d_perm_ = d_counts_ = d_offsets_ = d_cursor_ = nullptr;
     d_generic_ = d_io_ = h_io_ = nullptr;
@@ -853,14 +1092,35 @@ void TokenizerEngine::tokenize_locked(const void* features, Dtype dtype, int64_t
     const bool half = dtype == Dtype::kFloat16;
     const bool tree1 = mode == Mode::kTree && beam == 1 && !force_generic_;
 
-    if (tree1 && sorted_ok_ && n >= sort_threshold_ && n < INT_MAX) {
+    const bool use_tiled = sorted_impl_ != 0 && tiled_ok_;
+    if (tree1 && (use_tiled || sorted_ok_) && n >= sort_threshold_ && n < INT_MAX) {
         ensure_sorted_scratch(n);
+        const bool timing = phase_timing_;
+        phase_ms_.clear();
+        if (timing && phase_events_.empty()) {
+            for (int e = 0; e < 2 * levels_; ++e) {
+                cudaEvent_t ev = nullptr;
+                check(cudaEventCreate(&ev), "cudaEventCreate (phase timing)");
+                phase_events_.push_back(ev);
+            }
+        }
         if (counts_total_ > 0) {
             check(cudaMemsetAsync(d_counts_, 0, sizeof(int) * counts_total_, stream), "cudaMemsetAsync(histograms)");
         }
+        // Phase timing events, in order: start, end of level 0, end of sort 1, end of level 1, ...
+        // (2L events); phase i spans events i .. i+1.
+        int next_event = 0;
+        auto mark = [&]() {
+            if (timing) {
+                check(cudaEventRecord(phase_events_[next_event], stream), "cudaEventRecord (phase timing)");
+                ++next_event;
+            }
+        };
+        mark();
         int* node_in = d_node_a_;
         int* node_out = d_node_b_;
-        const long long blocks = (n + kSortedChunk - 1) / kSortedChunk;
+        const long long chunk = use_tiled ? kTiledChunk : kSortedChunk;
+        const long long blocks = (n + chunk - 1) / chunk;
         const int scatter_blocks = static_cast<int>(std::min<long long>((n + 255) / 256, 8LL * num_sms_));
         for (int l = 0; l < levels_; ++l) {
             const bool last = l == levels_ - 1;
@@ -872,24 +1132,66 @@ void TokenizerEngine::tokenize_locked(const void* features, Dtype dtype, int64_t
                 int* counts = d_counts_ + counts_offset_[l];
                 scan_counts_kernel<<<1, kScanThreads, 0, stream>>>(counts, nkeys, d_offsets_, d_cursor_);
                 check_launch("scan_counts_kernel");
-                scatter_kernel<<<scatter_blocks, 256, 0, stream>>>(node_in, n, d_cursor_, d_perm_);
-                check_launch("scatter_kernel");
+                if (use_tiled) {
+                    scatter_aggregated_kernel<<<scatter_blocks, 256, 0, stream>>>(node_in, n, d_cursor_, d_perm_);
+                    check_launch("scatter_aggregated_kernel");
+                } else {
+                    scatter_kernel<<<scatter_blocks, 256, 0, stream>>>(node_in, n, d_cursor_, d_perm_);
+                    check_launch("scatter_kernel");
+                }
+                mark();
                 perm = d_perm_;
                 bucket_end = d_offsets_;
                 in = node_in;
             }
             int* counts_next = last ? nullptr : d_counts_ + counts_offset_[l + 1];
-            if (half) {
-                tree_sorted_level_kernel<__half><<<static_cast<unsigned>(blocks), kSortedThreads, sorted_smem_, stream>>>(
-                    cb, l, static_cast<const __half*>(features), n, row_stride, perm, bucket_end, in, node_out,
-                    counts_next, out_ll, err_ll);
+            const unsigned grid = static_cast<unsigned>(blocks);
+            if (use_tiled) {
+                if (branching_ <= 12) {
+                    if (half) {
+                        tree_tiled_level_kernel<__half, 12><<<grid, kTiledThreads, tiled_smem_, stream>>>(
+                            cb, l, static_cast<const __half*>(features), n, row_stride, perm, bucket_end, in,
+                            node_out, counts_next, out_ll, err_ll);
+                    } else {
+                        tree_tiled_level_kernel<float, 12><<<grid, kTiledThreads, tiled_smem_, stream>>>(
+                            cb, l, static_cast<const float*>(features), n, row_stride, perm, bucket_end, in,
+                            node_out, counts_next, out_ll, err_ll);
+                    }
+                } else {
+                    if (half) {
+                        tree_tiled_level_kernel<__half, 16><<<grid, kTiledThreads, tiled_smem_, stream>>>(
+                            cb, l, static_cast<const __half*>(features), n, row_stride, perm, bucket_end, in,
+                            node_out, counts_next, out_ll, err_ll);
+                    } else {
+                        tree_tiled_level_kernel<float, 16><<<grid, kTiledThreads, tiled_smem_, stream>>>(
+                            cb, l, static_cast<const float*>(features), n, row_stride, perm, bucket_end, in,
+                            node_out, counts_next, out_ll, err_ll);
+                    }
+                }
+                check_launch("tree_tiled_level_kernel");
             } else {
-                tree_sorted_level_kernel<float><<<static_cast<unsigned>(blocks), kSortedThreads, sorted_smem_, stream>>>(
-                    cb, l, static_cast<const float*>(features), n, row_stride, perm, bucket_end, in, node_out,
-                    counts_next, out_ll, err_ll);
+                if (half) {
+                    tree_sorted_level_kernel<__half><<<grid, kSortedThreads, sorted_smem_, stream>>>(
+                        cb, l, static_cast<const __half*>(features), n, row_stride, perm, bucket_end, in, node_out,
+                        counts_next, out_ll, err_ll);
+                } else {
+                    tree_sorted_level_kernel<float><<<grid, kSortedThreads, sorted_smem_, stream>>>(
+                        cb, l, static_cast<const float*>(features), n, row_stride, perm, bucket_end, in, node_out,
+                        counts_next, out_ll, err_ll);
+                }
+                check_launch("tree_sorted_level_kernel");
             }
-            check_launch("tree_sorted_level_kernel");
+            mark();
             std::swap(node_in, node_out);
+        }
+        if (timing) {
+            check(cudaEventSynchronize(phase_events_[next_event - 1]), "cudaEventSynchronize (phase timing)");
+            for (int e = 0; e + 1 < next_event; ++e) {
+                float ms = 0.f;
+                check(cudaEventElapsedTime(&ms, phase_events_[e], phase_events_[e + 1]),
+                      "cudaEventElapsedTime (phase timing)");
+                phase_ms_.push_back(ms);
+            }
         }
     } else if (tree1 && branching_ <= kMaxKSmall) {
         const unsigned blocks = static_cast<unsigned>(std::min<long long>(n, 1LL << 20));

@@ -60,6 +60,19 @@ public:
     // Testing aid: route every call through the generic (beam/exact) kernel.
     bool force_generic() const { return force_generic_; }
     void set_force_generic(bool value) { force_generic_ = value; }
+    // Which node-grouped (sorted) level kernel large tree beam-1 batches use: 1 (default) = tiled
+    // (several features per warp, features in registers), 0 = the original one-feature-per-warp
+    // kernel, kept for side-by-side benchmarks and tests. Values other than 0 are treated as 1; the
+    // binding validates the user's value. The tiled kernel is used where its shared memory fits
+    // (branching <= 16), else the original one.
+    int sorted_impl() const { return sorted_impl_; }
+    void set_sorted_impl(int value) { sorted_impl_ = value == 0 ? 0 : 1; }
+    // Debug aid: when on, each sorted-path call records CUDA events around every phase, waits for
+    // them (synchronous) and stores the device times in phase_ms(): [level 0, sort 1, level 1,
+    // sort 2, ..., level L-1] (2L-1 values, ms; sort l = scan + scatter before level l). Off: empty.
+    bool phase_timing() const { return phase_timing_; }
+    void set_phase_timing(bool value) { phase_timing_ = value; }
+    std::vector<float> phase_ms() const { return phase_ms_; }
 
     // Throws std::invalid_argument when (mode, beam) is not accepted by the contract.
     void check_options(Mode mode, int64_t beam) const;
@@ -91,10 +104,16 @@ private:
     double c_max_ = 0.0;
     int64_t sort_threshold_ = 4096;
     bool force_generic_ = false;
+    int sorted_impl_ = 1;
+    bool phase_timing_ = false;
+    std::vector<float> phase_ms_;
+    std::vector<cudaEvent_t> phase_events_;  // created on first timed call, 2L events
 
     int num_sms_ = 0;
     size_t small_smem_ = 0, sorted_smem_ = 0, generic_smem_ = 0;
     bool sorted_ok_ = false;  // the sorted kernel's shared memory fits this device
+    size_t tiled_smem_ = 0;
+    bool tiled_ok_ = false;   // the tiled sorted kernel's shared memory fits (and branching <= 16)
 
     float* d_centroids_ = nullptr;  // (num_rows, padded_dim) float32
     // Sorted path: node ids (ping-pong), permutation, per-level histograms, offsets, cursors.
