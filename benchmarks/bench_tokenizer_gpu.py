@@ -12,6 +12,8 @@ features = leaf + noise) it prints:
 * the torch reference: a straightforward batched tree descent (per level: gather the children's
   centroids, distances |c|^2 - 2 x.c with bmm in float32 (TF32 off), argmin), chunked to bound the
   gather's memory, timed the same way;
+* at N >= 1,000,000: the tiled sorted level kernel (default) beside the original one
+  (``_sorted_impl = 0``), their exact agreement, and a per-phase breakdown (``_phase_timing``);
 * ratios, and agreement: CUDA vs the NumPy reference (exact, on a subsample) and CUDA vs torch
   (float32 argmin, so rare near-tie differences are expected and reported, not failed).
 
@@ -174,6 +176,32 @@ def main(argv=None):
         rec["agree_numpy_ref_n"] = int(len(sub))
         tids = torch_tree_reference(torch, cent_levels, norms_levels, xs[0], k, chunk).cpu().numpy()
         rec["agree_torch"] = float(np.mean(ids == tids))
+        if n >= 1_000_000 and hasattr(impl, "_sorted_impl"):
+            # Sorted path: the tiled level kernel (default, timed above) beside the original one, on the
+            # same inputs, their agreement (exact), and a per-phase breakdown (CUDA events, debug aid).
+            impl._sorted_impl = 0
+            orig_ms, orig_min, orig_max = event_median_ms(torch, run_cuda, repeat)
+            run_cuda(0)
+            torch.cuda.synchronize()
+            orig_ids = outs[0].cpu().numpy()
+            phases = {}
+            for name, val in (("orig", 0), ("tiled", 1)):
+                impl._sorted_impl = val
+                impl._phase_timing = True
+                run_cuda(0)
+                phases[name] = list(impl._phase_ms)
+                impl._phase_timing = False
+            impl._sorted_impl = 1
+            rec.update({"orig_sorted_ms": orig_ms, "orig_sorted_ms_min": orig_min, "orig_sorted_ms_max": orig_max,
+                        "orig_sorted_feat_per_s": n / (orig_ms / 1e3),
+                        "tiled_vs_orig_agree": float(np.mean(orig_ids == ids)), "phase_ms": phases})
+            names = ["level 0"] + [f"{kind} {lv}" for lv in range(1, L) for kind in ("sort", "level")]
+            print(f"N={n:,} sorted path: tiled {n / (cuda_ms / 1e3):,.0f}/s ({cuda_ms:.2f} ms, min {cuda_min:.2f}) "
+                  f"vs original {n / (orig_ms / 1e3):,.0f}/s ({orig_ms:.2f} ms, min {orig_min:.2f}): "
+                  f"x{orig_ms / cuda_ms:.2f}; ids identical: {rec['tiled_vs_orig_agree']:.6f}", flush=True)
+            for name, vals in phases.items():
+                print(f"  phases {name:5s} (ms): " + ", ".join(f"{a} {b:.3f}" for a, b in zip(names, vals))
+                      + f"; sum {sum(vals):.3f}", flush=True)
         if n == 1:
             x_np = xs[0].cpu().numpy()
             rec["latency_tokenize_us"] = host_median_us(
@@ -216,6 +244,13 @@ def main(argv=None):
                   f"{rec['latency_raw_binding_us']:.1f} us; tokenize_host(numpy) {rec['latency_tokenize_host_us']:.1f} us")
     for key in ("tree_beam4", "exact_beam1"):
         print(f"{key} (generic kernel): {extra[key + '_feat_per_s']:,.0f} features/s at N={extra[key + '_n']:,}")
+    for rec in rows:
+        if "orig_sorted_feat_per_s" in rec:
+            print(f"N={rec['n']:,} sorted path: tiled {rec['cuda_feat_per_s']:,.0f}/s vs original "
+                  f"{rec['orig_sorted_feat_per_s']:,.0f}/s (x{rec['cuda_feat_per_s'] / rec['orig_sorted_feat_per_s']:.2f}),"
+                  f" identical ids {rec['tiled_vs_orig_agree']:.6f}")
+            for name, vals in rec["phase_ms"].items():
+                print(f"  phases {name} (ms): {', '.join(f'{v:.3f}' for v in vals)} (level 0, sort 1, level 1, ...)")
     big = [r for r in rows if r["n"] >= 1_000_000]
     if big:
         r = big[-1]
