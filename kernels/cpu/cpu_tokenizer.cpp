@@ -705,6 +705,28 @@ void scan_block(const cpu::DotKernels& kern, const float* const* xs, int64_t m, 
     }
 }
 
+// Same contract as scan_block, with the 6 x 16 outer-product kernel over interleaved panels
+// (panel p holds leaves 16p .. 16p+15, zero-padded past the last leaf).
+void scan_panels(const cpu::DotKernels& kern, const float* const* xs, int64_t m, const float* panels,
+                 const float* leaf_norms, int64_t num_leaves, int64_t dim, ExactState* st) {
+    float out[96];
+    const float* group[6];
+    const int64_t num_panels = (num_leaves + 15) / 16;
+    for (int64_t p = 0; p < num_panels; ++p) {
+        const int64_t l0 = p * 16;
+        const int64_t valid = std::min<int64_t>(16, num_leaves - l0);
+        const float* panel = panels + p * 16 * dim;
+        for (int64_t f0 = 0; f0 < m; f0 += 6) {
+            const int64_t cnt = std::min<int64_t>(6, m - f0);
+            for (int64_t a = 0; a < 6; ++a) group[a] = xs[f0 + std::min(a, cnt - 1)];  // pad with a repeat
+            kern.gemm_6x16(group, panel, dim, out);
+            for (int64_t a = 0; a < cnt; ++a)
+                for (int64_t j = 0; j < valid; ++j)
+                    st[f0 + a].offer(l0 + j, static_cast<double>(leaf_norms[l0 + j]) - 2.0 * out[a * 16 + j]);
+        }
+    }
+}
+
 }  // namespace
 
 void CpuTokenizerCore::exact(const Ctx& ctx) const {
@@ -728,8 +750,22 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
     const float* parents = C + parent_off * dim;
     const float* parent_norms = norms2_.data() + parent_off;
 
+    const bool use_panels = kern.gemm_6x16 != nullptr;
+    if (use_panels) {
+        std::call_once(leaf_panels_once_, [&]() {
+            const int64_t num_panels = (num_leaves + 15) / 16;
+            leaf_panels_.assign(static_cast<size_t>(num_panels) * 16 * dim, 0.0f);
+            for (int64_t leaf = 0; leaf < num_leaves; ++leaf) {
+                float* panel = leaf_panels_.data() + (leaf / 16) * 16 * dim;
+                const float* src = leaves + leaf * dim;
+                for (int64_t d = 0; d < dim; ++d) panel[d * 16 + leaf % 16] = src[d];
+            }
+        });
+    }
+    const float* panels = use_panels ? leaf_panels_.data() : nullptr;
+
     // A tile of features stays in L2 while centroid blocks stream past it once.
-    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(96, (int64_t(384) * 1024 / 4) / dim / 3 * 3));
+    const int64_t tile = std::max<int64_t>(6, std::min<int64_t>(192, (int64_t(768) * 1024 / 4) / dim / 6 * 6));
     const int64_t num_tiles = (n + tile - 1) / tile;
 
 #pragma omp parallel num_threads(ctx.threads)
@@ -841,7 +877,12 @@ void CpuTokenizerCore::exact(const Ctx& ctx) const {
                     dense_xs[a] = xs[r];
                     dense_st[a].reset(st[r].norm2, st[r].tol);
                 }
-                scan_block(kern, dense_xs.data(), num_dense, leaves, leaf_norms, 0, num_leaves, dim, dense_st.data());
+                if (use_panels) {
+                    scan_panels(kern, dense_xs.data(), num_dense, panels, leaf_norms, num_leaves, dim, dense_st.data());
+                } else {
+                    scan_block(kern, dense_xs.data(), num_dense, leaves, leaf_norms, 0, num_leaves, dim,
+                               dense_st.data());
+                }
                 for (int64_t a = 0; a < num_dense; ++a)
                     ctx.out[i0 + dense_rows[a]] = dense_st[a].finish(dense_xs[a], leaves, num_leaves, dim);
             }

@@ -158,6 +158,53 @@ __attribute__((target("avx2,fma"))) void dot_3x4_avx2(const float* x0, const flo
     }
 }
 
+__attribute__((target("avx2,fma"))) void gemm_6x16_avx2(const float* const* xs, const float* panel, int64_t dim,
+                                                        float* out) {
+    const float* x0 = xs[0];
+    const float* x1 = xs[1];
+    const float* x2 = xs[2];
+    const float* x3 = xs[3];
+    const float* x4 = xs[4];
+    const float* x5 = xs[5];
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+    __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+    __m256 a40 = _mm256_setzero_ps(), a41 = _mm256_setzero_ps(), a50 = _mm256_setzero_ps(), a51 = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dim; ++d) {
+        const __m256 c0 = _mm256_loadu_ps(panel + d * 16);
+        const __m256 c1 = _mm256_loadu_ps(panel + d * 16 + 8);
+        __m256 b = _mm256_broadcast_ss(x0 + d);
+        a00 = _mm256_fmadd_ps(b, c0, a00);
+        a01 = _mm256_fmadd_ps(b, c1, a01);
+        b = _mm256_broadcast_ss(x1 + d);
+        a10 = _mm256_fmadd_ps(b, c0, a10);
+        a11 = _mm256_fmadd_ps(b, c1, a11);
+        b = _mm256_broadcast_ss(x2 + d);
+        a20 = _mm256_fmadd_ps(b, c0, a20);
+        a21 = _mm256_fmadd_ps(b, c1, a21);
+        b = _mm256_broadcast_ss(x3 + d);
+        a30 = _mm256_fmadd_ps(b, c0, a30);
+        a31 = _mm256_fmadd_ps(b, c1, a31);
+        b = _mm256_broadcast_ss(x4 + d);
+        a40 = _mm256_fmadd_ps(b, c0, a40);
+        a41 = _mm256_fmadd_ps(b, c1, a41);
+        b = _mm256_broadcast_ss(x5 + d);
+        a50 = _mm256_fmadd_ps(b, c0, a50);
+        a51 = _mm256_fmadd_ps(b, c1, a51);
+    }
+    _mm256_storeu_ps(out + 0, a00);
+    _mm256_storeu_ps(out + 8, a01);
+    _mm256_storeu_ps(out + 16, a10);
+    _mm256_storeu_ps(out + 24, a11);
+    _mm256_storeu_ps(out + 32, a20);
+    _mm256_storeu_ps(out + 40, a21);
+    _mm256_storeu_ps(out + 48, a30);
+    _mm256_storeu_ps(out + 56, a31);
+    _mm256_storeu_ps(out + 64, a40);
+    _mm256_storeu_ps(out + 72, a41);
+    _mm256_storeu_ps(out + 80, a50);
+    _mm256_storeu_ps(out + 88, a51);
+}
+
 __attribute__((target("avx2,fma"))) double norm2_avx2(const float* x, int64_t dim) {
     __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd(), a3 = _mm256_setzero_pd();
     int64_t d = 0;
@@ -194,12 +241,12 @@ DotKernels pick_kernels() {
     // code that aarch64 Jetson and pre-AVX2 CPUs run.
     const char* forced = std::getenv("VBEDGE_CPU_SIMD");
     if (forced != nullptr && std::strcmp(forced, "portable") == 0) {
-        return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, "portable"};
+        return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, nullptr, "portable"};
     }
 #if VBEDGE_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        DotKernels k{dot_rows_avx2, dot_3x4_avx2, half_row_portable, norm2_avx2, "avx2+fma"};
+        DotKernels k{dot_rows_avx2, dot_3x4_avx2, half_row_portable, norm2_avx2, gemm_6x16_avx2, "avx2+fma"};
         if (__builtin_cpu_supports("f16c")) {
             k.half_row = half_row_f16c;
             k.name = "avx2+fma+f16c";
@@ -207,7 +254,7 @@ DotKernels pick_kernels() {
         return k;
     }
 #endif
-    return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, "portable"};
+    return DotKernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, nullptr, "portable"};
 }
 
 }  // namespace
@@ -218,7 +265,7 @@ const DotKernels& dot_kernels() {
 }
 
 const DotKernels& portable_dot_kernels() {
-    static const DotKernels kernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, "portable"};
+    static const DotKernels kernels{dot_rows_portable, dot_3x4_portable, half_row_portable, norm2_portable, nullptr, "portable"};
     return kernels;
 }
 

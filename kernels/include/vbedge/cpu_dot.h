@@ -25,11 +25,18 @@ using HalfRowFn = void (*)(const uint16_t* src, float* dst, int64_t dim);
 // Squared norm accumulated in float64 (any order): finite iff every element is finite.
 using Norm2Fn = double (*)(const float* x, int64_t dim);
 
+// out[f * 16 + j] = dot(x_f, leaf j of the panel) for f < 6, j < 16, where `panel` holds 16
+// centroids interleaved (panel[d * 16 + j] = centroid j, element d). The outer-product form keeps
+// 12 accumulators for the whole length and needs 8 loads per 12 FMAs from contiguous memory.
+// nullptr where the CPU has no fast path (callers fall back to Dot3x4Fn).
+using Gemm6x16Fn = void (*)(const float* const* xs, const float* panel, int64_t dim, float* out);
+
 struct DotKernels {
     DotRowsFn dot_rows;
     Dot3x4Fn dot_3x4;
     HalfRowFn half_row;
     Norm2Fn norm2;
+    Gemm6x16Fn gemm_6x16;
     const char* name;
 };
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,10 @@ private:
     std::vector<float> norms2_;     // float32 squared norm of each row (for screening)
     double c_max_ = 0.0;            // max squared norm in float64 (for the tolerance)
     std::vector<double> parent_radius_;  // per parent of the leaves: max distance to its leaves
+    // Leaves interleaved in panels of 16 for the AVX2 exact scan; built on the first exact call
+    // that needs it (tree-only users never pay its memory).
+    mutable std::vector<float> leaf_panels_;
+    mutable std::once_flag leaf_panels_once_;
 };
 
 }  // namespace vbedge
