@@ -149,6 +149,10 @@ def check_tensorrt_readiness(onnx_model, dynamic_axes=None) -> ReadinessReport:
         constants.update(init.name for init in graph.initializer)
         constants.update(out for node in graph.node if node.op_type == "Constant"
                          for out in node.output)
+        # Q/DQ (INT8) graphs feed weights as DequantizeLinear(constant int8 tensor): TensorRT's
+        # explicit-quantization weight form, constant-folded at build time.
+        constants.update(node.output[0] for node in graph.node
+                         if node.op_type == "DequantizeLinear" and node.input[0] in constants)
     for graph in _iter_graphs(inferred.graph):
         for node in graph.node:
             ops[node.op_type] += 1

@@ -1,0 +1,411 @@
+"""Static post-training INT8 quantization to explicit Q/DQ ONNX graphs.
+
+:func:`quantize_model` calibrates an FP32 graph with ONNX Runtime's quantization tools and writes
+
+- the **Q/DQ graph** (``*.int8.onnx``): INT8 activations and weights, symmetric, per-channel
+  weights, every zero point 0 (what TensorRT's explicit quantization requires: TensorRT 11 has no
+  calibrators, the scales live in the ONNX). Quantize/Dequantize pairs sit on the inputs of the
+  quantized ops and after activations; a ``Conv -> Relu`` keeps no Q/DQ between the two, the
+  placement TensorRT fuses into one INT8 kernel;
+- optionally the **CPU form** (``*.int8.cpu.onnx``) of the same quantization for ONNX Runtime.
+
+Why two files. ONNX Runtime (1.32, x86) fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` only when
+the Q follows the Conv directly, and it removes a ``Relu`` only in front of a Q whose zero point is
+the type's minimum. With symmetric int8 activations (zero point 0, minimum -128) neither happens:
+the quantizer's own placement (``Conv -> Q -> DQ -> Relu -> Q``) left 27 of S3D's 77 convolutions
+and every Relu and MaxPool in float with 54 layout Transposes (1.3x FP32), and the TensorRT
+placement (``Conv -> Relu -> Q``) runs every convolution in float. The CPU form rewrites each Q
+whose input is provably non-negative (a Relu output, a max-pool or concat of such) into a
+*uint8* Q with zero point 0 and the *same scale*, and drops the Relu in front of it (uint8
+saturation at 0 is the Relu). Values, scales and zero points are unchanged; the only difference
+is that a non-negative value above ``127 x scale`` (outside the calibrated range) saturates at
+``255 x scale`` instead of ``127 x scale``. ONNX Runtime then runs every convolution as a U8S8
+``QLinearConv`` in NHWC with max-pool and concat in uint8 (see docs/int8.md for the node counts
+and timings). TensorRT cannot take uint8 Q/DQ, so the CPU form is for ONNX Runtime only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vbedge.errors import FormatError, InvalidInputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+#: Calibration methods offered (names of the CLI's --method).
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: Parts of a transformer kept in float by default (each may be quantized on request).
+FLOAT_PARTS = ("embeddings", "layernorm", "softmax", "head")
+DEFAULT_PERCENTILE = 99.999
+
+# Ops whose output is non-negative when every data input is (for the CPU form's uint8 rewrite).
+_SIGN_PRESERVING_OPS = {"MaxPool", "Concat", "Reshape", "Transpose", "Flatten", "Squeeze",
+                        "Unsqueeze", "Identity", "AveragePool", "GlobalAveragePool",
+                        "GlobalMaxPool", "Slice"}
+
+
+@dataclass
+class QuantizationResult:
+    """What :func:`quantize_model` wrote.
+
+    Attributes:
+        path: the Q/DQ graph (TensorRT and ONNX Runtime).
+        cpu_path: the CPU form (ONNX Runtime only), or None.
+        model_kind: 's3d', 'videobert' or 'generic' (decides which ops are quantized).
+        method: calibration method used.
+        calibration_batches: number of calibration inputs consumed.
+        quantized_ops: op type -> count of nodes with quantized inputs.
+        float_nodes: names of compute nodes deliberately left in float.
+        readiness: the TensorRT-readiness report of ``path`` (dict).
+        cpu_rewrite: counts of the CPU-form rewrite (Qs made uint8, Relus dropped).
+    """
+
+    path: Path
+    cpu_path: Path | None
+    model_kind: str
+    method: str
+    calibration_batches: int
+    quantized_ops: dict = field(default_factory=dict)
+    float_nodes: list = field(default_factory=list)
+    readiness: dict = field(default_factory=dict)
+    cpu_rewrite: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        """JSON-ready summary."""
+        return {"path": str(self.path), "cpu_path": str(self.cpu_path) if self.cpu_path else None,
+                "model_kind": self.model_kind, "method": self.method,
+                "calibration_batches": self.calibration_batches,
+                "quantized_ops": self.quantized_ops, "float_nodes": len(self.float_nodes),
+                "readiness": self.readiness, "cpu_rewrite": self.cpu_rewrite}
+
+
+def _require_quantization():
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import quantization  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"INT8 quantization needs onnx and onnxruntime (with onnxruntime.quantization): {exc}; "
+            "install vbedge[export]") from exc
+
+
+def check_options(method, percentile=DEFAULT_PERCENTILE, keep_float=FLOAT_PARTS):
+    """Validate quantization options; raise :class:`InvalidInputError` naming the bad one."""
+    if method not in CALIBRATION_METHODS:
+        raise InvalidInputError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 90.0 <= percentile < 100.0:
+        raise InvalidInputError(f"percentile must be a number in [90, 100), got {percentile!r}")
+    unknown = sorted(set(keep_float) - set(FLOAT_PARTS))
+    if unknown:
+        raise InvalidInputError(f"keep_float parts must be among {FLOAT_PARTS}, got {unknown}")
+
+
+def model_kind(model) -> str:
+    """'s3d' (input ``clip``), 'videobert' (input ``input_ids``) or 'generic'."""
+    names = {i.name for i in model.graph.input}
+    if "clip" in names:
+        return "s3d"
+    if "input_ids" in names:
+        return "videobert"
+    return "generic"
+
+
+def _consumers(graph):
+    cons = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            cons[name].append(node)
+    return cons
+
+
+def _downstream_nodes(graph, start_tensors):
+    """Names of nodes that (transitively) read any of ``start_tensors``."""
+    cons = _consumers(graph)
+    seen, stack = set(), list(start_tensors)
+    while stack:
+        for node in cons.get(stack.pop(), ()):
+            if node.name not in seen:
+                seen.add(node.name)
+                stack.extend(node.output)
+    return seen
+
+
+def _quantization_plan(model, kind, keep_float):
+    """(op types to quantize, node names to keep in float) for a model kind."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    # Constant outputs count as weights too (an exporter may emit weights as Constant nodes).
+    initializers |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    if kind == "s3d":
+        # Convolutions carry the work; max-pool and concat in int8 keep whole Mixed blocks in int8
+        # (a float op between two QLinearConv costs a DQ, a Q and two layout Transposes).
+        return ["Conv", "MaxPool", "Concat"], []
+    op_types = ["MatMul", "Gemm", "Conv"]
+    exclude = []
+    if "embeddings" not in keep_float:
+        op_types.append("Gather")
+    if "layernorm" not in keep_float:
+        op_types.append("LayerNormalization")
+    if "softmax" not in keep_float:
+        op_types.append("Softmax")
+    if kind == "videobert":
+        for node in graph.node:
+            # Attention's Q.K^T and P.V multiply two activations: int8 there buys little on a CPU
+            # (no weight to pre-pack) and costs the most accuracy (softmax probabilities in 7 bits).
+            if node.op_type == "MatMul" and not any(i in initializers for i in node.input[1:2]):
+                exclude.append(node.name)
+        if "head" in keep_float:
+            # Everything after the gather at predict_positions: MLM transform, tied decoder slices,
+            # top-k. The decoder is the vocabulary-sized product whose ranking the report measures.
+            exclude += sorted(_downstream_nodes(graph, ["predict_positions"]))
+            # The alignment (NSP) head reads the pooled [CLS] state; keep it in float as well.
+            exclude += [n.name for n in graph.node if "pooler" in n.name.lower() or "seq_relationship" in n.name.lower()]
+    return op_types, sorted(set(exclude))
+
+
+class _CountingReader:
+    """Wrap a calibration reader: count inputs and show progress."""
+
+    def __init__(self, reader, progress, total=None):
+        from tqdm.auto import tqdm
+
+        self._reader = reader
+        self.count = 0
+        self._bar = tqdm(total=total, desc="calibrate", unit="input", disable=not progress)
+
+    def get_next(self):
+        item = self._reader.get_next()
+        if item is None:
+            self._bar.close()
+        else:
+            self.count += 1
+            self._bar.update()
+        return item
+
+    def rewind(self):
+        if hasattr(self._reader, "rewind"):
+            self._reader.rewind()
+
+
+def strip_conv_relu_qdq(model) -> int:
+    """Remove the Q/DQ pair between a Conv and the Relu after it (TensorRT's fused placement).
+
+    Returns the number of pairs removed. The Relu's output keeps its own Q/DQ, so the next op
+    still reads int8; one rounding step less than the quantizer's placement.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    cons = _consumers(graph)
+    drop = set()
+    for node in graph.node:
+        if node.op_type != "Relu":
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        conv = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if (conv is None or conv.op_type != "Conv" or len(cons[conv.output[0]]) != 1
+                or len(cons[q.output[0]]) != 1 or len(cons[dq.output[0]]) != 1):
+            continue
+        node.input[0] = conv.output[0]
+        drop.update((q.name, dq.name))
+    kept = [n for n in graph.node if n.name not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(model)
+    return len(drop) // 2
+
+
+def _drop_unused_initializers(model):
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def check_qdq_for_tensorrt(model):
+    """Raise :class:`FormatError` unless every Q/DQ is INT8 with zero points 0.
+
+    TensorRT's explicit quantization supports signed INT8 Q/DQ with zero point 0 only; an
+    asymmetric or uint8 pair would fail the engine build on the device, so it fails here.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(node.input) < 3 or node.input[2] not in inits:
+            problems.append(f"{node.name}: no constant zero point")
+            continue
+        zp = inits[node.input[2]]
+        if zp.data_type != TensorProto.INT8:
+            problems.append(f"{node.name}: zero point of type {TensorProto.DataType.Name(zp.data_type)}, not INT8")
+        elif np.any(numpy_helper.to_array(zp) != 0):
+            problems.append(f"{node.name}: non-zero zero point")
+    if problems:
+        raise FormatError(f"the Q/DQ graph is not TensorRT INT8 ({len(problems)} problems): " + "; ".join(problems[:5]))
+
+
+def make_cpu_form(model) -> dict:
+    """Rewrite a symmetric Q/DQ graph in place into ONNX Runtime's fast form (module docstring).
+
+    Returns counts: ``uint8_q`` (Qs turned uint8), ``relu_dropped``.
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    cons = _consumers(graph)
+    nonneg = set()      # float tensors known to be >= 0
+    uint8_tensors = set()
+    new_inits = {}
+
+    def u8_zero_point(name):
+        old = inits[name]
+        key = name + "_u8"
+        if key not in new_inits:
+            dims = list(old.dims)
+            new_inits[key] = helper.make_tensor(key, TensorProto.UINT8, dims, [0] * int(np.prod(dims or [1])))
+        return key
+
+    converted = 0
+    for node in graph.node:  # topological order: producers first
+        if node.op_type == "Relu":
+            nonneg.add(node.output[0])
+        elif node.op_type == "QuantizeLinear":
+            src = node.input[0]
+            if src in nonneg and len(node.input) > 2 and node.input[2] in inits:
+                node.input[2] = u8_zero_point(node.input[2])
+                uint8_tensors.add(node.output[0])
+                converted += 1
+        elif node.op_type == "DequantizeLinear":
+            if node.input[0] in uint8_tensors:
+                node.input[2] = u8_zero_point(node.input[2])
+                nonneg.add(node.output[0])
+        elif node.op_type in _SIGN_PRESERVING_OPS:
+            data = node.input[:1] if node.op_type != "Concat" else node.input
+            if data and all(t in nonneg for t in data):
+                nonneg.update(node.output)
+    # A Relu read only by uint8 Qs is redundant: the Q saturates at 0.
+    dropped = set()
+    for node in graph.node:
+        if node.op_type != "Relu":
+            continue
+        readers = cons[node.output[0]]
+        if readers and all(r.op_type == "QuantizeLinear" and r.output[0] in uint8_tensors for r in readers):
+            for r in readers:
+                r.input[0] = node.input[0]
+            dropped.add(node.name)
+    kept = [n for n in graph.node if n.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(new_inits.values())
+    _drop_unused_initializers(model)
+    del producer
+    return {"uint8_q": converted, "relu_dropped": len(dropped)}
+
+
+def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=DEFAULT_PERCENTILE,
+                   keep_float=FLOAT_PARTS, cpu_path=None, dynamic_axes=None, progress=True,
+                   expected_batches=None) -> QuantizationResult:
+    """Calibrate ``fp32_path`` with ``reader`` and write the INT8 Q/DQ graph to ``out_path``.
+
+    Args:
+        fp32_path: the FP32 ONNX graph (an S3D or VideoBERT export, or another CNN/transformer).
+        out_path: where to write the Q/DQ graph (TensorRT-ready, checked).
+        reader: an ``onnxruntime.quantization.CalibrationDataReader`` (``get_next() -> feeds or
+            None``), e.g. from :mod:`vbedge.calib.readers`.
+        method: 'minmax', 'entropy' or 'percentile'.
+        percentile: for 'percentile': the percentile of |activation| taken as the range.
+        keep_float: transformer parts left in float (subset of :data:`FLOAT_PARTS`).
+        cpu_path: also write the ONNX Runtime CPU form there (module docstring).
+        dynamic_axes: passed to the TensorRT-readiness check.
+        progress: show a progress bar over calibration inputs.
+        expected_batches: total for the progress bar, when known.
+
+    Raises:
+        InvalidInputError: bad options or an empty reader. FormatError: the result is not a
+        TensorRT INT8 graph (never written under ``out_path`` then).
+    """
+    check_options(method, percentile, keep_float)
+    _require_quantization()
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from vbedge.export.readiness import require_tensorrt_ready
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if not fp32_path.is_file():
+        raise FormatError(f"FP32 ONNX model not found: {fp32_path}")
+    if not hasattr(reader, "get_next"):
+        raise InvalidInputError(f"reader must have get_next() (a CalibrationDataReader), got {type(reader).__name__}")
+    if out_path.resolve() == fp32_path.resolve() or (cpu_path and Path(cpu_path).resolve() in (fp32_path.resolve(), out_path.resolve())):
+        raise InvalidInputError("the INT8 outputs must not overwrite the FP32 model or each other")
+    fp32 = onnx.load(str(fp32_path))
+    kind = model_kind(fp32)
+    op_types, exclude = _quantization_plan(fp32, kind, tuple(keep_float))
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+             # One DQ per consumer: ONNX Runtime fuses a DQ into at most one QLinear* node.
+             "DedicatedQDQPair": True,
+             # TensorRT reads float biases (it has no INT32 DequantizeLinear) and folds them itself.
+             "QuantizeBias": False}
+    if method == "percentile":
+        extra["CalibPercentile"] = float(percentile)
+    counting = _CountingReader(reader, progress, expected_batches)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vbedge-quant-") as tmp:
+        raw = Path(tmp) / "qdq.onnx"
+        # The quantizer writes its augmented calibration model into the working directory unless
+        # told otherwise; keep it in the temporary folder.
+        extra["CalibTensorRangeSymmetric"] = True
+        try:
+            quantize_static(str(fp32_path), str(raw), counting, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                              "entropy": CalibrationMethod.Entropy,
+                                              "percentile": CalibrationMethod.Percentile}[method],
+                            op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra,
+                            calibration_providers=["CPUExecutionProvider"])
+        except (ValueError, RuntimeError, KeyError, IndexError) as exc:
+            if counting.count == 0:
+                raise InvalidInputError("the calibration reader gave no inputs") from exc
+            raise FormatError(f"ONNX Runtime quantization of {fp32_path.name} failed: {exc}") from exc
+        if counting.count == 0:
+            raise InvalidInputError("the calibration reader gave no inputs")
+        qdq = onnx.load(str(raw))
+        stripped = strip_conv_relu_qdq(qdq)
+        check_qdq_for_tensorrt(qdq)
+        staged = out_path.with_name(out_path.name + ".partial")
+        onnx.save(qdq, str(staged))
+        try:
+            readiness = require_tensorrt_ready(staged, dynamic_axes).to_dict()
+            rewrite = {}
+            if cpu_path is not None:
+                cpu_model = onnx.load(str(staged))
+                rewrite = make_cpu_form(cpu_model)
+                onnx.checker.check_model(cpu_model)
+                cpu_staged = Path(str(cpu_path) + ".partial")
+                onnx.save(cpu_model, str(cpu_staged))
+                os.replace(cpu_staged, cpu_path)
+            os.replace(staged, out_path)
+        finally:
+            if staged.exists():
+                staged.unlink()
+    rewrite["conv_relu_pairs_removed"] = stripped
+    counts = collections.Counter()
+    producer_ops = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    for node in qdq.graph.node:
+        if node.op_type in op_types and any(producer_ops.get(i) == "DequantizeLinear" for i in node.input):
+            counts[node.op_type] += 1
+    log.info("quantized %s: %s, %d nodes kept in float", fp32_path.name, dict(counts), len(exclude))
+    return QuantizationResult(out_path, Path(cpu_path) if cpu_path else None, kind, method, counting.count,
+                              dict(counts), exclude, readiness, rewrite)
