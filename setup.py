@@ -170,9 +170,14 @@ def _extensions():
 
 os.chdir(HERE)
 
+# export/ and calib/ are installed as vbedge.export and vbedge.calib (the fixed repository layout
+# keeps them at the top level). Only folders that hold a package are mapped: setuptools refuses a
+# package_dir that does not exist (git does not keep empty folders).
+_MAPPED = {f"vbedge.{name}": name for name in ("export", "calib") if os.path.isfile(os.path.join(name, "__init__.py"))}
+
 setup(
-    packages=find_packages(include=["vbedge", "vbedge.*"]) + ["vbedge.export", "vbedge.calib"],
-    package_dir={"vbedge.export": "export", "vbedge.calib": "calib"},
+    packages=find_packages(include=["vbedge", "vbedge.*"]) + sorted(_MAPPED),
+    package_dir=_MAPPED,
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtWithCuda},
 )
