@@ -30,17 +30,12 @@ def _check_precisions(precisions):
         raise InvalidInputError(f"precisions must be among {PRECISIONS}, got {unknown}")
     if "fp32" not in precisions:
         raise InvalidInputError("precisions must include fp32: it is the reference the other variants are checked against")
-    if "int8" in precisions:
-        raise InvalidInputError(
-            "int8 bundles are not available yet: INT8 calibration and Q/DQ export are still to be built; "
-            "use --precision fp32,fp16"
-        )
     return precisions
 
 
 def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_random_init=False, seed=0,
                  precisions=("fp32", "fp16"), spec=None, top_k=None, reference_weights=False,
-                 overwrite=False, progress=True):
+                 overwrite=False, progress=True, calib_videos=None, calib_method="minmax"):
     """Export both models into a new bundle folder ``output_dir`` and return the verified :class:`Bundle`.
 
     Args:
@@ -53,6 +48,9 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         reference_weights: also store the PyTorch weights under ``reference/`` so the torch
             backend can run the bundle (larger bundle; not needed on a device).
         overwrite: replace an existing ``output_dir`` (only after the new bundle is complete).
+        calib_videos: video files/folders to calibrate INT8 on (required with 'int8'); the INT8
+            Q/DQ graphs, the ONNX Runtime CPU form of S3D and ``int8_report.json`` join the bundle.
+        calib_method: 'minmax', 'entropy' or 'percentile'.
     """
     from vbedge.codebook import HierarchicalCodebook
     from vbedge.export.s3d import export_s3d
@@ -60,6 +58,8 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
     from vbedge.preprocess import PreprocessSpec
 
     precisions = _check_precisions(precisions)
+    if "int8" in precisions and not calib_videos:
+        raise InvalidInputError("int8 needs calibration videos: pass calib_videos (--calib CLIPS)")
     if not isinstance(codebook, HierarchicalCodebook):
         codebook = HierarchicalCodebook.load(codebook)
     if videobert.codebook_ref.get("sha256") != codebook.sha256:
@@ -82,6 +82,16 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         vb_meta = export_videobert(videobert, staging, top_k=top_k or DEFAULT_TOP_K, fp16=fp16, progress=progress)
         codebook.save(staging / "codebook.npz")
         videobert.vocab.save(staging)
+        if "int8" in precisions:
+            from vbedge.calib.calibrate import calibrate_models
+
+            log.info("bundle: INT8 calibration")
+            int8 = calibrate_models(staging, videos=calib_videos, spec=spec, codebook=codebook, vocab=videobert.vocab,
+                                    s3d_fp32=staging / s3d.metadata["files"]["fp32"]["path"],
+                                    videobert_fp32=staging / vb_meta["files"]["fp32"]["path"], method=calib_method,
+                                    progress=progress)
+            s3d.metadata["files"]["int8"] = {"path": int8["files"]["s3d"]["int8"]}
+            vb_meta["files"]["int8"] = {"path": int8["files"]["videobert"]["int8"]}
         models = {
             "s3d": {
                 "onnx": {p: s3d.metadata["files"][p]["path"] for p in precisions},
@@ -100,6 +110,10 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
                 "codebook_sha256": codebook.sha256,
             },
         }
+        if "int8" in precisions:
+            # The ONNX Runtime CPU form of S3D's INT8 graph and the report ride along as extra files.
+            models["s3d"]["int8_cpu"] = int8["files"]["s3d"]["int8_cpu"]
+            models["s3d"]["extra_files"] = [int8["files"]["s3d"]["int8_cpu"], "int8_report.json"]
         if reference_weights:
             _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models)
         write_manifest(staging, models, "codebook.npz",
@@ -125,7 +139,7 @@ def _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videob
     # A plain tensor state dict: loadable with torch.load(weights_only=True), no pickled objects.
     torch.save(extractor.state_dict(), ref / "s3d.pth")
     models["s3d"]["reference"] = f"{REFERENCE_DIR}/s3d.pth"
-    models["s3d"]["extra_files"] = [f"{REFERENCE_DIR}/s3d.pth"]
+    models["s3d"]["extra_files"] = models["s3d"].get("extra_files", []) + [f"{REFERENCE_DIR}/s3d.pth"]
     vb_dir = videobert.save(ref / "videobert")
     models["videobert"]["reference"] = f"{REFERENCE_DIR}/videobert"
     models["videobert"]["extra_files"] = sorted(
@@ -149,8 +163,9 @@ def add_build_command(subparsers):
     p.add_argument("--videobert", required=True, metavar="DIR",
                    help="VideoBERT folder (VideoBert.save) or plain Hugging Face BERT folder to extend")
     p.add_argument("--codebook", required=True, metavar="C.npz", help="hierarchical codebook")
-    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32,fp16 (default both)")
-    p.add_argument("--calib", metavar="CLIPS", help="calibration clips for int8 (not available yet)")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32,fp16,int8 (default fp32,fp16)")
+    p.add_argument("--calib", metavar="CLIPS", nargs="+", help="calibration videos/folders for int8")
+    p.add_argument("--calib-method", default="minmax", help="int8 calibration: minmax, entropy or percentile")
     p.add_argument("--frames", type=int, help="clip length in frames (default 30)")
     p.add_argument("--crop", type=int, help="crop side in pixels (default 224)")
     p.add_argument("--top-k", type=int, help="k of VideoBERT's top-k outputs (default 10)")
@@ -177,7 +192,8 @@ def _cmd_build(args):
     spec = PreprocessSpec(**spec_changes) if spec_changes else None
     bundle = build_bundle(args.output, videobert=videobert, codebook=codebook, s3d_weights=args.s3d,
                           s3d_random_init=args.s3d_random_init, seed=args.seed, precisions=precisions, spec=spec,
-                          top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite)
+                          top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite,
+                          calib_videos=args.calib, calib_method=args.calib_method)
     print(f"wrote {bundle!r}")
     for name, entry in sorted(bundle.manifest["files"].items()):
         print(f"  {name:<34} {entry['size'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}")

@@ -102,7 +102,7 @@ def test_torch_backend_needs_reference_weights(built, tmp_path):
 def test_build_refusals(built, tmp_path):
     codebook = small_codebook()
     videobert = VideoBert.from_bert(BERT_DIR, codebook)
-    with pytest.raises(InvalidInputError, match="int8 bundles are not available yet"):
+    with pytest.raises(InvalidInputError, match="int8 needs calibration videos"):
         build_bundle(tmp_path / "b", videobert=videobert, codebook=codebook, s3d_random_init=True,
                      precisions=("fp32", "int8"))
     with pytest.raises(InvalidInputError, match="include fp32"):
@@ -122,7 +122,7 @@ def test_build_cli_reports_errors(tmp_path):
          "--codebook", str(tmp_path / "cb.npz"), "--precision", "fp32,int8", "-o", str(tmp_path / "b")],
         capture_output=True, text=True,
     )
-    assert run.returncode == 2 and "int8 bundles are not available yet" in run.stderr
+    assert run.returncode == 2 and "int8 needs calibration videos" in run.stderr
     run = subprocess.run(
         [sys.executable, "-m", "vbedge.cli", "build", "--s3d", str(tmp_path / "missing.pth"), "--videobert",
          str(BERT_DIR), "--codebook", str(tmp_path / "absent.npz"), "-o", str(tmp_path / "b")],

@@ -49,6 +49,13 @@ def build_parser():
 
     add_build_command(sub)
 
+    from .pipeline import add_pipeline_commands
+
+    add_pipeline_commands(sub)
+    from vbedge.calib.calibrate import add_calibrate_command
+
+    add_calibrate_command(sub)
+
     return parser
 
 

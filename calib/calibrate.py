@@ -1,0 +1,136 @@
+"""``vbedge calibrate``: calibrate S3D and VideoBERT on videos, write INT8 graphs and the report.
+
+:func:`calibrate_models` is the whole flow, shared by the CLI and ``vbedge build --precision
+...,int8``: clips from videos -> split calibration / held-out (by video) -> S3D Q/DQ -> FP32 tokens
+of the calibration clips -> VideoBERT sequences (templates over those tokens, or a corpus) ->
+VideoBERT Q/DQ -> report on the held-out clips and sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from vbedge.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def _visual_windows(tokens_by_video, max_len=6):
+    """Consecutive-clip token windows (length 1..max_len) of each video: the captioner's inputs."""
+    windows = []
+    for tokens in tokens_by_video:
+        for start in range(len(tokens)):
+            for length in range(1, max_len + 1):
+                if start + length <= len(tokens):
+                    windows.append(tokens[start:start + length])
+    return windows
+
+
+def _tokens_by_video(session, clipset, codebook):
+    feats = np.concatenate([session.run(["feature"], {"clip": c[None]})[0] for c in clipset.clips])
+    tokens = np.asarray(codebook.tokenize(feats))
+    by_video = {}
+    for (video, _), token in zip(clipset.origins, tokens):
+        by_video.setdefault(video, []).append(int(token))
+    return list(by_video.values())
+
+
+def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videobert_fp32=None,
+                     method="minmax", holdout=0.25, max_clips=64, clips_per_video=None, corpus=None,
+                     max_sequences=256, repeats=5, seed=0, progress=True) -> dict:
+    """Calibrate and evaluate; write ``s3d.int8.onnx`` (+ ``.cpu.onnx``), ``videobert.int8.onnx`` and
+    ``int8_report.json`` into ``out_dir``; return the report dict (with ``files``).
+    """
+    from vbedge.calib.quantize import check_options, quantize_model
+    from vbedge.calib.readers import (S3DCalibrationReader, VideoBertCalibrationReader, collect_clips,
+                                      corpus_sequences, pad_feeds, template_sequences)
+    from vbedge.calib.report import evaluate_s3d, evaluate_videobert, goals_met, machine_description, write_report
+    from vbedge.export.verify import make_session
+
+    check_options(method)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    caught = []
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        clipset = collect_clips(videos, spec, max_clips=max_clips, clips_per_video=clips_per_video, progress=progress)
+        calib_set, held_set = clipset.split(holdout, seed=seed)
+        s3d_int8, s3d_cpu = out / "s3d.int8.onnx", out / "s3d.int8.cpu.onnx"
+        s3d_q = quantize_model(s3d_fp32, s3d_int8, S3DCalibrationReader(calib_set), method=method,
+                               cpu_path=s3d_cpu, dynamic_axes={"clip": [0]}, progress=progress,
+                               expected_batches=len(calib_set))
+        report = {"machine": machine_description(), "method": method, "calibration": calib_set.summary(),
+                  "held_out": held_set.summary(), "s3d_quantization": s3d_q.to_dict(),
+                  "files": {"s3d": {"int8": s3d_int8.name, "int8_cpu": s3d_cpu.name}}}
+        report["s3d"] = evaluate_s3d(s3d_fp32, {"qdq": s3d_int8, "cpu": s3d_cpu}, held_set.clips, codebook,
+                                     repeats=repeats)
+        if videobert_fp32 is not None:
+            fp32_s3d = make_session(s3d_fp32)
+            if corpus is not None:
+                calib_feeds = corpus_sequences(vocab, corpus, max_sequences=max_sequences)
+            else:
+                windows = _visual_windows(_tokens_by_video(fp32_s3d, calib_set, codebook))
+                calib_feeds = template_sequences(vocab, windows[:max_sequences])
+            held_windows = _visual_windows(_tokens_by_video(fp32_s3d, held_set, codebook))
+            held_feeds = pad_feeds(template_sequences(vocab, held_windows[:max_sequences]), vocab.pad_id)
+            vb_int8 = out / "videobert.int8.onnx"
+            dyn = {n: [0, 1] for n in ("input_ids", "attention_mask", "token_type_ids", "predict_positions")}
+            vb_q = quantize_model(videobert_fp32, vb_int8, VideoBertCalibrationReader(calib_feeds, vocab.pad_id),
+                                  method=method, dynamic_axes=dyn, progress=progress,
+                                  expected_batches=len(calib_feeds))
+            report["videobert_quantization"] = vb_q.to_dict()
+            report["files"]["videobert"] = {"int8": vb_int8.name}
+            report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": vb_int8}, held_feeds,
+                                                     repeats=max(repeats, 10))
+    for w in recorded:
+        caught.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    report["warnings"] = caught
+    report["goals_met"] = goals_met(report)
+    write_report(report, out / "int8_report.json")
+    return report
+
+
+def add_calibrate_command(subparsers):
+    """Register ``vbedge calibrate`` (nothing heavy imported until it runs)."""
+    p = subparsers.add_parser(
+        "calibrate", help="INT8: calibrate a bundle's models on videos, write Q/DQ graphs and an accuracy report",
+        description="Calibrate the bundle's FP32 S3D and VideoBERT on clips from VIDEOS (held-out clips are "
+                    "never calibrated on), write INT8 Q/DQ graphs into -o and print the accuracy/speed report "
+                    "(also written as int8_report.json).")
+    p.add_argument("bundle", help="bundle folder (its fp32 models, codebook, vocabulary, preprocessing)")
+    p.add_argument("--videos", nargs="+", required=True, metavar="CLIPS", help="video files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the INT8 graphs and the report")
+    p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy or percentile")
+    p.add_argument("--holdout", type=float, default=0.25, help="fraction of videos held out for the report")
+    p.add_argument("--max-clips", type=int, default=64, help="clips decoded in total (default 64)")
+    p.add_argument("--clips-per-video", type=int, help="at most this many clips per video")
+    p.add_argument("--corpus", metavar="JSONL", help="tokenized VideoBERT corpus instead of templates")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per model (median)")
+    p.add_argument("--s3d-only", action="store_true", help="skip VideoBERT")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_calibrate)
+    return p
+
+
+def _cmd_calibrate(args):
+    from vbedge.bundle import Bundle
+    from vbedge.calib.report import format_report
+    from vbedge.preprocess import PreprocessSpec
+
+    if not 0.0 < args.holdout < 1.0:
+        raise InvalidInputError(f"--holdout must be in (0, 1), got {args.holdout}")
+    bundle = Bundle.load(args.bundle)
+    report = calibrate_models(
+        args.output, videos=args.videos, spec=PreprocessSpec.from_dict(bundle.preprocessing),
+        codebook=bundle.codebook, vocab=bundle.vocab, s3d_fp32=bundle.onnx_path("s3d", "fp32"),
+        videobert_fp32=None if args.s3d_only else bundle.onnx_path("videobert", "fp32"), method=args.method,
+        holdout=args.holdout, max_clips=args.max_clips, clips_per_video=args.clips_per_video, corpus=args.corpus,
+        repeats=args.repeats, progress=not args.quiet)
+    print(format_report(report))
+    print(f"wrote {Path(args.output) / 'int8_report.json'}")
+    return 0

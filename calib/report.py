@@ -1,0 +1,201 @@
+"""The INT8 accuracy/speed report: held-out clips, FP32 as the reference, timings side by side.
+
+Metrics (all on inputs never used for calibration):
+
+- S3D: cosine between the INT8 and FP32 features (mean, worst); **visual-token agreement**: the
+  fraction of clips whose token (``codebook.tokenize`` of the feature) equals the FP32 token;
+- VideoBERT: at every masked position, **top-1 agreement** (INT8's best id equals FP32's best id)
+  and **top-5 agreement** (FP32's best id is among INT8's best 5; ``min(5, k)`` for smaller k),
+  for the text and the visual vocabulary;
+- speed: FP32 and INT8 sessions created in one process and run interleaved (FP32, INT8, FP32...)
+  on the same input, median of the repeats, with the load average before and after (the
+  machines are shared; interleaving spreads load changes over both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vbedge.errors import InvalidInputError
+
+#: The issue's goals; the report states which are met.
+GOALS = {"token_agreement": 0.95, "videobert_top1_agreement": 0.97, "speedup": 1.5}
+
+
+def _session(path, threads=None):
+    from vbedge.export.verify import make_session
+
+    return make_session(path, threads=threads)
+
+
+def _interleaved_medians(runs, repeats):
+    """Median seconds of each callable in ``runs`` ({name: fn}), run interleaved."""
+    if repeats < 1:
+        raise InvalidInputError(f"repeats must be >= 1, got {repeats}")
+    for fn in runs.values():
+        fn()  # warm-up (first-run allocations, weight pre-packing)
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def machine_description():
+    """CPU model, logical cores and ONNX Runtime version (for the report)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+
+
+def _cos(a, b):
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def evaluate_s3d(fp32_path, int8_paths, clips, codebook, repeats=5, threads=None) -> dict:
+    """Compare INT8 S3D graphs with FP32 on held-out ``clips`` ((3, T, H, W) arrays).
+
+    ``int8_paths``: {label: path}, e.g. {"qdq": ..., "cpu": ...}. Returns a JSON-ready dict.
+    """
+    clips = list(clips)
+    if not clips:
+        raise InvalidInputError("no held-out clips to evaluate on")
+    sessions = {"fp32": _session(fp32_path, threads)}
+    sessions.update({label: _session(p, threads) for label, p in int8_paths.items()})
+    feats = {label: np.concatenate([s.run(["feature"], {"clip": c[None]})[0] for c in clips])
+             for label, s in sessions.items()}
+    ref_tokens = np.asarray(codebook.tokenize(feats["fp32"]))
+    result = {"clips": len(clips), "variants": {}}
+    load_before = os.getloadavg()
+    speed = _interleaved_medians({label: (lambda s=s: s.run(["feature"], {"clip": clips[0][None]}))
+                                  for label, s in sessions.items()}, repeats)
+    for label in int8_paths:
+        cos = _cos(feats["fp32"], feats[label])
+        tokens = np.asarray(codebook.tokenize(feats[label]))
+        result["variants"][label] = {
+            "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
+            "token_agreement": float(np.mean(tokens == ref_tokens)),
+            "seconds": speed[label], "speedup": speed["fp32"] / speed[label],
+        }
+    result["fp32_seconds"] = speed["fp32"]
+    result["timing"] = {"repeats": repeats, "input_shape": list(clips[0][None].shape),
+                        "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    return result
+
+
+def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -> dict:
+    """Compare INT8 VideoBERT graphs with FP32 at the masked positions of held-out ``feeds``."""
+    feeds = list(feeds)
+    if not feeds:
+        raise InvalidInputError("no held-out VideoBERT sequences to evaluate on")
+    names = ["text_topk_ids", "visual_topk_ids"]
+    sessions = {"fp32": _session(fp32_path, threads)}
+    sessions.update({label: _session(p, threads) for label, p in int8_paths.items()})
+    outs = {label: [s.run(names, f) for f in feeds] for label, s in sessions.items()}
+    k = int(outs["fp32"][0][0].shape[-1])
+    top = min(5, k)
+    result = {"sequences": len(feeds), "positions": int(sum(f["predict_positions"].size for f in feeds)),
+              "k": k, "top_n": top, "variants": {}}
+    load_before = os.getloadavg()
+    speed = _interleaved_medians({label: (lambda s=s: s.run(names, feeds[0])) for label, s in sessions.items()},
+                                 repeats)
+    for label in int8_paths:
+        entry = {}
+        for part, index in (("text", 0), ("visual", 1)):
+            ref = np.concatenate([o[index][..., 0].ravel() for o in outs["fp32"]])
+            got_top1 = np.concatenate([o[index][..., 0].ravel() for o in outs[label]])
+            got_topn = np.concatenate([o[index][..., :top].reshape(-1, top) for o in outs[label]])
+            entry[f"{part}_top1_agreement"] = float(np.mean(ref == got_top1))
+            entry[f"{part}_top{top}_agreement"] = float(np.mean((got_topn == ref[:, None]).any(axis=1)))
+        entry["top1_agreement"] = min(entry["text_top1_agreement"], entry["visual_top1_agreement"])
+        entry["seconds"] = speed[label]
+        entry["speedup"] = speed["fp32"] / speed[label]
+        result["variants"][label] = entry
+    result["fp32_seconds"] = speed["fp32"]
+    result["timing"] = {"repeats": repeats, "sequence_length": int(feeds[0]["input_ids"].shape[1]),
+                        "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    return result
+
+
+def goals_met(report) -> dict:
+    """Which of :data:`GOALS` the runtime (CPU-form) variants meet."""
+    met = {}
+    s3d = report.get("s3d")
+    if s3d:
+        best = s3d["variants"].get("cpu") or s3d["variants"]["qdq"]
+        met["s3d_token_agreement"] = best["token_agreement"] >= GOALS["token_agreement"]
+        met["s3d_speedup"] = best["speedup"] >= GOALS["speedup"]
+    vb = report.get("videobert")
+    if vb:
+        best = vb["variants"].get("cpu") or vb["variants"]["qdq"]
+        met["videobert_top1"] = best["top1_agreement"] >= GOALS["videobert_top1_agreement"]
+        met["videobert_speedup"] = best["speedup"] >= GOALS["speedup"]
+    return met
+
+
+def format_report(report) -> str:
+    """The report as a plain-text table."""
+    lines = []
+    machine = report.get("machine", {})
+    if machine:
+        lines.append(f"machine: {machine.get('cpu')}, {machine.get('logical_cores')} logical cores, "
+                     f"onnxruntime {machine.get('onnxruntime')}")
+    s3d = report.get("s3d")
+    if s3d:
+        t = s3d["timing"]
+        lines.append(f"S3D: {s3d['clips']} held-out clips, input {tuple(t['input_shape'])}, median of "
+                     f"{t['repeats']} interleaved runs, load {t['load_average_before'][0]:.2f} -> "
+                     f"{t['load_average_after'][0]:.2f}")
+        lines.append(f"  {'variant':<8} {'cos mean':>9} {'cos worst':>9} {'tokens':>7} {'ms':>9} {'vs FP32':>8}")
+        lines.append(f"  {'fp32':<8} {1.0:9.5f} {1.0:9.5f} {1.0:7.3f} {s3d['fp32_seconds'] * 1e3:9.1f} {1.0:7.2f}x")
+        for label, v in s3d["variants"].items():
+            lines.append(f"  {label:<8} {v['cosine_mean']:9.5f} {v['cosine_worst']:9.5f} {v['token_agreement']:7.3f} "
+                         f"{v['seconds'] * 1e3:9.1f} {v['speedup']:7.2f}x")
+    vb = report.get("videobert")
+    if vb:
+        t = vb["timing"]
+        n = vb["top_n"]
+        lines.append(f"VideoBERT: {vb['sequences']} held-out sequences, {vb['positions']} masked positions, "
+                     f"seq {t['sequence_length']}, median of {t['repeats']} interleaved runs, load "
+                     f"{t['load_average_before'][0]:.2f} -> {t['load_average_after'][0]:.2f}")
+        lines.append(f"  {'variant':<8} {'text top1':>9} {f'text top{n}':>9} {'vis top1':>9} {f'vis top{n}':>9} "
+                     f"{'ms':>8} {'vs FP32':>8}")
+        lines.append(f"  {'fp32':<8} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {vb['fp32_seconds'] * 1e3:8.2f} {1.0:7.2f}x")
+        for label, v in vb["variants"].items():
+            lines.append(f"  {label:<8} {v['text_top1_agreement']:9.3f} {v[f'text_top{n}_agreement']:9.3f} "
+                         f"{v['visual_top1_agreement']:9.3f} {v[f'visual_top{n}_agreement']:9.3f} "
+                         f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x")
+    goals = report.get("goals_met")
+    if goals:
+        lines.append("goals (token >= 95%, VideoBERT top-1 >= 97%, INT8 >= 1.5x FP32): " +
+                     ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
+    for warning in report.get("warnings", []):
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def write_report(report, path):
+    """Write ``report`` as indented JSON to ``path``; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,156 @@
+"""INT8 calibration: readers, Q/DQ quantization, the report, `vbedge calibrate`."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+cv2 = pytest.importorskip("cv2")
+
+from vbedge.errors import FormatError, InvalidInputError  # noqa: E402
+
+
+def _write_video(path, seed, frames=40, size=(96, 128), fps=20):
+    """A synthetic video: moving coloured shapes over a textured background (distinct per seed)."""
+    rng = np.random.default_rng(seed)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]))
+    base = rng.integers(0, 255, size=(size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
+    base = cv2.resize(base, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    color = tuple(int(c) for c in rng.integers(0, 255, 3))
+    for t in range(frames):
+        img = base.copy()
+        x = int(10 + t * rng.uniform(1, 3)) % size[1]
+        cv2.circle(img, (x, size[0] // 2), 18, color, -1)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calib_videos")
+    for i in range(6):
+        _write_video(folder / f"v{i}.avi", seed=i)
+    return folder
+
+
+def test_reader_skips_corrupt_video_and_counts_it(videos, tmp_path):
+    from bundle_factory import small_bundle_spec
+
+    from vbedge.calib.readers import CalibrationWarning, collect_clips
+
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"this is not a video" * 100)
+    with pytest.warns(CalibrationWarning, match="skipping calibration video .*bad.avi"):
+        clipset = collect_clips([bad, videos / "v0.avi"], small_bundle_spec(), progress=False)
+    assert [p for p, _ in clipset.skipped] == [str(bad)]
+    assert clipset.summary()["videos_used"] == 1 and len(clipset) >= 1
+    assert clipset.clips[0].shape == small_bundle_spec().clip_shape()
+    # Same preprocessing as the runtime: the first clip equals make_clip of the first 16 frames
+    # resampled by the assembler (the file is written at 20 fps, the spec's rate).
+    from vbedge.preprocess import make_clip
+
+    cap = cv2.VideoCapture(str(videos / "v0.avi"))
+    frames = [cap.read()[1] for _ in range(16)]
+    np.testing.assert_allclose(clipset.clips[0], make_clip(frames, small_bundle_spec()), atol=1e-6)
+
+
+def test_small_set_warns_with_number(videos):
+    from bundle_factory import small_bundle_spec
+
+    from vbedge.calib.readers import CalibrationWarning, S3DCalibrationReader, collect_clips
+
+    clipset = collect_clips(videos, small_bundle_spec(), max_clips=3, progress=False)
+    with pytest.warns(CalibrationWarning, match="only 3 S3D clips"):
+        reader = S3DCalibrationReader(clipset)
+    assert len(reader) == 3 and reader.get_next()["clip"].shape[0] == 1
+
+
+def test_bad_options_raise_clear_errors(tmp_path, small_bundle):
+    from vbedge.calib.quantize import quantize_model
+    from vbedge.calib.readers import ArrayReader, collect_clips, corpus_sequences, template_sequences
+
+    fp32 = small_bundle.onnx_path("s3d", "fp32")
+    with pytest.raises(InvalidInputError, match="calibration method"):
+        quantize_model(fp32, tmp_path / "q.onnx", ArrayReader([{}]), method="kl")
+    with pytest.raises(InvalidInputError, match="percentile"):
+        quantize_model(fp32, tmp_path / "q.onnx", ArrayReader([{}]), method="percentile", percentile=120)
+    with pytest.raises(InvalidInputError, match="keep_float"):
+        quantize_model(fp32, tmp_path / "q.onnx", ArrayReader([{}]), keep_float=("attention",))
+    with pytest.raises(InvalidInputError, match="must not overwrite"):
+        quantize_model(fp32, fp32, ArrayReader([{}]))
+    with pytest.raises(InvalidInputError, match="not found"):
+        collect_clips([tmp_path / "nothing.mp4"], progress=False)
+    with pytest.raises(InvalidInputError, match="max_clips"):
+        collect_clips([tmp_path], max_clips=0, progress=False)
+    with pytest.raises(InvalidInputError, match="no .MASK."):
+        template_sequences(small_bundle.vocab, [[0, 1]], templates=["no slot here"])
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text('{"input_ids": [101, 103, 102]}\n{"oops": 1}\n')
+    with pytest.raises(FormatError, match="corpus.jsonl:2"):
+        corpus_sequences(small_bundle.vocab, bad)
+
+
+def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
+    """End to end on the small bundle: TensorRT-ready Q/DQ graphs, report within bounds."""
+    from bundle_factory import small_bundle_spec
+
+    from vbedge.calib.calibrate import calibrate_models
+    from vbedge.calib.report import format_report
+    from vbedge.export.readiness import check_tensorrt_readiness
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = calibrate_models(tmp_path / "int8", videos=videos, spec=small_bundle_spec(),
+                                  codebook=small_bundle.codebook, vocab=small_bundle.vocab,
+                                  s3d_fp32=small_bundle.onnx_path("s3d", "fp32"),
+                                  videobert_fp32=small_bundle.onnx_path("videobert", "fp32"),
+                                  max_clips=24, clips_per_video=4, max_sequences=24, repeats=1, progress=False)
+    out = tmp_path / "int8"
+    for name in ("s3d.int8.onnx", "videobert.int8.onnx"):
+        assert check_tensorrt_readiness(out / name).ok
+        model = onnx.load(str(out / name))
+        ops = {n.op_type for n in model.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        # TensorRT: int8 zero points, all 0
+        zps = [i for i in model.graph.initializer if i.name.endswith("zero_point")]
+        assert zps and all(i.data_type == onnx.TensorProto.INT8 and not any(onnx.numpy_helper.to_array(i).ravel())
+                           for i in zps)
+    cpu = onnx.load(str(out / "s3d.int8.cpu.onnx"))
+    assert sum(n.op_type == "Relu" for n in cpu.graph.node) < 77
+    # Held out by video: no held-out clip's video was calibrated on.
+    assert report["held_out"]["clips"] >= 1
+    s3d = report["s3d"]["variants"]
+    # Bounds documented in docs/int8.md for this small random S3D (synthetic videos).
+    for label in ("qdq", "cpu"):
+        assert s3d[label]["cosine_worst"] > 0.99, s3d
+        assert s3d[label]["token_agreement"] >= 0.8, s3d
+    vb = report["videobert"]["variants"]["qdq"]
+    assert 0.0 <= vb["top1_agreement"] <= 1.0 and vb["text_top3_agreement"] >= vb["text_top1_agreement"]
+    saved = json.loads((out / "int8_report.json").read_text())
+    assert saved["s3d"]["clips"] == report["s3d"]["clips"]
+    assert "S3D" in format_report(report) and "VideoBERT" in format_report(report)
+
+
+def test_report_detects_a_wrong_model(videos, tmp_path, small_bundle):
+    """The metrics can fail: an INT8 graph of *another* S3D disagrees with this FP32 one."""
+    from bundle_factory import small_bundle_spec
+
+    from vbedge.calib.quantize import quantize_model
+    from vbedge.calib.readers import S3DCalibrationReader, collect_clips
+    from vbedge.calib.report import evaluate_s3d
+    from vbedge.export.s3d import export_s3d
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clips = collect_clips(videos, small_bundle_spec(), max_clips=6, progress=False)
+        other = export_s3d(tmp_path / "other", random_init=True, seed=11, spec=small_bundle_spec(), fp16=False,
+                           check_batches=(1,), progress=False)
+        quantize_model(other.onnx_path, tmp_path / "o.int8.onnx", S3DCalibrationReader(clips), progress=False)
+    result = evaluate_s3d(small_bundle.onnx_path("s3d", "fp32"), {"qdq": tmp_path / "o.int8.onnx"}, clips.clips,
+                          small_bundle.codebook, repeats=1)
+    assert result["variants"]["qdq"]["cosine_mean"] < 0.99
