@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HierarchicalCodebook",
+    "Pipeline",
     "VideoBertVocab",
     "VbedgeError",
     "InvalidInputError",
@@ -25,6 +26,10 @@ def __getattr__(name):
         from .codebook import HierarchicalCodebook
 
         return HierarchicalCodebook
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
     if name == "VideoBertVocab":
         from .vocab import VideoBertVocab
 

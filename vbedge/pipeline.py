@@ -853,3 +853,164 @@ class _Run:
             event.verbs, event.nouns, event.forecast = result.verbs, result.nouns, result.forecast
             event.result = result
         return event
+
+
+# -- command line (``vbedge caption`` and ``vbedge tokenize``) -----------------------------------
+
+
+def _word_list(value):
+    """A ``--verbs``/``--nouns`` value: a file with one word per line, or comma-separated words."""
+    import os
+
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    return [w.strip() for w in value.split(",") if w.strip()]
+
+
+def _draw_caption(image, lines):
+    import cv2
+
+    out = image.copy()
+    scale = max(0.4, out.shape[0] / 720.0)
+    y = int(24 * scale) + 4
+    for line in lines:
+        if not line:
+            continue
+        # A dark outline under white text stays readable on any background.
+        cv2.putText(out, line, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, line, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        y += int(26 * scale) + 4
+    return out
+
+
+def cmd_caption(args):
+    """``vbedge caption SOURCE``: print captions live; optionally write JSONL and a video."""
+    import json
+    import sys
+
+    options = dict(template=args.template, context_clips=args.context, stable_clips=args.stable,
+                   min_confidence=args.min_confidence, forecast_step=args.forecast_step,
+                   verbs=_word_list(args.verbs), nouns=_word_list(args.nouns),
+                   keep_frames=args.out is not None)
+    if args.live:
+        options["source_options"] = {"live": True}
+    source = int(args.source) if args.source.isdigit() else args.source
+    jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    writer = None
+    try:
+        with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision,
+                           **options) as pipe:
+            for event in pipe.stream(source):
+                mark = "*" if event.caption_changed else " "
+                print(f"[{event.start:8.2f} - {event.end:8.2f}] {event.token} {mark} "
+                      f"{event.caption or '...'}   (clip: {event.clip_caption})", flush=True)
+                if jsonl is not None:
+                    jsonl.write(json.dumps(event.to_dict()) + "\n")
+                    jsonl.flush()
+                if args.out is not None and event.frames:
+                    writer = _write_annotated(writer, args.out, pipe.spec.fps, event)
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+        if writer is not None:
+            writer.release()
+    if args.out is not None and writer is None:
+        print(f"vbedge: no clip was captioned, {args.out} was not written", file=sys.stderr)
+    return 0
+
+
+def _write_annotated(writer, path, fps, event):
+    import cv2
+
+    height, width = event.frames[0].shape[:2]
+    if writer is None:
+        fourcc = "MJPG" if str(path).lower().endswith(".avi") else "mp4v"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        if not writer.isOpened():
+            raise InvalidInputError(f"OpenCV cannot write {path!r} (try a .mp4 or .avi name)")
+    lines = [event.caption or event.clip_caption or "",
+             f"{event.start:.2f}-{event.end:.2f} s  {event.token}"]
+    for image in event.frames[:len(event.frames) - event.padded_frames]:
+        if image.shape[:2] != (height, width):
+            image = cv2.resize(image, (width, height))
+        writer.write(_draw_caption(image, lines))
+    return writer
+
+
+def cmd_tokenize(args):
+    """``vbedge tokenize VIDEO... -o tokens.jsonl``: one JSON line per clip, for corpora."""
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    failed = []
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe, \
+            open(args.output, "w", encoding="utf-8") as out:
+        vocab = pipe.vocab
+        bar = tqdm(args.videos, unit="video", disable=args.quiet, file=sys.stderr)
+        for video in bar:
+            bar.set_postfix_str(str(video)[-40:])
+            try:
+                tokens = pipe.tokenize_video(video)
+                error = None
+            except SourceFailedError as exc:
+                tokens, error = exc.tokens or [], exc.reason
+            except (VbedgeError, OSError) as exc:
+                tokens, error = [], str(exc)
+            for start, end, leaf in tokens:
+                out.write(json.dumps({"video": str(video), "start": round(start, 6),
+                                      "end": round(end, 6), "leaf": int(leaf),
+                                      "token": vocab.visual_token_string(int(leaf))}) + "\n")
+            out.flush()
+            if error is not None:
+                failed.append(video)
+                kept = f" ({len(tokens)} clip(s) before the damage written)" if tokens else ""
+                tqdm.write(f"vbedge: {video}: {error}{kept}", file=sys.stderr)
+    if failed:
+        print(f"vbedge: {len(failed)} of {len(args.videos)} video(s) failed: "
+              f"{', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_pipeline_commands(sub):
+    """Register ``caption`` and ``tokenize`` on the ``vbedge`` command's subparsers."""
+    from .captioner import TEMPLATES
+
+    def common(parser):
+        parser.add_argument("--bundle", required=True, help="bundle folder")
+        parser.add_argument("--backend", default="auto",
+                            help="auto, onnxruntime, tensorrt or torch (default auto)")
+        parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+
+    p = sub.add_parser("caption", help="caption a video file, camera or stream live")
+    p.add_argument("source", help="video file, camera index, /dev/videoN, rtsp:// or http:// URL, "
+                                  "GStreamer pipeline or csi://N")
+    common(p)
+    p.add_argument("--jsonl", help="write one JSON event per clip to this file")
+    p.add_argument("--out", help="write the video with captions drawn on it (.mp4 or .avi)")
+    p.add_argument("--template", default="howto",
+                   help=f"{' or '.join(TEMPLATES)} or a text with [VERB]/[NOUN]/[MASK] slots")
+    p.add_argument("--verbs", help="allowed verbs: a file (one per line) or comma-separated words")
+    p.add_argument("--nouns", help="allowed nouns: a file (one per line) or comma-separated words")
+    p.add_argument("--context", type=int, default=2, help="previous clips given as context (2)")
+    p.add_argument("--stable", type=int, default=2,
+                   help="clips a new caption must repeat before it is shown (2)")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="lowest confidence that counts towards a caption change (0)")
+    p.add_argument("--forecast-step", type=int, default=1, help="forecast this many clips ahead "
+                                                                "(0: off)")
+    p.add_argument("--live", action="store_true", help="treat an http(s) URL as a live stream")
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("tokenize", help="turn videos into visual tokens (JSON lines) for corpora")
+    p.add_argument("videos", nargs="+", help="video files")
+    common(p)
+    p.add_argument("-o", "--output", required=True, help="output .jsonl file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tokenize)
