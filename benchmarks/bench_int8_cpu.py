@@ -39,7 +39,7 @@ def main():
     codebook = small_codebook()
     videobert = VideoBert.from_bert(BERT_DIR, codebook)
     if not (work / "vb" / "videobert.onnx").exists():
-        export_videobert(videobert, work / "vb", top_k=10, fp16=False)
+        export_videobert(videobert, work / "vb", top_k=5, fp16=False)  # the 2x3 codebook has 9 visual words
     vids = work / "videos"
     vids.mkdir(parents=True, exist_ok=True)
     for i in range(args.videos):
