@@ -55,6 +55,9 @@ def build_parser():
     from vbedge.calib.calibrate import add_calibrate_command
 
     add_calibrate_command(sub)
+    from .demo import add_demo_command
+
+    add_demo_command(sub)
 
     return parser
 
