@@ -129,3 +129,32 @@ def test_build_cli_reports_errors(tmp_path):
         capture_output=True, text=True,
     )
     assert run.returncode == 2 and "absent.npz" in run.stderr
+
+
+@pytest.mark.slow
+def test_int8_bundle_end_to_end(tmp_path):
+    """vbedge build with int8: calibrated on synthetic videos, verified, run by ONNX Runtime (CPU form)."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("onnxruntime.quantization")
+    from vbedge.demo import write_demo_video
+
+    videos = tmp_path / "calib"
+    videos.mkdir()
+    for i in range(3):
+        write_demo_video(videos / f"v{i}.mp4", seconds=2.0 + i)
+    codebook = small_codebook()
+    videobert = VideoBert.from_bert(BERT_DIR, codebook)
+    bundle = build_bundle(tmp_path / "int8", videobert=videobert, codebook=codebook, s3d_random_init=True, seed=3,
+                          spec=SMALL_SPEC, top_k=3, precisions=("fp32", "int8"), calib_videos=[videos],
+                          progress=False)
+    bundle = Bundle.load(bundle.root)
+    assert bundle.precisions("s3d") == bundle.precisions("videobert") == ["fp32", "int8"]
+    assert "int8_report.json" in bundle.manifest["files"]
+    x = {"clip": clips(2, 4)}
+    fp32 = create_bundle_backend(bundle, "s3d", backend="onnxruntime").run(x)["feature"]
+    int8 = create_bundle_backend(bundle, "s3d", backend="onnxruntime", precision="int8")
+    assert int8.onnx_path.name == "s3d.int8.cpu.onnx"  # the ONNX Runtime CPU form, not the TensorRT Q/DQ file
+    assert cosine(fp32, int8.run(x)["feature"]).min() > 0.99
+    feeds = random_videobert_inputs(bundle.vocab, batch=1, seq=12, positions=2, seed=1)
+    out = create_bundle_backend(bundle, "videobert", backend="onnxruntime", precision="int8").run(feeds)
+    assert out["text_topk_ids"].shape == (1, 2, 3)

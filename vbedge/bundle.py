@@ -245,6 +245,12 @@ class Bundle:
             raise InvalidInputError(f"bundle has no {precision} {model} model; it has {self.precisions(model)}")
         return _safe_member(self.root, onnx[precision])
 
+    def file_path(self, name):
+        """Path of a file the manifest lists (hash-verified at load); InvalidInputError otherwise."""
+        if name not in self.manifest["files"]:
+            raise InvalidInputError(f"bundle file {name!r} is not listed in the manifest")
+        return _safe_member(self.root, name)
+
     def onnx_sha256(self, model, precision="fp32"):
         """sha256 of the ONNX file as recorded (and verified) in the manifest."""
         return self.manifest["files"][self._model(model)["onnx"][precision]]["sha256"]
