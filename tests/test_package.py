@@ -25,6 +25,21 @@ def test_import_vbedge_imports_nothing_heavy():
 def test_cli_info_runs():
     out = subprocess.run([sys.executable, "-m", "vbedge.cli", "info"], capture_output=True, text=True, check=True)
     assert "C++ kernel" in out.stdout and "onnxruntime" in out.stdout
+    assert "backend onnxruntime  yes" in out.stdout
+    assert "backend tensorrt     no" in out.stdout or "backend tensorrt     yes" in out.stdout
+
+
+def test_cli_parser_imports_nothing_heavy():
+    # `vbedge info` / `vbedge --help` must start fast on a device without torch: building the
+    # parser registers every subcommand (export, build, calibrate...) without importing them.
+    code = (
+        "import sys, json\n"
+        "from vbedge.cli import build_parser\n"
+        "build_parser()\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []
 
 
 def test_cli_codebook_roundtrip(tmp_path):

@@ -59,6 +59,9 @@ def _kernel_info():
             gpus.append({"index": i, "name": _kernels_cuda.device_name(i), "compute_capability": f"{major}.{minor}"})
     except RuntimeError as exc:  # built, but no driver/device on this machine
         info["cuda_reason"] = str(exc)
+    if not gpus and "cuda_reason" not in info:
+        count, why = _kernels_cuda.probe()
+        info["cuda_reason"] = f"no usable CUDA device: {why or 'none found'}"
     return info, gpus
 
 
@@ -80,7 +83,14 @@ def collect_info():
         "kernels": kernels,
         "gpus": gpus,
         "opencv": _opencv_info(),
+        "backends": {name: {"available": ok, "reason": why} for name, (ok, why) in _backend_status().items()},
     }
+
+
+def _backend_status():
+    from .backends.select import available_backends
+
+    return available_backends()
 
 
 def format_info(info):
@@ -98,6 +108,8 @@ def format_info(info):
         "C++ kernel   " + ("built" if k["cpu"] else "NOT built (reinstall vbedge)"),
         "CUDA kernel  " + ("built" if k["cuda"] else "not built") + (f" ({k['cuda_reason']})" if k.get("cuda_reason") else ""),
     ]
+    for name, status in info["backends"].items():
+        lines.append(f"backend {name:<13}{'yes' if status['available'] else 'no '}  {status['reason']}")
     for gpu in info["gpus"]:
         lines.append(f"GPU {gpu['index']}        {gpu['name']} (compute capability {gpu['compute_capability']})")
     if cv["installed"]:
