@@ -457,6 +457,12 @@ class _FakeImpl:
     def tokenize_ptr(self, *args):
         self.calls.append(args)
 
+    bad_row = -1
+
+    def tokenize_ptr_checked(self, *args):
+        self.calls.append(("checked",) + args)
+        return self.bad_row
+
 
 class _FakeExt:
     def __init__(self):
@@ -467,9 +473,6 @@ class _FakeExt:
 
     def stream_wait(self, consumer, producer, device):
         self.waits.append((consumer, producer))
-
-    def read_int64(self, ptr, stream, device):
-        return 2**63 - 1
 
 
 def _fake_tokenizer():
@@ -488,6 +491,17 @@ def test_wrapper_passes_pointer_stride_dtype_and_stream():
     assert tok._ext.waits == [(1234, 99)]
     tok.tokenize(_FakeCudaArray((5, 8), "<f4"), mode="exact", check_finite=False, out=out)
     assert tok._impl.calls[-1][3:] == ("float32", 8, 0x7F0000100000, 0, "exact", 1, 0)
+
+
+def test_wrapper_checked_call_raises_on_the_bad_row_it_reports():
+    tok = _fake_tokenizer()
+    out = _FakeCudaArray((5,), "<i8", ptr=0x7F0000100000)
+    x = _FakeCudaArray((5, 8), "<f4")
+    tok.tokenize(x, stream=7, out=out)  # check_finite defaults to True: the synchronising entry
+    assert tok._impl.calls == [("checked", 0x7F0000000000, 5, 8, "float32", 8, 0x7F0000100000, 7, "tree", 1)]
+    tok._impl.bad_row = 3
+    with pytest.raises(InvalidInputError, match="row 3"):
+        tok.tokenize(x, stream=7, out=out)
 
 
 def test_wrapper_rejects_bad_device_arrays():

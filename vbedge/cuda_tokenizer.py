@@ -11,7 +11,6 @@ import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
 
-_INT64_MAX = 2**63 - 1
 _TYPESTRS = {"<f4": "float32", "<f2": "float16"}
 _ITEMSIZE = {"float32": 4, "float16": 2}
 
@@ -188,15 +187,19 @@ class CudaTokenizer:
                 f"features must have shape (N, {self.dim}) to match the codebook, got {tuple(shape)}"
             )
 
-    def _run(self, ptr, n, dtype, row_stride, out_ptr, stream_ptr, mode, beam, error_ptr):
+    def _run(self, ptr, n, dtype, row_stride, out_ptr, stream_ptr, mode, beam, check_finite):
+        """Enqueue the kernels; with ``check_finite``, also wait for them and raise on a bad row."""
         try:
-            self._impl.tokenize_ptr(ptr, n, self.dim, dtype, row_stride, out_ptr, stream_ptr, mode, int(beam), error_ptr)
+            if not check_finite:
+                self._impl.tokenize_ptr(ptr, n, self.dim, dtype, row_stride, out_ptr, stream_ptr, mode, int(beam), 0)
+                return
+            # The binding owns the error word (no fill kernel, no allocation): two 8-byte copies
+            # and one synchronisation of that stream.
+            bad = self._impl.tokenize_ptr_checked(ptr, n, self.dim, dtype, row_stride, out_ptr, stream_ptr, mode,
+                                                  int(beam))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from exc
-
-    def _raise_if_bad(self, error_ptr, stream_ptr):
-        bad = self._ext.read_int64(error_ptr, stream_ptr, self.device)
-        if bad != _INT64_MAX:
+        if bad >= 0:
             raise InvalidInputError(
                 f"features must be finite: row {bad} contains NaN or Inf (or its squared norm overflows float32, "
                 "norm above ~1.8e19)"
@@ -209,26 +212,32 @@ class CudaTokenizer:
             raise InvalidInputError(
                 f"features is a torch tensor on {x.device}, expected a CUDA tensor (or pass a NumPy array)"
             )
-        if x.device.index != self.device:
+        if x.get_device() != self.device:
             raise InvalidInputError(f"features are on {x.device} but this tokenizer runs on cuda:{self.device}")
-        dtype = {torch.float32: "float32", torch.float16: "float16"}.get(x.dtype)
+        dtype = "float32" if x.dtype == torch.float32 else "float16" if x.dtype == torch.float16 else None
         if dtype is None:
             raise InvalidInputError(f"features must be float32 or float16, got {x.dtype}; convert with .float()")
         self._check_shape(tuple(x.shape), dtype)
         n = x.shape[0]
         row_stride = self._row_stride(tuple(x.stride()), n)
-        current = torch.cuda.current_stream(x.device)
         if stream is None:
-            tstream = current
-        elif isinstance(stream, torch.cuda.Stream):
-            tstream = stream
-        elif isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
-            tstream = torch.cuda.ExternalStream(int(stream), device=x.device) if int(stream) else \
-                torch.cuda.default_stream(x.device)
+            # The caller's current stream. N = 1 is the live case and every microsecond counts:
+            # torch's raw query skips building a Stream object (the public call costs a few us).
+            raw_current = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+            stream_ptr = raw_current(self.device) if raw_current else torch.cuda.current_stream(x.device).cuda_stream
+            tstream, on_current = None, True
         else:
-            raise InvalidInputError(f"stream must be None, an int cudaStream_t or a torch.cuda.Stream, got {stream!r}")
-        stream_ptr = tstream.cuda_stream
-        on_current = stream_ptr == current.cuda_stream
+            if isinstance(stream, torch.cuda.Stream):
+                tstream = stream
+            elif isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
+                tstream = torch.cuda.ExternalStream(int(stream), device=x.device) if int(stream) else \
+                    torch.cuda.default_stream(x.device)
+            else:
+                raise InvalidInputError(
+                    f"stream must be None, an int cudaStream_t or a torch.cuda.Stream, got {stream!r}"
+                )
+            stream_ptr = tstream.cuda_stream
+            on_current = stream_ptr == torch.cuda.current_stream(x.device).cuda_stream
         if out is None:
             # Allocate on the stream that will use it (the stream context costs microseconds,
             # which matter for N = 1, so it is entered only when needed).
@@ -244,14 +253,7 @@ class CudaTokenizer:
             x.record_stream(tstream)
         if n == 0:
             return out
-        error_ptr = 0
-        if check_finite:
-            with torch.cuda.stream(tstream):  # the fill kernel must precede ours on that stream
-                err = torch.full((1,), _INT64_MAX, dtype=torch.int64, device=x.device)
-            error_ptr = err.data_ptr()
-        self._run(x.data_ptr(), n, dtype, row_stride, out.data_ptr(), stream_ptr, mode, beam, error_ptr)
-        if check_finite:
-            self._raise_if_bad(error_ptr, stream_ptr)
+        self._run(x.data_ptr(), n, dtype, row_stride, out.data_ptr(), stream_ptr, mode, beam, check_finite)
         return out
 
     def _check_out_torch(self, out, n, device):
@@ -309,13 +311,7 @@ class CudaTokenizer:
             out_ptr = self._check_out_cai(out, n)
         if n == 0:
             return out
-        error_ptr, err_keep = 0, None
-        if check_finite:
-            err_keep, error_ptr = self._allocate(1, stream_ptr, fill=_INT64_MAX)
-        self._run(ptr, n, dtype, row_stride, out_ptr, stream_ptr, mode, beam, error_ptr)
-        if check_finite:
-            self._raise_if_bad(error_ptr, stream_ptr)
-        del err_keep
+        self._run(ptr, n, dtype, row_stride, out_ptr, stream_ptr, mode, beam, check_finite)
         return out
 
     def _resolve_stream(self, stream, x):
@@ -338,9 +334,9 @@ class CudaTokenizer:
             f"stream must be None, an int cudaStream_t, or a stream object with .ptr/.cuda_stream, got {stream!r}"
         )
 
-    def _allocate(self, n, stream_ptr, fill=None):
-        """int64 device array of n elements (CuPy if importable, else torch), allocated and
-        filled on the stream the kernels will use, so that the fill is ordered before them."""
+    def _allocate(self, n, stream_ptr):
+        """int64 device array of n elements (CuPy if importable, else torch), allocated on the
+        stream the kernels will use."""
         try:
             import cupy
         except ImportError:
@@ -349,10 +345,7 @@ class CudaTokenizer:
             with cupy.cuda.Device(self.device):
                 cstream = cupy.cuda.ExternalStream(stream_ptr) if stream_ptr else cupy.cuda.Stream.null
                 with cstream:
-                    if fill is None:
-                        arr = cupy.empty(n, dtype=cupy.int64)
-                    else:
-                        arr = cupy.full(n, fill, dtype=cupy.int64)
+                    arr = cupy.empty(n, dtype=cupy.int64)
             return arr, int(arr.data.ptr)
         try:
             import torch
@@ -363,10 +356,7 @@ class CudaTokenizer:
         device = torch.device("cuda", self.device)
         tstream = torch.cuda.ExternalStream(stream_ptr, device=device) if stream_ptr else torch.cuda.default_stream(device)
         with torch.cuda.stream(tstream):
-            if fill is None:
-                arr = torch.empty(n, dtype=torch.int64, device=device)
-            else:
-                arr = torch.full((n,), fill, dtype=torch.int64, device=device)
+            arr = torch.empty(n, dtype=torch.int64, device=device)
         return arr, arr.data_ptr()
 
     def _check_out_cai(self, out, n):

@@ -10,9 +10,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -142,33 +144,52 @@ public:
     void tokenize_ptr(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
                       int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream, const std::string& mode_name,
                       int64_t beam, std::uintptr_t error_ptr) {
-        const vc::Dtype dtype = parse_dtype_arg(dtype_name);
-        const vc::Mode mode = parse_mode_arg(mode_name);
-        check_options_arg(mode, beam, engine_->num_leaves());
-        if (n < 0) throw std::invalid_argument("number of features must be >= 0, got " + std::to_string(n));
-        if (row_stride < engine_->dim()) {
-            throw std::invalid_argument("row_stride must be >= dim = " + std::to_string(engine_->dim()) +
-                                        " elements, got " + std::to_string(row_stride));
-        }
-        const std::uintptr_t elem = dtype == vc::Dtype::kFloat32 ? 4 : 2;
-        if (features_ptr % elem != 0) {
-            throw std::invalid_argument("features pointer is not aligned to its element size (" +
-                                        std::to_string(elem) + " bytes)");
-        }
-        if (out_ptr % 8 != 0 || error_ptr % 8 != 0) {
-            throw std::invalid_argument("out and error pointers must be 8-byte aligned (int64)");
-        }
-        if (dim != engine_->dim()) {
-            throw std::invalid_argument("features must have dim " + std::to_string(engine_->dim()) +
-                                        " to match the codebook, got " + std::to_string(dim));
-        }
-        if (n > 0 && (features_ptr == 0 || out_ptr == 0)) {
-            throw std::invalid_argument("features_ptr and out_ptr must be non-zero device pointers");
-        }
+        const PtrCall call = check_ptr_call(features_ptr, n, dim, dtype_name, row_stride, out_ptr, mode_name, beam);
+        if (error_ptr % 8 != 0) throw std::invalid_argument("error pointer must be 8-byte aligned (int64)");
         py::gil_scoped_release release;
-        engine_->tokenize_device(reinterpret_cast<const void*>(features_ptr), dtype, n, row_stride,
-                                 reinterpret_cast<int64_t*>(out_ptr), as_stream(stream), mode, beam,
+        engine_->tokenize_device(reinterpret_cast<const void*>(features_ptr), call.dtype, n, row_stride,
+                                 reinterpret_cast<int64_t*>(out_ptr), as_stream(stream), call.mode, beam,
                                  reinterpret_cast<int64_t*>(error_ptr));
+    }
+
+    // tokenize_ptr, then wait for `stream` and return the first non-finite row (-1: none). The error
+    // word lives in memory this object owns (one device int64, two pinned host int64), so a checked
+    // call costs two 8-byte copies and one stream synchronisation: no allocation, no fill kernel.
+    int64_t tokenize_ptr_checked(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
+                                 int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream,
+                                 const std::string& mode_name, int64_t beam) {
+        const PtrCall call = check_ptr_call(features_ptr, n, dim, dtype_name, row_stride, out_ptr, mode_name, beam);
+        if (n == 0) return -1;
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(check_mutex_);
+        const cudaStream_t s = as_stream(stream);
+        int previous = 0;
+        check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+        check_cuda(cudaSetDevice(engine_->device()), "cudaSetDevice");
+        cudaError_t err = cudaSuccess;
+        if (d_check_ == nullptr) err = cudaMalloc(reinterpret_cast<void**>(&d_check_), sizeof(int64_t));
+        if (err == cudaSuccess && h_check_ == nullptr) {
+            err = cudaMallocHost(reinterpret_cast<void**>(&h_check_), 2 * sizeof(int64_t));
+        }
+        if (err == cudaSuccess) {
+            h_check_[0] = INT64_MAX;  // the previous call synchronised, so no copy still reads it
+            err = cudaMemcpyAsync(d_check_, h_check_, sizeof(int64_t), cudaMemcpyHostToDevice, s);
+        }
+        cudaSetDevice(previous);
+        check_cuda(err, "tokenize_ptr_checked (error word setup)");
+        engine_->tokenize_device(reinterpret_cast<const void*>(features_ptr), call.dtype, n, row_stride,
+                                 reinterpret_cast<int64_t*>(out_ptr), s, call.mode, beam, d_check_);
+        check_cuda(cudaSetDevice(engine_->device()), "cudaSetDevice");
+        err = cudaMemcpyAsync(h_check_ + 1, d_check_, sizeof(int64_t), cudaMemcpyDeviceToHost, s);
+        if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+        cudaSetDevice(previous);
+        check_cuda(err, "tokenize_ptr_checked (error word read-back)");
+        return h_check_[1] == INT64_MAX ? -1 : h_check_[1];
+    }
+
+    ~PyCudaTokenizer() {
+        if (d_check_ != nullptr) cudaFree(d_check_);
+        if (h_check_ != nullptr) cudaFreeHost(h_check_);
     }
 
     py::array_t<int64_t> tokenize_host(const py::array& features_in, const std::string& mode_name, int64_t beam) {
@@ -212,7 +233,42 @@ public:
     vc::TokenizerEngine& engine() { return *engine_; }
 
 private:
+    struct PtrCall {
+        vc::Dtype dtype;
+        vc::Mode mode;
+    };
+
+    // Every user error of the raw-pointer entries, checked here (g++-compiled) before the engine.
+    PtrCall check_ptr_call(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
+                           int64_t row_stride, std::uintptr_t out_ptr, const std::string& mode_name,
+                           int64_t beam) const {
+        const PtrCall call{parse_dtype_arg(dtype_name), parse_mode_arg(mode_name)};
+        check_options_arg(call.mode, beam, engine_->num_leaves());
+        if (n < 0) throw std::invalid_argument("number of features must be >= 0, got " + std::to_string(n));
+        if (row_stride < engine_->dim()) {
+            throw std::invalid_argument("row_stride must be >= dim = " + std::to_string(engine_->dim()) +
+                                        " elements, got " + std::to_string(row_stride));
+        }
+        const std::uintptr_t elem = call.dtype == vc::Dtype::kFloat32 ? 4 : 2;
+        if (features_ptr % elem != 0) {
+            throw std::invalid_argument("features pointer is not aligned to its element size (" +
+                                        std::to_string(elem) + " bytes)");
+        }
+        if (out_ptr % 8 != 0) throw std::invalid_argument("out pointer must be 8-byte aligned (int64)");
+        if (dim != engine_->dim()) {
+            throw std::invalid_argument("features must have dim " + std::to_string(engine_->dim()) +
+                                        " to match the codebook, got " + std::to_string(dim));
+        }
+        if (n > 0 && (features_ptr == 0 || out_ptr == 0)) {
+            throw std::invalid_argument("features_ptr and out_ptr must be non-zero device pointers");
+        }
+        return call;
+    }
+
     std::unique_ptr<vc::TokenizerEngine> engine_;
+    std::mutex check_mutex_;       // guards the error word of tokenize_ptr_checked
+    int64_t* d_check_ = nullptr;   // device error word
+    int64_t* h_check_ = nullptr;   // pinned: [INT64_MAX to upload, value read back]
 };
 
 // Makes `consumer` wait (on the device) for the work enqueued so far on `producer`.
@@ -229,21 +285,6 @@ void stream_wait(std::uintptr_t consumer, std::uintptr_t producer, int device) {
     if (ev != nullptr) cudaEventDestroy(ev);  // released once the event completes
     cudaSetDevice(previous);
     check_cuda(err, "stream_wait (cudaEventRecord/cudaStreamWaitEvent)");
-}
-
-// Synchronises `stream`, then reads one int64 from device memory (the error word of a call).
-int64_t read_int64(std::uintptr_t ptr, std::uintptr_t stream, int device) {
-    int64_t value = 0;
-    py::gil_scoped_release release;
-    int previous = 0;
-    check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-    cudaError_t err = cudaStreamSynchronize(as_stream(stream));
-    if (err == cudaSuccess) err = cudaMemcpy(&value, reinterpret_cast<const void*>(ptr), sizeof(value),
-                                             cudaMemcpyDeviceToHost);
-    cudaSetDevice(previous);
-    check_cuda(err, "read_int64 (cudaStreamSynchronize/cudaMemcpy)");
-    return value;
 }
 
 // Device ordinal of a device pointer; raises ValueError for host memory.
@@ -286,6 +327,10 @@ PYBIND11_MODULE(_kernels_cuda, m) {
              "Asynchronous on `stream`: leaf ids of n rows at features_ptr (row_stride elements apart) into the "
              "int64 device buffer out_ptr. Non-finite rows get -1 and their smallest index is atomically min-ed "
              "into the int64 at error_ptr (caller initialises it to INT64_MAX), when error_ptr != 0.")
+        .def("tokenize_ptr_checked", &PyCudaTokenizer::tokenize_ptr_checked, py::arg("features_ptr"), py::arg("n"),
+             py::arg("dim"), py::arg("dtype"), py::arg("row_stride"), py::arg("out_ptr"), py::arg("stream"),
+             py::arg("mode"), py::arg("beam"),
+             "tokenize_ptr, then synchronise `stream` and return the first non-finite row index (-1: none).")
         .def("tokenize_host", &PyCudaTokenizer::tokenize_host, py::arg("features"), py::arg("mode") = "tree",
              py::arg("beam") = 1,
              "Synchronous: host (N, D) float32/float16 array in, int64 leaf ids out; ValueError names the first "
@@ -342,7 +387,5 @@ PYBIND11_MODULE(_kernels_cuda, m) {
         py::arg("device"));
     m.def("stream_wait", &stream_wait, py::arg("consumer"), py::arg("producer"), py::arg("device"),
           "Make stream `consumer` wait on the device for the work enqueued so far on `producer`.");
-    m.def("read_int64", &read_int64, py::arg("ptr"), py::arg("stream"), py::arg("device"),
-          "Synchronise `stream`, then read one int64 from device memory.");
     m.def("pointer_device", &pointer_device, py::arg("ptr"), "Device ordinal of a CUDA pointer.");
 }
