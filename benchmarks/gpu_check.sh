@@ -94,17 +94,24 @@ fi
 step import 20 "$PY" -c "import vbedge._kernels_cuda as k; from vbedge.cuda_tokenizer import cuda_extension_status as s; print(k.probe(), s(), k.compute_capability(0))"
 
 # Does a C++ exception thrown in nvcc-compiled code reach Python, with and without the GIL
-# released? (The first H100 run crashed on one; each probe runs in its own process.)
-step throw_diag 20 bash -c 'for g in False True; do $PY -c "import vbedge._kernels_cuda as k
+# released? And one thrown out of a pybind11 constructor (the C++ tokenizer's, for a wrong shape)?
+# (An exception thrown out of the CUDA tokenizer's constructor crashed setuptools builds on the
+# H100; that constructor now reports errors instead. Each probe runs in its own process.)
+step throw_diag 30 bash -c 'for g in False True; do $PY -c "import vbedge._kernels_cuda as k
 try:
     k._throw_from_engine($g)
 except RuntimeError as e:
-    print(\"release_gil=$g: RuntimeError reached Python:\", e)"; echo "release_gil=$g: exit $?"; done'
+    print(\"release_gil=$g: RuntimeError reached Python:\", e)"; echo "release_gil=$g: exit $?"; done
+$PY -c "import numpy as np, vbedge._kernels as k
+try:
+    k.CpuTokenizer(np.zeros((5, 4), np.float32), 2, 3)
+except ValueError as e:
+    print(\"C++ tokenizer constructor: ValueError reached Python:\", e)"; echo "cpu constructor probe: exit $?"'
 
-# 3. GPU tests, plus the C++ tokenizer tests (the CUDA tests compare against that kernel)
-TESTS="tests/test_cuda_tokenizer.py"
-[ -f tests/test_cpu_tokenizer.py ] && TESTS="$TESTS tests/test_cpu_tokenizer.py"
-TAIL_LINES=60 step pytest_tokenizers 90 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=8 $TESTS
+# 3. GPU tests (each file in its own process, so a crash in one does not hide the other), plus
+# the C++ tokenizer tests (the CUDA tests compare against that kernel)
+TAIL_LINES=30 step pytest_cuda 90 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 tests/test_cuda_tokenizer.py
+[ -f tests/test_cpu_tokenizer.py ] && TAIL_LINES=10 step pytest_cpu 60 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cpu_tokenizer.py
 step pytest_other_gpu 25 bash -c "$PY -m pytest -q -rs -p no:cacheprovider -m gpu tests --ignore=tests/test_cuda_tokenizer.py --ignore=tests/test_cpu_tokenizer.py; rc=\$?; [ \$rc -eq 5 ] && echo 'no other gpu tests' && exit 0; exit \$rc"
 
 # 4. benchmark
@@ -115,6 +122,6 @@ echo "=================== summary (logs in $LOG, total $SECONDS s)"
 for i in "${!NAMES[@]}"; do
     printf "%-20s exit %-5s %5s s\n" "${NAMES[$i]}" "${CODES[$i]}" "${SECS[$i]}"
 done
-[ -f "$LOG/pytest_tokenizers.log" ] && grep -E "passed|failed|error" "$LOG/pytest_tokenizers.log" | tail -n 1
+for f in pytest_cuda pytest_cpu; do [ -f "$LOG/$f.log" ] && echo "$f: $(grep -E "passed|failed|error|Fatal" "$LOG/$f.log" | tail -n 1)"; done
 [ -f "$LOG/bench.log" ] && grep -E "^\| |goal|N=1 end to end|generic kernel" "$LOG/bench.log"
 exit 0

@@ -74,10 +74,16 @@ class CudaTokenizer:
         if centroids.dtype != np.float32:
             raise InvalidInputError(f"centroids must be float32, got {centroids.dtype}")
         self._ext = ext
-        try:
-            self._impl = ext.CudaTokenizer(np.ascontiguousarray(centroids), int(levels), int(branching), int(device))
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from exc
+        impl = ext.CudaTokenizer(np.ascontiguousarray(centroids), int(levels), int(branching), int(device))
+        # The binding's constructor reports failures instead of raising (an exception thrown out of
+        # it crashed one build on the H100): turn them into exceptions here.
+        failure = impl.init_error()
+        if failure is not None:
+            kind, message = failure
+            if kind == "value":
+                raise InvalidInputError(message)
+            raise RuntimeError(f"CUDA tokenizer initialisation failed: {message}")
+        self._impl = impl
 
     # ------------------------------------------------------------------ properties
     @property

@@ -117,7 +117,121 @@ void validate_codebook_arg(const float* data, int64_t rows, int64_t dim, int lev
 
 class PyCudaTokenizer {
 public:
+    // The constructor never lets an exception escape: on the H100 check machine (2026-11-26), with
+    // the extension built by setuptools, any exception thrown out of this pybind11 constructor
+    // crashed the process (methods and module functions threw fine; a hand-linked build did too).
+    // A failed construction is reported through init_error() instead, which the Python layer
+    // (vbedge/cuda_tokenizer.py) turns into an exception right away.
     PyCudaTokenizer(const py::array& centroids, int levels, int64_t branching, int device) {
+        try {
+            construct(centroids, levels, branching, device);
+        } catch (const std::invalid_argument& exc) {
+            init_error_ = {"value", exc.what()};
+        } catch (const std::exception& exc) {
+            init_error_ = {"runtime", exc.what()};
+        }
+    }
+
+    // (kind, message) of a failed construction ("value": bad argument, "runtime": CUDA failure),
+    // or None when the engine was built.
+    py::object init_error() const {
+        if (engine_) return py::none();
+        return py::make_tuple(init_error_.first, init_error_.second);
+    }
+
+    void tokenize_ptr(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
+                      int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream, const std::string& mode_name,
+                      int64_t beam, std::uintptr_t error_ptr) {
+        const PtrCall call = check_ptr_call(features_ptr, n, dim, dtype_name, row_stride, out_ptr, mode_name, beam);
+        if (error_ptr % 8 != 0) throw std::invalid_argument("error pointer must be 8-byte aligned (int64)");
+        py::gil_scoped_release release;
+        built().tokenize_device(reinterpret_cast<const void*>(features_ptr), call.dtype, n, row_stride,
+                                 reinterpret_cast<int64_t*>(out_ptr), as_stream(stream), call.mode, beam,
+                                 reinterpret_cast<int64_t*>(error_ptr));
+    }
+
+    // tokenize_ptr, then wait for `stream` and return the first non-finite row (-1: none). The error
+    // word lives in memory this object owns (one device int64, two pinned host int64), so a checked
+    // call costs two 8-byte copies and one stream synchronisation: no allocation, no fill kernel.
+    int64_t tokenize_ptr_checked(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
+                                 int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream,
+                                 const std::string& mode_name, int64_t beam) {
+        const PtrCall call = check_ptr_call(features_ptr, n, dim, dtype_name, row_stride, out_ptr, mode_name, beam);
+        if (n == 0) return -1;
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(check_mutex_);
+        const cudaStream_t s = as_stream(stream);
+        int previous = 0;
+        check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+        check_cuda(cudaSetDevice(built().device()), "cudaSetDevice");
+        cudaError_t err = cudaSuccess;
+        if (d_check_ == nullptr) err = cudaMalloc(reinterpret_cast<void**>(&d_check_), sizeof(int64_t));
+        if (err == cudaSuccess && h_check_ == nullptr) {
+            err = cudaMallocHost(reinterpret_cast<void**>(&h_check_), 2 * sizeof(int64_t));
+        }
+        if (err == cudaSuccess) {
+            h_check_[0] = INT64_MAX;  // the previous call synchronised, so no copy still reads it
+            err = cudaMemcpyAsync(d_check_, h_check_, sizeof(int64_t), cudaMemcpyHostToDevice, s);
+        }
+        cudaSetDevice(previous);
+        check_cuda(err, "tokenize_ptr_checked (error word setup)");
+        built().tokenize_device(reinterpret_cast<const void*>(features_ptr), call.dtype, n, row_stride,
+                                 reinterpret_cast<int64_t*>(out_ptr), s, call.mode, beam, d_check_);
+        check_cuda(cudaSetDevice(built().device()), "cudaSetDevice");
+        err = cudaMemcpyAsync(h_check_ + 1, d_check_, sizeof(int64_t), cudaMemcpyDeviceToHost, s);
+        if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+        cudaSetDevice(previous);
+        check_cuda(err, "tokenize_ptr_checked (error word read-back)");
+        return h_check_[1] == INT64_MAX ? -1 : h_check_[1];
+    }
+
+    ~PyCudaTokenizer() {
+        if (d_check_ != nullptr) cudaFree(d_check_);
+        if (h_check_ != nullptr) cudaFreeHost(h_check_);
+    }
+
+    py::array_t<int64_t> tokenize_host(const py::array& features_in, const std::string& mode_name, int64_t beam) {
+        const vc::Mode mode = parse_mode_arg(mode_name);
+        check_options_arg(mode, beam, built().num_leaves());
+        vc::Dtype dtype;
+        if (features_in.dtype().is(py::dtype::of<float>())) {
+            dtype = vc::Dtype::kFloat32;
+        } else if (features_in.dtype().is(py::dtype("float16"))) {
+            dtype = vc::Dtype::kFloat16;
+        } else {
+            throw std::invalid_argument("features must be float32 or float16, got dtype " + dtype_str(features_in));
+        }
+        if (features_in.ndim() != 2) {
+            throw std::invalid_argument("features must be a 2-D array (N, " + std::to_string(built().dim()) +
+                                        "), got shape " + shape_str(features_in));
+        }
+        if (features_in.shape(1) != built().dim()) {
+            throw std::invalid_argument("features must have shape (N, " + std::to_string(built().dim()) +
+                                        ") to match the codebook, got " + shape_str(features_in));
+        }
+        // A C-contiguous view or copy (same dtype): the staging copy reads rows back to back.
+        py::array features = py::module_::import("numpy").attr("ascontiguousarray")(features_in);
+        const int64_t n = features.shape(0);
+        py::array_t<int64_t> out(n);
+        const void* src = features.data();
+        int64_t* dst = out.mutable_data();
+        int64_t first_bad;
+        {
+            py::gil_scoped_release release;
+            first_bad = built().tokenize_host(src, dtype, n, dst, mode, beam);
+        }
+        if (first_bad >= 0) {
+            throw std::invalid_argument("features must be finite: row " + std::to_string(first_bad) +
+                                        " contains NaN or Inf (or its squared norm overflows float32, norm above "
+                                        "~1.8e19)");
+        }
+        return out;
+    }
+
+    vc::TokenizerEngine& engine() { return built(); }
+
+private:
+    void construct(const py::array& centroids, int levels, int64_t branching, int device) {
         if (!centroids.dtype().is(py::dtype::of<float>())) {
             throw std::invalid_argument("centroids must be float32, got dtype " + dtype_str(centroids));
         }
@@ -141,98 +255,14 @@ public:
         engine_ = std::make_unique<vc::TokenizerEngine>(data, rows, dim, levels, branching, device);
     }
 
-    void tokenize_ptr(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
-                      int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream, const std::string& mode_name,
-                      int64_t beam, std::uintptr_t error_ptr) {
-        const PtrCall call = check_ptr_call(features_ptr, n, dim, dtype_name, row_stride, out_ptr, mode_name, beam);
-        if (error_ptr % 8 != 0) throw std::invalid_argument("error pointer must be 8-byte aligned (int64)");
-        py::gil_scoped_release release;
-        engine_->tokenize_device(reinterpret_cast<const void*>(features_ptr), call.dtype, n, row_stride,
-                                 reinterpret_cast<int64_t*>(out_ptr), as_stream(stream), call.mode, beam,
-                                 reinterpret_cast<int64_t*>(error_ptr));
+    // Every method below needs a built engine; Python never keeps an object whose init failed.
+    vc::TokenizerEngine& built() const {
+        if (!engine_) throw std::runtime_error("CudaTokenizer construction failed: " + init_error_.second);
+        return *engine_;
     }
 
-    // tokenize_ptr, then wait for `stream` and return the first non-finite row (-1: none). The error
-    // word lives in memory this object owns (one device int64, two pinned host int64), so a checked
-    // call costs two 8-byte copies and one stream synchronisation: no allocation, no fill kernel.
-    int64_t tokenize_ptr_checked(std::uintptr_t features_ptr, int64_t n, int64_t dim, const std::string& dtype_name,
-                                 int64_t row_stride, std::uintptr_t out_ptr, std::uintptr_t stream,
-                                 const std::string& mode_name, int64_t beam) {
-        const PtrCall call = check_ptr_call(features_ptr, n, dim, dtype_name, row_stride, out_ptr, mode_name, beam);
-        if (n == 0) return -1;
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(check_mutex_);
-        const cudaStream_t s = as_stream(stream);
-        int previous = 0;
-        check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
-        check_cuda(cudaSetDevice(engine_->device()), "cudaSetDevice");
-        cudaError_t err = cudaSuccess;
-        if (d_check_ == nullptr) err = cudaMalloc(reinterpret_cast<void**>(&d_check_), sizeof(int64_t));
-        if (err == cudaSuccess && h_check_ == nullptr) {
-            err = cudaMallocHost(reinterpret_cast<void**>(&h_check_), 2 * sizeof(int64_t));
-        }
-        if (err == cudaSuccess) {
-            h_check_[0] = INT64_MAX;  // the previous call synchronised, so no copy still reads it
-            err = cudaMemcpyAsync(d_check_, h_check_, sizeof(int64_t), cudaMemcpyHostToDevice, s);
-        }
-        cudaSetDevice(previous);
-        check_cuda(err, "tokenize_ptr_checked (error word setup)");
-        engine_->tokenize_device(reinterpret_cast<const void*>(features_ptr), call.dtype, n, row_stride,
-                                 reinterpret_cast<int64_t*>(out_ptr), s, call.mode, beam, d_check_);
-        check_cuda(cudaSetDevice(engine_->device()), "cudaSetDevice");
-        err = cudaMemcpyAsync(h_check_ + 1, d_check_, sizeof(int64_t), cudaMemcpyDeviceToHost, s);
-        if (err == cudaSuccess) err = cudaStreamSynchronize(s);
-        cudaSetDevice(previous);
-        check_cuda(err, "tokenize_ptr_checked (error word read-back)");
-        return h_check_[1] == INT64_MAX ? -1 : h_check_[1];
-    }
+    std::pair<std::string, std::string> init_error_{"runtime", "not constructed"};
 
-    ~PyCudaTokenizer() {
-        if (d_check_ != nullptr) cudaFree(d_check_);
-        if (h_check_ != nullptr) cudaFreeHost(h_check_);
-    }
-
-    py::array_t<int64_t> tokenize_host(const py::array& features_in, const std::string& mode_name, int64_t beam) {
-        const vc::Mode mode = parse_mode_arg(mode_name);
-        check_options_arg(mode, beam, engine_->num_leaves());
-        vc::Dtype dtype;
-        if (features_in.dtype().is(py::dtype::of<float>())) {
-            dtype = vc::Dtype::kFloat32;
-        } else if (features_in.dtype().is(py::dtype("float16"))) {
-            dtype = vc::Dtype::kFloat16;
-        } else {
-            throw std::invalid_argument("features must be float32 or float16, got dtype " + dtype_str(features_in));
-        }
-        if (features_in.ndim() != 2) {
-            throw std::invalid_argument("features must be a 2-D array (N, " + std::to_string(engine_->dim()) +
-                                        "), got shape " + shape_str(features_in));
-        }
-        if (features_in.shape(1) != engine_->dim()) {
-            throw std::invalid_argument("features must have shape (N, " + std::to_string(engine_->dim()) +
-                                        ") to match the codebook, got " + shape_str(features_in));
-        }
-        // A C-contiguous view or copy (same dtype): the staging copy reads rows back to back.
-        py::array features = py::module_::import("numpy").attr("ascontiguousarray")(features_in);
-        const int64_t n = features.shape(0);
-        py::array_t<int64_t> out(n);
-        const void* src = features.data();
-        int64_t* dst = out.mutable_data();
-        int64_t first_bad;
-        {
-            py::gil_scoped_release release;
-            first_bad = engine_->tokenize_host(src, dtype, n, dst, mode, beam);
-        }
-        if (first_bad >= 0) {
-            throw std::invalid_argument("features must be finite: row " + std::to_string(first_bad) +
-                                        " contains NaN or Inf (or its squared norm overflows float32, norm above "
-                                        "~1.8e19)");
-        }
-        return out;
-    }
-
-    vc::TokenizerEngine& engine() { return *engine_; }
-
-private:
     struct PtrCall {
         vc::Dtype dtype;
         vc::Mode mode;
@@ -243,10 +273,10 @@ private:
                            int64_t row_stride, std::uintptr_t out_ptr, const std::string& mode_name,
                            int64_t beam) const {
         const PtrCall call{parse_dtype_arg(dtype_name), parse_mode_arg(mode_name)};
-        check_options_arg(call.mode, beam, engine_->num_leaves());
+        check_options_arg(call.mode, beam, built().num_leaves());
         if (n < 0) throw std::invalid_argument("number of features must be >= 0, got " + std::to_string(n));
-        if (row_stride < engine_->dim()) {
-            throw std::invalid_argument("row_stride must be >= dim = " + std::to_string(engine_->dim()) +
+        if (row_stride < built().dim()) {
+            throw std::invalid_argument("row_stride must be >= dim = " + std::to_string(built().dim()) +
                                         " elements, got " + std::to_string(row_stride));
         }
         const std::uintptr_t elem = call.dtype == vc::Dtype::kFloat32 ? 4 : 2;
@@ -255,8 +285,8 @@ private:
                                         std::to_string(elem) + " bytes)");
         }
         if (out_ptr % 8 != 0) throw std::invalid_argument("out pointer must be 8-byte aligned (int64)");
-        if (dim != engine_->dim()) {
-            throw std::invalid_argument("features must have dim " + std::to_string(engine_->dim()) +
+        if (dim != built().dim()) {
+            throw std::invalid_argument("features must have dim " + std::to_string(built().dim()) +
                                         " to match the codebook, got " + std::to_string(dim));
         }
         if (n > 0 && (features_ptr == 0 || out_ptr == 0)) {
@@ -321,6 +351,9 @@ PYBIND11_MODULE(_kernels_cuda, m) {
         .def(py::init<const py::array&, int, int64_t, int>(), py::arg("centroids"), py::arg("levels"),
              py::arg("branching"), py::arg("device") = 0,
              "Upload a codebook ((M, D) float32, levels stored one after another) to `device`.")
+        .def("init_error", &PyCudaTokenizer::init_error,
+             "None when the engine was built, else (kind, message): kind 'value' for a bad argument, "
+             "'runtime' for a CUDA failure. The constructor never raises (see the comment there).")
         .def("tokenize_ptr", &PyCudaTokenizer::tokenize_ptr, py::arg("features_ptr"), py::arg("n"), py::arg("dim"),
              py::arg("dtype"), py::arg("row_stride"), py::arg("out_ptr"), py::arg("stream"), py::arg("mode"),
              py::arg("beam"), py::arg("error_ptr") = 0,
