@@ -11,7 +11,6 @@
 #endif
 #include <memory>
 
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -24,13 +23,14 @@ namespace {
 
 constexpr const char* kVersion = "0.1.0";
 
+// Error messages are built with std::string and std::to_string only, never iostreams: on the
+// H100 check machine (2026-11-26) the extension was compiled by a newer g++ than the libstdc++
+// the Python process had loaded, and formatting through std::ostringstream crashed there.
 std::string shape_str(const py::array& a) {
-    std::ostringstream s;
-    s << "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
-    if (a.ndim() == 1) s << ",";
-    s << ")";
-    return s.str();
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    if (a.ndim() == 1) s += ",";
+    return s + ")";
 }
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }

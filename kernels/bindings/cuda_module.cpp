@@ -15,7 +15,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -27,13 +26,14 @@ namespace vc = vbedge::cuda;
 
 namespace {
 
+// Error messages are built with std::string and std::to_string only, never iostreams: on the
+// H100 check machine (2026-11-26) the extension was compiled by a newer g++ than the libstdc++
+// the Python process had loaded, and formatting through std::ostringstream crashed there.
 std::string shape_str(const py::array& a) {
-    std::ostringstream s;
-    s << "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
-    if (a.ndim() == 1) s << ",";
-    s << ")";
-    return s.str();
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    if (a.ndim() == 1) s += ",";
+    return s + ")";
 }
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
@@ -95,11 +95,10 @@ void validate_codebook_arg(const float* data, int64_t rows, int64_t dim, int lev
         throw std::invalid_argument("centroid dimension must be in [1, 1048576], got " + std::to_string(dim));
     }
     if (static_cast<double>(rows) != expected) {
-        std::ostringstream msg;
-        msg << "centroids must have shape (" << static_cast<int64_t>(expected) << ", D) for levels=" << levels
-            << ", branching=" << branching << " (sum of branching**(l+1) for l < levels), got (" << rows << ", "
-            << dim << ")";
-        throw std::invalid_argument(msg.str());
+        throw std::invalid_argument("centroids must have shape (" + std::to_string(static_cast<int64_t>(expected)) +
+                                    ", D) for levels=" + std::to_string(levels) + ", branching=" +
+                                    std::to_string(branching) + " (sum of branching**(l+1) for l < levels), got (" +
+                                    std::to_string(rows) + ", " + std::to_string(dim) + ")");
     }
     for (int64_t r = 0; r < rows; ++r) {
         const float* c = data + r * dim;
@@ -117,11 +116,11 @@ void validate_codebook_arg(const float* data, int64_t rows, int64_t dim, int lev
 
 class PyCudaTokenizer {
 public:
-    // The constructor never lets an exception escape: on the H100 check machine (2026-11-26), with
-    // the extension built by setuptools, any exception thrown out of this pybind11 constructor
-    // crashed the process (methods and module functions threw fine; a hand-linked build did too).
-    // A failed construction is reported through init_error() instead, which the Python layer
-    // (vbedge/cuda_tokenizer.py) turns into an exception right away.
+    // The constructor never lets an exception escape; a failed construction is reported through
+    // init_error(), which the Python layer (vbedge/cuda_tokenizer.py) turns into an exception right
+    // away. On the H100 check machine (2026-11-26) construction errors crashed the process when the
+    // extension was built by setuptools; the likely cause was the std::ostringstream that built the
+    // message (see shape_str), but a crash in a constructor is the worst place to be wrong.
     PyCudaTokenizer(const py::array& centroids, int levels, int64_t branching, int device) {
         try {
             construct(centroids, levels, branching, device);

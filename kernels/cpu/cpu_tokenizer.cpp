@@ -15,8 +15,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cmath>
+#include <cstdio>
 #include <limits>
-#include <sstream>
 #include <stdexcept>
 #include <utility>
 
@@ -153,17 +153,17 @@ CpuTokenizerCore::CpuTokenizerCore(const float* centroids, int64_t num_rows, int
     // k^L must stay far below int64 overflow (and below any codebook that could exist).
     double leaves_d = std::pow(static_cast<double>(branching), levels);
     if (leaves_d > 1e12) {
-        std::ostringstream msg;
-        msg << "branching**levels = " << branching << "**" << levels << " is too large (more than 1e12 leaves)";
-        throw std::invalid_argument(msg.str());
+        throw std::invalid_argument("branching**levels = " + std::to_string(branching) + "**" + std::to_string(levels) +
+                                    " is too large (more than 1e12 leaves)");
     }
     if (dim < 1) throw std::invalid_argument("centroid dimension must be at least 1, got " + std::to_string(dim));
     const int64_t expected = total_centroids(branching, levels);
     if (num_rows != expected) {
-        std::ostringstream msg;
-        msg << "centroids must have shape (" << expected << ", D) for levels=" << levels << ", branching=" << branching
-            << " (sum of branching**(l+1) for l < levels), got (" << num_rows << ", " << dim << ")";
-        throw std::invalid_argument(msg.str());
+        // std::string, not iostreams: see kernels/bindings/cpu_module.cpp (shape_str).
+        throw std::invalid_argument("centroids must have shape (" + std::to_string(expected) + ", D) for levels=" +
+                                    std::to_string(levels) + ", branching=" + std::to_string(branching) +
+                                    " (sum of branching**(l+1) for l < levels), got (" + std::to_string(num_rows) +
+                                    ", " + std::to_string(dim) + ")");
     }
     num_leaves_ = int_pow(branching, levels);
     for (int l = 0; l <= levels; ++l) level_offsets_.push_back(level_offset(branching, l));
@@ -238,14 +238,13 @@ void CpuTokenizerCore::tokenize(const void* features, FeatureDType dtype, int64_
 namespace {
 
 [[noreturn]] void throw_bad_row(int64_t row, double norm2) {
-    std::ostringstream msg;
     if (!std::isfinite(norm2)) {
-        msg << "features must be finite: row " << row << " contains NaN or Inf";
-    } else {
-        msg << "feature row " << row << " has a squared norm of " << norm2
-            << " which overflows float32 (expected a norm below ~1.8e19)";
+        throw std::invalid_argument("features must be finite: row " + std::to_string(row) + " contains NaN or Inf");
     }
-    throw std::invalid_argument(msg.str());
+    char norm[32];
+    std::snprintf(norm, sizeof(norm), "%.6g", norm2);
+    throw std::invalid_argument("feature row " + std::to_string(row) + " has a squared norm of " + norm +
+                                " which overflows float32 (expected a norm below ~1.8e19)");
 }
 
 }  // namespace

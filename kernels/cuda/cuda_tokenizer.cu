@@ -32,7 +32,6 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
-#include <sstream>
 #include <stdexcept>
 
 #include "vbedge/tokenizer_common.h"
@@ -59,19 +58,17 @@ constexpr size_t kGenericBytesPerCand = 4 + 4 + 8 + 4 + 4;
 
 void check(cudaError_t err, const char* what) {
     if (err != cudaSuccess) {
-        std::ostringstream msg;
-        msg << "CUDA error in " << what << ": " << cudaGetErrorName(err) << " (" << cudaGetErrorString(err) << ")";
-        throw std::runtime_error(msg.str());
+        // std::string, not iostreams: see kernels/bindings/cuda_module.cpp (shape_str).
+        throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) + " (" +
+                                 cudaGetErrorString(err) + ")");
     }
 }
 
 void check_launch(const char* kernel) {
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) {
-        std::ostringstream msg;
-        msg << "CUDA kernel " << kernel << " failed to launch: " << cudaGetErrorName(err) << " ("
-            << cudaGetErrorString(err) << ")";
-        throw std::runtime_error(msg.str());
+        throw std::runtime_error(std::string("CUDA kernel ") + kernel + " failed to launch: " + cudaGetErrorName(err) +
+                                 " (" + cudaGetErrorString(err) + ")");
     }
 }
 
@@ -868,10 +865,10 @@ TokenizerEngine::TokenizerEngine(const float* centroids, int64_t num_rows, int64
     }
     const int64_t expected = total_centroids(branching, levels);
     if (num_rows != expected) {
-        std::ostringstream msg;
-        msg << "centroids must have shape (" << expected << ", D) for levels=" << levels << ", branching=" << branching
-            << " (sum of branching**(l+1) for l < levels), got (" << num_rows << ", " << dim << ")";
-        throw std::invalid_argument(msg.str());
+        throw std::invalid_argument("centroids must have shape (" + std::to_string(expected) + ", D) for levels=" +
+                                    std::to_string(levels) + ", branching=" + std::to_string(branching) +
+                                    " (sum of branching**(l+1) for l < levels), got (" + std::to_string(num_rows) +
+                                    ", " + std::to_string(dim) + ")");
     }
     num_leaves_ = int_pow(branching, levels);
     padded_dim_ = (dim + 3) / 4 * 4;
