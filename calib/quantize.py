@@ -314,6 +314,72 @@ def make_cpu_form(model) -> dict:
     return {"uint8_q": converted, "relu_dropped": len(dropped)}
 
 
+def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, quantize_head=True) -> dict:
+    """Write the ONNX Runtime CPU form of a transformer (VideoBERT): dynamic INT8 MatMuls.
+
+    Static Q/DQ MatMuls are slow in ONNX Runtime on x86 (it fused 12 of VideoBERT's 36 quantized
+    MatMuls into QLinearMatMul; the rest ran in float behind DequantizeLinear, 0.49x FP32), so the
+    CPU form does not reuse the Q/DQ file's scales. It is ONNX Runtime's transformer optimizer
+    (``model_type='bert'``: SkipLayerNormalization, BiasGelu) followed by ``quantize_dynamic``:
+    per-channel symmetric INT8 weights, activations quantized per run from their actual range
+    (``DynamicQuantizeLinear`` -> ``MatMulInteger``), which needs no calibration and survives
+    activation outliers better than one static range. TensorRT cannot run this form (uint8
+    dynamic activations, ORT contrib ops); the Q/DQ file is the TensorRT one.
+
+    Args:
+        fp32_path: the FP32 VideoBERT (or other BERT) ONNX graph.
+        cpu_path: where to write the CPU form.
+        optimize: run the transformer optimizer first (measured faster, docs/int8.md).
+        quantize_head: also quantize the MLM transform, the decoder slices and the pooler (docs/int8.md:
+            no measurable accuracy change on the test model, so the default quantizes them).
+
+    Returns counts of the written graph's op types of interest.
+    """
+    _require_quantization()
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, cpu_path = Path(fp32_path), Path(cpu_path)
+    if not fp32_path.is_file():
+        raise FormatError(f"FP32 ONNX model not found: {fp32_path}")
+    if cpu_path.resolve() == fp32_path.resolve():
+        raise InvalidInputError("the CPU form must not overwrite the FP32 model")
+    cpu_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vbedge-cpuform-") as tmp:
+        source = fp32_path
+        if optimize:
+            try:
+                from onnxruntime.transformers.optimizer import optimize_model
+            except ImportError as exc:
+                raise MissingDependencyError(f"onnxruntime.transformers is needed for the CPU form: {exc}") from exc
+            # num_heads/hidden_size 0: detected from the graph. opt_level 1 folds the decoder's
+            # Slice/Transpose of the tied embeddings into constants the quantizer can pre-pack.
+            optimized = optimize_model(str(fp32_path), model_type="bert", num_heads=0, hidden_size=0,
+                                       opt_level=1, use_gpu=False)
+            source = Path(tmp) / "optimized.onnx"
+            optimized.save_model_to_file(str(source))
+        exclude = []
+        if not quantize_head:
+            model = onnx.load(str(source))
+            exclude = sorted(_downstream_nodes(model.graph, ["predict_positions"]))
+            exclude += [n.name for n in model.graph.node if n.op_type == "Gemm"]
+        staged = Path(tmp) / "cpu.onnx"
+        try:
+            quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude)
+        except (ValueError, RuntimeError, KeyError, IndexError) as exc:
+            raise FormatError(f"ONNX Runtime dynamic quantization of {fp32_path.name} failed: {exc}") from exc
+        model = onnx.load(str(staged))
+        onnx.checker.check_model(model)
+        partial = Path(str(cpu_path) + ".partial")
+        onnx.save(model, str(partial))
+        os.replace(partial, cpu_path)
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    keys = ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "MatMul", "SkipLayerNormalization",
+            "BiasGelu", "Attention")
+    return {k: counts[k] for k in keys if counts[k]}
+
+
 def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=DEFAULT_PERCENTILE,
                    keep_float=FLOAT_PARTS, cpu_path=None, dynamic_axes=None, progress=True,
                    expected_batches=None) -> QuantizationResult:
@@ -360,6 +426,11 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
              "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
+    if method != "minmax":
+        # Histogram calibrators keep every intermediate output of every input in memory until the
+        # end: 256 VideoBERT sequences took 24 GB and were OOM-killed here. Fold them into the
+        # histograms every 16 inputs instead (same histograms, bounded memory).
+        extra["CalibMaxIntermediateOutputs"] = 16
     counting = _CountingReader(reader, progress, expected_batches)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vbedge-quant-") as tmp:

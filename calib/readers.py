@@ -263,6 +263,81 @@ def template_sequences(vocab, visual_sequences, templates=DEFAULT_TEMPLATES):
     return feeds
 
 
+#: Pieces of the built-in kitchen sentences (:func:`kitchen_sentences`): real WordPiece text for
+#: calibration and evaluation when the user gives no corpus (templates alone repeat ~20 words).
+_VERBS = ("cut", "chop", "slice", "stir", "mix", "pour", "add", "fry", "boil", "bake", "peel", "wash",
+          "season", "whisk", "grill", "roast", "melt", "spread", "fold", "knead")
+_NOUNS = ("onion", "garlic", "butter", "flour", "egg", "chicken", "tomato", "rice", "pasta", "sauce",
+          "cheese", "potato", "carrot", "dough", "oil", "salt", "pepper", "milk", "sugar", "bread")
+_PLACES = ("pan", "pot", "bowl", "oven", "plate", "board", "tray", "skillet")
+_FORMS = ("now let me show you how to {v} the {n}.", "{v} the {n} in the {p} for a few minutes.",
+          "first we {v} the {n} and then we put it in the {p}.", "you want to {v} the {n} until it is golden.",
+          "take the {n} out of the {p} and {v} it.", "then i am going to {v} some {n} into the {p}.",
+          "make sure you {v} the {n} well before serving.", "here we {v} the {n} with a little bit of {m}.")
+
+
+def kitchen_sentences(count, seed=0):
+    """``count`` distinct instructional kitchen sentences, drawn with ``seed``.
+
+    Different seeds overlap; :func:`split_sentences` makes calibration and held-out sets disjoint.
+    """
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    limit = len(_FORMS) * len(_VERBS) * len(_NOUNS) * len(_PLACES)
+    while len(out) < min(count, limit // 4):
+        form = _FORMS[rng.integers(len(_FORMS))]
+        text = form.format(v=_VERBS[rng.integers(len(_VERBS))], n=_NOUNS[rng.integers(len(_NOUNS))],
+                           m=_NOUNS[rng.integers(len(_NOUNS))], p=_PLACES[rng.integers(len(_PLACES))])
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def split_sentences(count_calibration, count_held_out, seed=0):
+    """(calibration sentences, held-out sentences): disjoint, so the report never sees a calibrated text."""
+    both = kitchen_sentences(count_calibration + count_held_out, seed)
+    return both[:count_calibration], both[count_calibration:count_calibration + count_held_out]
+
+
+def sentence_sequences(vocab, sentences, visual_sequences, mask_fraction=0.15, mask_visual=0.5, seed=0):
+    """VideoBERT feeds from real text: ``[CLS] visual [>] sentence [SEP]`` with words masked.
+
+    Like BERT's pre-training inputs: ``mask_fraction`` of each sentence's WordPieces (at least one)
+    become ``[MASK]``, and with probability ``mask_visual`` one visual token is masked too (the
+    visual predictions are measured as well). Sentence i is paired with visual sequence
+    ``i % len(visual_sequences)``.
+    """
+    if not sentences:
+        raise InvalidInputError("sentences must be a non-empty list of texts")
+    if not visual_sequences:
+        raise InvalidInputError("visual_sequences must be a non-empty list of leaf-id sequences")
+    if not 0.0 < float(mask_fraction) <= 1.0:
+        raise InvalidInputError(f"mask_fraction must be in (0, 1], got {mask_fraction!r}")
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for i, text in enumerate(sentences):
+        pieces = list(vocab.encode_text(text))
+        if not pieces:
+            raise InvalidInputError(f"sentence {i} ({text!r}) has no WordPiece tokens")
+        count = max(1, int(round(len(pieces) * mask_fraction)))
+        for p in rng.choice(len(pieces), count, replace=False):
+            pieces[int(p)] = vocab.mask_id
+        leaves = np.atleast_1d(np.asarray(visual_sequences[i % len(visual_sequences)], dtype=np.int64))
+        if leaves.size == 0:
+            raise InvalidInputError(f"visual sequence {i % len(visual_sequences)} is empty")
+        visual = [int(vocab.visual_token_id(int(leaf))) for leaf in leaves]
+        if rng.random() < mask_visual:
+            visual[int(rng.integers(len(visual)))] = vocab.mask_id
+        ids = np.asarray([vocab.cls_id, *visual, vocab.separator_id, *pieces, vocab.sep_id], dtype=np.int64)
+        types = np.zeros_like(ids)
+        types[1:2 + len(visual)] = 1
+        feeds.append({"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None],
+                      "token_type_ids": types[None],
+                      "predict_positions": np.flatnonzero(ids == vocab.mask_id).astype(np.int64)[None]})
+    return feeds
+
+
 def corpus_sequences(vocab, jsonl_path, max_sequences=None):
     """VideoBERT feeds from a tokenized corpus: one JSON object per line.
 

@@ -49,7 +49,7 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
             backend can run the bundle (larger bundle; not needed on a device).
         overwrite: replace an existing ``output_dir`` (only after the new bundle is complete).
         calib_videos: video files/folders to calibrate INT8 on (required with 'int8'); the INT8
-            Q/DQ graphs, the ONNX Runtime CPU form of S3D and ``int8_report.json`` join the bundle.
+            Q/DQ graphs, the ONNX Runtime CPU forms of S3D and VideoBERT and ``int8_report.json`` join the bundle.
         calib_method: 'minmax', 'entropy' or 'percentile'.
     """
     from vbedge.codebook import HierarchicalCodebook
@@ -111,9 +111,11 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
             },
         }
         if "int8" in precisions:
-            # The ONNX Runtime CPU form of S3D's INT8 graph and the report ride along as extra files.
+            # The ONNX Runtime CPU forms of the INT8 graphs and the report ride along as extra files.
             models["s3d"]["int8_cpu"] = int8["files"]["s3d"]["int8_cpu"]
             models["s3d"]["extra_files"] = [int8["files"]["s3d"]["int8_cpu"], "int8_report.json"]
+            models["videobert"]["int8_cpu"] = int8["files"]["videobert"]["int8_cpu"]
+            models["videobert"]["extra_files"] = [int8["files"]["videobert"]["int8_cpu"]]
         if reference_weights:
             _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models)
         write_manifest(staging, models, "codebook.npz",
@@ -142,7 +144,8 @@ def _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videob
     models["s3d"]["extra_files"] = models["s3d"].get("extra_files", []) + [f"{REFERENCE_DIR}/s3d.pth"]
     vb_dir = videobert.save(ref / "videobert")
     models["videobert"]["reference"] = f"{REFERENCE_DIR}/videobert"
-    models["videobert"]["extra_files"] = sorted(
+    # Keep extra files already listed (the INT8 CPU form) beside the reference weights.
+    models["videobert"]["extra_files"] = models["videobert"].get("extra_files", []) + sorted(
         f"{REFERENCE_DIR}/videobert/{p.name}" for p in Path(vb_dir).iterdir() if p.is_file()
     )
 

@@ -156,5 +156,7 @@ def test_int8_bundle_end_to_end(tmp_path):
     assert int8.onnx_path.name == "s3d.int8.cpu.onnx"  # the ONNX Runtime CPU form, not the TensorRT Q/DQ file
     assert cosine(fp32, int8.run(x)["feature"]).min() > 0.99
     feeds = random_videobert_inputs(bundle.vocab, batch=1, seq=12, positions=2, seed=1)
-    out = create_bundle_backend(bundle, "videobert", backend="onnxruntime", precision="int8").run(feeds)
+    vb_int8 = create_bundle_backend(bundle, "videobert", backend="onnxruntime", precision="int8")
+    assert vb_int8.onnx_path.name == "videobert.int8.cpu.onnx"  # dynamic-INT8 CPU form, not the Q/DQ file
+    out = vb_int8.run(feeds)
     assert out["text_topk_ids"].shape == (1, 2, 3)

@@ -71,7 +71,8 @@ def test_small_set_warns_with_number(videos):
 
 def test_bad_options_raise_clear_errors(tmp_path, small_bundle):
     from vbedge.calib.quantize import quantize_model
-    from vbedge.calib.readers import ArrayReader, collect_clips, corpus_sequences, template_sequences
+    from vbedge.calib.readers import (ArrayReader, collect_clips, corpus_sequences, sentence_sequences,
+                                      template_sequences)
 
     fp32 = small_bundle.onnx_path("s3d", "fp32")
     with pytest.raises(InvalidInputError, match="calibration method"):
@@ -88,6 +89,10 @@ def test_bad_options_raise_clear_errors(tmp_path, small_bundle):
         collect_clips([tmp_path], max_clips=0, progress=False)
     with pytest.raises(InvalidInputError, match="no .MASK."):
         template_sequences(small_bundle.vocab, [[0, 1]], templates=["no slot here"])
+    with pytest.raises(InvalidInputError, match="mask_fraction"):
+        sentence_sequences(small_bundle.vocab, ["cut the onion."], [[0]], mask_fraction=0)
+    with pytest.raises(InvalidInputError, match="visual_sequences"):
+        sentence_sequences(small_bundle.vocab, ["cut the onion."], [])
     bad = tmp_path / "corpus.jsonl"
     bad.write_text('{"input_ids": [101, 103, 102]}\n{"oops": 1}\n')
     with pytest.raises(FormatError, match="corpus.jsonl:2"):
@@ -131,6 +136,16 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
         assert s3d[label]["token_agreement"] >= 0.8, s3d
     vb = report["videobert"]["variants"]["qdq"]
     assert 0.0 <= vb["top1_agreement"] <= 1.0 and vb["text_top3_agreement"] >= vb["text_top1_agreement"]
+    # The VideoBERT CPU form: dynamic INT8 MatMuls (no Q/DQ), every encoder MatMul quantized.
+    vb_cpu = onnx.load(str(out / "videobert.int8.cpu.onnx"))
+    cpu_ops = [n.op_type for n in vb_cpu.graph.node]
+    assert cpu_ops.count("MatMulInteger") >= 36 and "QuantizeLinear" not in cpu_ops
+    assert report["files"]["videobert"]["int8_cpu"] == "videobert.int8.cpu.onnx"
+    cpu = report["videobert"]["variants"]["cpu"]
+    # Loose floor (docs/int8.md: ~0.6-0.7 text / ~0.9 visual top-1, ~0.99 top-3/5 on held-out text):
+    # a broken CPU form (wrong weights, wrong layout) lands near 0.
+    assert cpu["text_top3_agreement"] >= 0.8 and cpu["visual_top1_agreement"] >= 0.5, cpu
+    assert report["videobert"]["positions"] > report["videobert"]["sequences"]  # sentences mask several words
     saved = json.loads((out / "int8_report.json").read_text())
     assert saved["s3d"]["clips"] == report["s3d"]["clips"]
     assert "S3D" in format_report(report) and "VideoBERT" in format_report(report)
@@ -154,3 +169,18 @@ def test_report_detects_a_wrong_model(videos, tmp_path, small_bundle):
     result = evaluate_s3d(small_bundle.onnx_path("s3d", "fp32"), {"qdq": tmp_path / "o.int8.onnx"}, clips.clips,
                           small_bundle.codebook, repeats=1)
     assert result["variants"]["qdq"]["cosine_mean"] < 0.99
+
+
+def test_sentences_held_out_are_disjoint_and_masked(small_bundle):
+    """Held-out sentences are never calibration sentences; masks land inside the text."""
+    from vbedge.calib.readers import sentence_sequences, split_sentences
+
+    calib, held = split_sentences(40, 20, seed=0)
+    assert len(calib) == 40 and len(held) == 20 and not set(calib) & set(held)
+    vocab = small_bundle.vocab
+    feeds = sentence_sequences(vocab, held, [[0, 1, 2]], mask_fraction=0.15, mask_visual=0.0, seed=0)
+    for feed in feeds:
+        ids = feed["input_ids"][0]
+        positions = feed["predict_positions"][0]
+        assert positions.size >= 1 and (ids[positions] == vocab.mask_id).all()
+        assert positions.min() > 4  # [CLS], 3 visual tokens, [>] come first and are not masked
