@@ -532,3 +532,17 @@ def test_wrapper_rejects_cpu_torch_tensor():
     tok = _fake_tokenizer()
     with pytest.raises(InvalidInputError, match="expected a CUDA tensor"):
         tok.tokenize(torch.zeros((5, 8)))
+
+
+def test_tensorrt_output_buffer_feeds_the_tokenizer_without_a_copy():
+    # The zero-copy hand-off of issue 5: S3D's TensorRT output (a DeviceArray) goes straight to
+    # the CUDA tokenizer, which reads its pointer and waits on the stream TensorRT produced it on.
+    # (Wiring only: neither TensorRT nor a GPU runs here.)
+    from vbedge.backends.tensorrt import DeviceArray
+
+    tok = _fake_tokenizer()
+    features = DeviceArray(0x7F0000200000, (3, 8), "float32", stream_handle=555)
+    out = _FakeCudaArray((3,), "<i8", ptr=0x7F0000300000)
+    tok.tokenize(features, stream=777, check_finite=False, out=out)
+    assert tok._ext.waits == [(777, 555)]
+    assert tok._impl.calls == [(0x7F0000200000, 3, 8, "float32", 8, 0x7F0000300000, 777, "tree", 1, 0)]
