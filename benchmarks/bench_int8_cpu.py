@@ -5,6 +5,13 @@ OpenCV, runs :func:`vbedge.calib.calibrate.calibrate_models` (calibration on som
 report on held-out ones, FP32 and INT8 timed interleaved in this process) and prints the table.
 
     .venv/bin/python benchmarks/bench_int8_cpu.py [--work /tmp/vbedge-int8] [--videos 12] [--method minmax]
+    .venv/bin/python benchmarks/bench_int8_cpu.py --study [--study-calib 32]   # after one normal run
+
+``--study`` reuses the exported VideoBERT and asks where INT8 accuracy is lost: each row quantizes a
+subset of the 36 encoder weight MatMuls (one role in all layers, or one layer) and reports held-out
+text/visual top-1 agreement, for the static Q/DQ placement (percentile 99.99) and for the dynamic
+CPU form, plus weight-only INT8 (per-channel weights rounded, activations float) and FP16 as
+references for how sensitive the masked-word ranking is.
 """
 
 import argparse
@@ -20,7 +27,11 @@ def main():
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--method", default="minmax")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--study", action="store_true", help="layer-subset accuracy study (VideoBERT)")
+    parser.add_argument("--study-calib", type=int, default=32, help="calibration sequences for --study")
     args = parser.parse_args()
+    if args.study:
+        return study(Path(args.work), args.study_calib)
 
     from bundle_factory import BERT_DIR, small_codebook
     from test_calib import _write_video
@@ -51,6 +62,94 @@ def main():
                               repeats=args.repeats)
     print(format_report(report))
     print(f"report: {work / 'int8' / 'int8_report.json'}")
+
+
+ROLES = ("q", "k", "v", "attn_out", "ffn1", "ffn2")
+
+
+def study(work, n_calib):
+    """Layer-subset study: which encoder MatMuls cost VideoBERT's masked-word agreement."""
+    import logging
+    import os
+    import tempfile
+    import warnings
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from bundle_factory import BERT_DIR, small_codebook
+    from vbedge.calib.quantize import _downstream_nodes, quantize_model
+    from vbedge.calib.readers import VideoBertCalibrationReader, sentence_sequences, split_sentences
+    from vbedge.export.verify import make_session
+    from vbedge.vocab import VideoBertVocab
+
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    fp32 = work / "vb" / "videobert.onnx"
+    if not fp32.exists():
+        raise SystemExit(f"{fp32} missing: run the benchmark once without --study")
+    codebook = small_codebook()
+    vocab = VideoBertVocab.for_codebook(BERT_DIR / "vocab.txt", codebook)
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, codebook.num_leaves, rng.integers(1, 7)).tolist() for _ in range(64)]
+    calib_s, held_s = split_sentences(n_calib, 120, seed=0)
+    calib = sentence_sequences(vocab, calib_s, windows, seed=0)
+    held = sentence_sequences(vocab, held_s, windows[::-1], seed=1)
+    names = ["text_topk_ids", "visual_topk_ids"]
+    ref = make_session(fp32)
+    ref_out = [ref.run(names, f) for f in held]
+
+    def agreement(path):
+        got = [make_session(path).run(names, f) for f in held]
+        return tuple(float(np.mean(np.concatenate([r[i][..., 0].ravel() for r in ref_out]) ==
+                                   np.concatenate([g[i][..., 0].ravel() for g in got]))) for i in (0, 1))
+
+    model = onnx.load(str(fp32))
+    inits = {i.name for i in model.graph.initializer}
+    head = _downstream_nodes(model.graph, ["predict_positions"])
+    encoder = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits and n.name not in head]
+    if len(encoder) != 36:
+        raise SystemExit(f"expected 36 encoder MatMuls (6 layers x 6), found {len(encoder)}")
+    role = {name: (i // 6, ROLES[i % 6]) for i, name in enumerate(encoder)}  # export order: q k v out ffn1 ffn2
+    other = sorted(head | {n.name for n in model.graph.node if n.op_type == "Gemm"})
+    rows = [("all 36", lambda layer, r: True)]
+    rows += [(f"only {r}", lambda layer, rr, r=r: rr == r) for r in ROLES]
+    rows += [(f"only layer {k}", lambda layer, r, k=k: layer == k) for k in range(6)]
+    rows += [("all but ffn2", lambda layer, r: r != "ffn2"), ("all but layer 5", lambda layer, r: layer != 5)]
+    print(f"held-out: {len(held)} sentences, {sum(f['predict_positions'].size for f in held)} masked positions; "
+          f"static calibration on {len(calib)} other sentences; load {os.getloadavg()[0]:.2f}")
+    print(f"{'quantized MatMuls':<18} {'static text':>11} {'static vis':>10} {'dyn text':>9} {'dyn vis':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, quantized in rows:
+            keep = sorted(set(other) | {n for n in encoder if not quantized(*role[n])})
+            static_path, dyn_path = Path(tmp) / "s.onnx", Path(tmp) / "d.onnx"
+            # Static: the Q/DQ file's method and placement, the other MatMuls kept in float.
+            quantize_model(fp32, static_path, VideoBertCalibrationReader(calib, vocab.pad_id, warn_minimum=0),
+                           method="percentile", percentile=99.99, progress=False, float_nodes=keep)
+            quantize_dynamic(str(fp32), str(dyn_path), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_exclude=keep)
+            st, dy = agreement(static_path), agreement(dyn_path)
+            print(f"{label:<18} {st[0]:11.3f} {st[1]:10.3f} {dy[0]:9.3f} {dy[1]:8.3f}", flush=True)
+        # References: weight rounding alone, and FP16.
+        wonly = onnx.load(str(fp32))
+        arrays = {i.name: i for i in wonly.graph.initializer}
+        for node in wonly.graph.node:
+            if node.name in encoder:
+                w = numpy_helper.to_array(arrays[node.input[1]])
+                scale = np.abs(w).max(axis=0, keepdims=True) / 127.0
+                arrays[node.input[1]].CopyFrom(numpy_helper.from_array(
+                    (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32), node.input[1]))
+        onnx.save(wonly, str(Path(tmp) / "w.onnx"))
+        print("weight-only INT8 (36 MatMuls, activations float): text %.3f vis %.3f" % agreement(Path(tmp) / "w.onnx"))
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        half = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        half.convert_float_to_float16(keep_io_types=True)
+        half.save_model_to_file(str(Path(tmp) / "h.onnx"))
+        print("FP16 (whole graph): text %.3f vis %.3f" % agreement(Path(tmp) / "h.onnx"))
+    print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

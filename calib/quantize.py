@@ -382,7 +382,7 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, quantize_head=Tr
 
 def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=DEFAULT_PERCENTILE,
                    keep_float=FLOAT_PARTS, cpu_path=None, dynamic_axes=None, progress=True,
-                   expected_batches=None) -> QuantizationResult:
+                   expected_batches=None, float_nodes=()) -> QuantizationResult:
     """Calibrate ``fp32_path`` with ``reader`` and write the INT8 Q/DQ graph to ``out_path``.
 
     Args:
@@ -397,6 +397,8 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
         dynamic_axes: passed to the TensorRT-readiness check.
         progress: show a progress bar over calibration inputs.
         expected_batches: total for the progress bar, when known.
+        float_nodes: names of further nodes to keep in float (layer-subset studies, or a MatMul
+            a report shows to be sensitive).
 
     Raises:
         InvalidInputError: bad options or an empty reader. FormatError: the result is not a
@@ -419,6 +421,12 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
     fp32 = onnx.load(str(fp32_path))
     kind = model_kind(fp32)
     op_types, exclude = _quantization_plan(fp32, kind, tuple(keep_float))
+    if isinstance(float_nodes, str):
+        raise InvalidInputError("float_nodes must be a list of node names, not one string")
+    unknown = sorted(set(float_nodes) - {n.name for n in fp32.graph.node})
+    if unknown:
+        raise InvalidInputError(f"float_nodes not in {fp32_path.name}: {unknown[:5]}")
+    exclude = sorted(set(exclude) | set(float_nodes))
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
              # One DQ per consumer: ONNX Runtime fuses a DQ into at most one QLinear* node.
              "DedicatedQDQPair": True,
