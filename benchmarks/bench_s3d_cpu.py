@@ -23,18 +23,7 @@ import time
 
 import numpy as np
 
-
-def _machine():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+from vbedge.info import machine_summary
 
 
 def main(argv=None):
@@ -101,7 +90,7 @@ def main(argv=None):
     ref = outputs["torch eager"]
     eager_median = statistics.median(times["torch eager"])
     print(f"\nS3D clip feature, input {tuple(clip.shape)} float32, batch 1")
-    print(f"machine: {_machine()}; threads: {args.threads}; load average before: "
+    print(f"machine: {machine_summary()}; threads: {args.threads}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, "
           f"python {platform.python_version()}; {args.rounds} rounds, round-robin\n")

@@ -37,16 +37,8 @@ if ROOT not in sys.path:
 
 from vbedge.tokenize_reference import num_centroids, tokenize_reference  # noqa: E402
 
-
-def synthetic_tree(rng, levels, branching, dim):
-    """Stacked centroids of a tree whose children are their parent plus shrinking noise."""
-    parts, parent, noise = [], np.zeros((1, dim), np.float32), 1.0
-    for _ in range(levels):
-        base = np.repeat(parent, branching, axis=0)
-        parent = base + rng.standard_normal(base.shape, dtype=np.float32) * np.float32(noise)
-        parts.append(parent)
-        noise *= 0.5
-    return np.ascontiguousarray(np.concatenate(parts)), noise * 2.0
+# The same synthetic codebook as the CPU benchmark (this folder is on sys.path when run as a script).
+from bench_tokenizer_cpu import synthetic_tree  # noqa: E402
 
 
 def torch_tree_reference(torch, cent_levels, norms_levels, x, branching, chunk):

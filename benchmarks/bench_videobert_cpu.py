@@ -25,18 +25,7 @@ import time
 
 import numpy as np
 
-
-def _machine():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+from vbedge.info import machine_summary
 
 
 def _time_interleaved(contenders, runs, warmup):
@@ -138,7 +127,7 @@ def main(argv=None):
     base = results[0][1]
     print(f"VideoBERT caption query: batch 1, sequence 48, 2 masked positions, top-10, vocabulary {v.size} "
           f"({v.text_size} WordPiece + [>] + {v.num_visual} visual), MiniLM-L6-H384 weights")
-    print(f"machine: {_machine()}; threads {args.threads}; 1-min load average {load_before:.1f} before, "
+    print(f"machine: {machine_summary()}; threads {args.threads}; 1-min load average {load_before:.1f} before, "
           f"{load_after:.1f} after (timings interleaved round-robin, {args.runs} runs each)")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {ort.__version__}; "
           f"export+checks took {export_s:.1f} s; ORT vs torch top-1 agreement {agree:.2f}")

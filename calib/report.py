@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -51,18 +50,11 @@ def _interleaved_medians(runs, repeats):
 
 def machine_description():
     """CPU model, logical cores and ONNX Runtime version (for the report)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import onnxruntime
 
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    from vbedge.info import cpu_model
+
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
 
 
 def _cos(a, b):

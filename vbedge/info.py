@@ -10,6 +10,25 @@ import platform
 import sys
 
 
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary():
+    """One line naming this machine for benchmark output: CPU model, logical cores, OS, architecture."""
+    import os
+
+    return f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+
+
 def _package_version(name):
     try:
         return importlib.metadata.version(name)
