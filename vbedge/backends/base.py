@@ -37,16 +37,19 @@ class Backend:
 
     #: short identifier: 'onnxruntime', 'tensorrt', 'torch'
     name = "abstract"
+    # Subclasses fill these lists of TensorSpec when they open the model.
+    _inputs = ()
+    _outputs = ()
 
     @property
     def inputs(self):
         """List of :class:`TensorSpec` of the model's inputs."""
-        raise NotImplementedError
+        return list(self._inputs)
 
     @property
     def outputs(self):
         """List of :class:`TensorSpec` of the model's outputs."""
-        raise NotImplementedError
+        return list(self._outputs)
 
     def run(self, inputs):
         """Run the model on ``inputs`` (dict name -> NumPy array); return dict name -> NumPy array."""

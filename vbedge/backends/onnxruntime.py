@@ -124,14 +124,6 @@ class OnnxRuntimeBackend(Backend):
         self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
         log.info("onnxruntime backend: %s on %s", self.onnx_path.name, ", ".join(used))
 
-    @property
-    def inputs(self):
-        return list(self._inputs)
-
-    @property
-    def outputs(self):
-        return list(self._outputs)
-
     def run(self, inputs):
         """Validate ``inputs`` against the model's specs, run, and return dict output name -> array."""
         if self._session is None:

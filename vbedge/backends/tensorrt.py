@@ -744,14 +744,6 @@ class TensorRTBackend(Backend):
         log.info("TensorRT engine %s %s", path.name, "built" if built else "loaded from cache")
         return cls(engine, device=device, buffers=buffers, name=onnx_path.stem)
 
-    @property
-    def inputs(self):
-        return list(self._inputs)
-
-    @property
-    def outputs(self):
-        return list(self._outputs)
-
     # -- shapes and memory --
 
     def _set_input_shapes(self, shapes):

@@ -56,14 +56,6 @@ class TorchBackend(Backend):
             raise FormatError(f"the torch backend does not know how to build model {model!r}")
         return cls(module, spec["inputs"], spec["outputs"], model=model, threads=threads)
 
-    @property
-    def inputs(self):
-        return list(self._inputs)
-
-    @property
-    def outputs(self):
-        return list(self._outputs)
-
     def run(self, inputs):
         import torch
 
