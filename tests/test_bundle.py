@@ -108,6 +108,12 @@ def test_newer_format_and_garbage_manifest(bundle_dir):
     (bundle_dir / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(FormatError, match="not valid JSON"):
         Bundle.load(bundle_dir)
+    (bundle_dir / MANIFEST_NAME).write_text("[1, 2]")
+    with pytest.raises(FormatError, match="must hold a JSON object"):
+        Bundle.load(bundle_dir)
+    (bundle_dir / MANIFEST_NAME).write_bytes(b"\xff\xfe{")
+    with pytest.raises(FormatError, match="not valid JSON"):
+        Bundle.load(bundle_dir)
     (bundle_dir / MANIFEST_NAME).write_text('{"format": "other"}')
     with pytest.raises(FormatError, match="not a vbedge bundle"):
         Bundle.load(bundle_dir)

@@ -18,6 +18,7 @@ import platform
 from pathlib import Path
 
 from .errors import FormatError, InvalidInputError
+from .jsonfile import read_json_object
 
 BUNDLE_FORMAT = "vbedge.bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -144,10 +145,7 @@ class Bundle:
         manifest_path = root / MANIFEST_NAME
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FormatError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        manifest = read_json_object(manifest_path)
         _check_manifest_header(manifest, manifest_path)
         bundle = cls(root, manifest)
         bundle._verify_files(verify_hashes)
@@ -260,7 +258,7 @@ class Bundle:
         spec = self._model(model)
         if not spec.get("metadata"):
             return {}
-        return json.loads(_safe_member(self.root, spec["metadata"]).read_text())
+        return read_json_object(_safe_member(self.root, spec["metadata"]))
 
     def _model(self, model):
         models = self.manifest["models"]

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FormatError, InvalidInputError
+from .jsonfile import read_json_object
 
 __all__ = ["VideoBertVocab", "SEPARATOR_TOKEN", "BERT_SPECIAL_TOKENS", "VOCAB_FORMAT_VERSION"]
 
@@ -464,11 +464,7 @@ class VideoBertVocab:
         for p in (vocab_path, layout_path):
             if not p.is_file():
                 raise FormatError(f"{str(p)!r} does not exist; expected a vocabulary saved by VideoBertVocab.save")
-        try:
-            with open(layout_path, encoding="utf-8") as f:
-                stored = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{str(layout_path)!r} is not valid JSON ({exc})") from None
+        stored = read_json_object(layout_path)
         return cls.from_layout(vocab_path.read_bytes(), stored, source=str(directory))
 
     @classmethod

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
 from vbedge.errors import FormatError, InvalidInputError, MissingDependencyError
+from vbedge.jsonfile import read_json_object
 from vbedge.vocab import VOCAB_FILENAME, VideoBertVocab
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,7 @@ def _read_config(bert_dir: Path):
     if not path.is_file():
         raise FormatError(f"{str(bert_dir)!r} has no config.json; expected a Hugging Face BERT folder "
                           "(config.json, model.safetensors, vocab.txt)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{str(path)!r} is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise FormatError(f"{str(path)!r} must hold a JSON object")
+    raw = read_json_object(path)
     model_type = raw.get("model_type")
     if model_type != "bert":
         raise FormatError(
@@ -347,12 +341,8 @@ class VideoBert:
         if not meta_path.is_file():
             raise FormatError(f"{str(directory)!r} has no {_META_FILENAME}; expected a folder written by VideoBert.save "
                               "(use VideoBert.from_bert for a plain Hugging Face BERT folder)")
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{str(meta_path)!r} is not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
+        meta = read_json_object(meta_path)
+        if meta.get("format") != _FORMAT_NAME:
             raise FormatError(f"{str(meta_path)!r} is not a {_FORMAT_NAME} file")
         if meta.get("format_version") != VIDEOBERT_FORMAT_VERSION:
             raise FormatError(f"{str(meta_path)!r} has format_version {meta.get('format_version')!r}; "
