@@ -4,8 +4,14 @@ Exports a seeded random S3D and the MiniLM VideoBERT (2x3 codebook), writes synt
 OpenCV, runs :func:`vbedge.calib.calibrate.calibrate_models` (calibration on some videos, the
 report on held-out ones, FP32 and INT8 timed interleaved in this process) and prints the table.
 
+``--videobert trained`` (the default) first trains the MiniLM VideoBERT with masked-LM for
+``--train-steps`` steps on kitchen sentences the report never sees (tests/videobert_training.py,
+~0.5 s a step here): all-MiniLM-L6-v2 ships no masked-LM head, and an untrained head's word
+ranking has near-ties everywhere. ``--videobert minilm`` measures the untrained one.
+
     .venv/bin/python benchmarks/bench_int8_cpu.py [--work /tmp/vbedge-int8] [--videos 12] [--method minmax]
-    .venv/bin/python benchmarks/bench_int8_cpu.py --study [--study-calib 32]   # after one normal run
+                                                  [--videobert trained|minilm] [--train-steps 150]
+    .venv/bin/python benchmarks/bench_int8_cpu.py --study [--videobert ...]   # after one normal run
 
 ``--study`` reuses the exported VideoBERT and asks where INT8 accuracy is lost: each row quantizes a
 subset of the 36 encoder weight MatMuls (one role in all layers, or one layer) and reports held-out
@@ -29,9 +35,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--study", action="store_true", help="layer-subset accuracy study (VideoBERT)")
     parser.add_argument("--study-calib", type=int, default=32, help="calibration sequences for --study")
+    parser.add_argument("--videobert", choices=("trained", "minilm"), default="trained",
+                        help="MLM-trained MiniLM VideoBERT (default) or the untrained head")
+    parser.add_argument("--train-steps", type=int, default=150)
     args = parser.parse_args()
+    vb_dir = Path(args.work) / ("vb" if args.videobert == "minilm" else f"vb_trained{args.train_steps}")
     if args.study:
-        return study(Path(args.work), args.study_calib)
+        return study(vb_dir, args.study_calib)
 
     from bundle_factory import BERT_DIR, small_codebook
     from test_calib import _write_video
@@ -49,17 +59,23 @@ def main():
         export_s3d(work / "s3d", random_init=True, seed=0, fp16=False, check_batches=(1,), spec=spec)
     codebook = small_codebook()
     videobert = VideoBert.from_bert(BERT_DIR, codebook)
-    if not (work / "vb" / "videobert.onnx").exists():
-        export_videobert(videobert, work / "vb", top_k=5, fp16=False)  # the 2x3 codebook has 9 visual words
+    if not (vb_dir / "videobert.onnx").exists():
+        if args.videobert == "trained":
+            from videobert_training import train_mlm
+
+            print(f"training the MiniLM VideoBERT with masked-LM for {args.train_steps} steps")
+            train_mlm(videobert, steps=args.train_steps)
+        export_videobert(videobert, vb_dir, top_k=5, fp16=False)  # the 2x3 codebook has 9 visual words
     vids = work / "videos"
     vids.mkdir(parents=True, exist_ok=True)
     for i in range(args.videos):
         if not (vids / f"v{i}.avi").exists():
             _write_video(vids / f"v{i}.avi", seed=i, frames=64, size=(240, 320))
     report = calibrate_models(work / "int8", videos=vids, spec=spec, codebook=codebook, vocab=videobert.vocab,
-                              s3d_fp32=work / "s3d" / "s3d.onnx", videobert_fp32=work / "vb" / "videobert.onnx",
+                              s3d_fp32=work / "s3d" / "s3d.onnx", videobert_fp32=vb_dir / "videobert.onnx",
                               method=args.method, max_clips=36, clips_per_video=3, max_sequences=128,
                               repeats=args.repeats)
+    print(f"VideoBERT: {args.videobert}" + (f" ({args.train_steps} MLM steps)" if args.videobert == "trained" else ""))
     print(format_report(report))
     print(f"report: {work / 'int8' / 'int8_report.json'}")
 
@@ -67,7 +83,7 @@ def main():
 ROLES = ("q", "k", "v", "attn_out", "ffn1", "ffn2")
 
 
-def study(work, n_calib):
+def study(vb_dir, n_calib):
     """Layer-subset study: which encoder MatMuls cost VideoBERT's masked-word agreement."""
     import logging
     import os
@@ -82,12 +98,13 @@ def study(work, n_calib):
     from bundle_factory import BERT_DIR, small_codebook
     from vbedge.calib.quantize import _downstream_nodes, quantize_model
     from vbedge.calib.readers import VideoBertCalibrationReader, sentence_sequences, split_sentences
+    from vbedge.calib.report import top1_agreement_by_margin
     from vbedge.export.verify import make_session
     from vbedge.vocab import VideoBertVocab
 
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    fp32 = work / "vb" / "videobert.onnx"
+    fp32 = vb_dir / "videobert.onnx"
     if not fp32.exists():
         raise SystemExit(f"{fp32} missing: run the benchmark once without --study")
     codebook = small_codebook()
@@ -97,14 +114,19 @@ def study(work, n_calib):
     calib_s, held_s = split_sentences(n_calib, 120, seed=0)
     calib = sentence_sequences(vocab, calib_s, windows, seed=0)
     held = sentence_sequences(vocab, held_s, windows[::-1], seed=1)
-    names = ["text_topk_ids", "visual_topk_ids"]
+    names = ["text_topk_ids", "visual_topk_ids", "text_topk_scores"]
     ref = make_session(fp32)
     ref_out = [ref.run(names, f) for f in held]
+    ref_text = np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in ref_out])
+    ref_scores = np.concatenate([r[2].reshape(-1, r[2].shape[-1]) for r in ref_out])
 
     def agreement(path):
+        """(text top-1, visual top-1, text top-1 where FP32 is decisive) agreement with FP32."""
         got = [make_session(path).run(names, f) for f in held]
-        return tuple(float(np.mean(np.concatenate([r[i][..., 0].ravel() for r in ref_out]) ==
-                                   np.concatenate([g[i][..., 0].ravel() for g in got]))) for i in (0, 1))
+        text, visual = (float(np.mean(np.concatenate([r[i][..., 0].ravel() for r in ref_out]) ==
+                                      np.concatenate([g[i][..., 0].ravel() for g in got]))) for i in (0, 1))
+        decisive = top1_agreement_by_margin(ref_text, ref_scores, np.concatenate([g[0][..., 0].ravel() for g in got]))
+        return text, visual, decisive["decisive_top1"]
 
     model = onnx.load(str(fp32))
     inits = {i.name for i in model.graph.initializer}
@@ -118,9 +140,11 @@ def study(work, n_calib):
     rows += [(f"only {r}", lambda layer, rr, r=r: rr == r) for r in ROLES]
     rows += [(f"only layer {k}", lambda layer, r, k=k: layer == k) for k in range(6)]
     rows += [("all but ffn2", lambda layer, r: r != "ffn2"), ("all but layer 5", lambda layer, r: layer != 5)]
+    print(f"model: {fp32}; decisive: FP32's best logit >= second + ln 2")
     print(f"held-out: {len(held)} sentences, {sum(f['predict_positions'].size for f in held)} masked positions; "
           f"static calibration on {len(calib)} other sentences; load {os.getloadavg()[0]:.2f}")
-    print(f"{'quantized MatMuls':<18} {'static text':>11} {'static vis':>10} {'dyn text':>9} {'dyn vis':>8}")
+    print(f"{'quantized MatMuls':<18} {'static text':>11} {'static vis':>10} {'dyn text':>9} {'dyn vis':>8} "
+          f"{'dyn text decisive':>17}")
     with tempfile.TemporaryDirectory() as tmp:
         for label, quantized in rows:
             keep = sorted(set(other) | {n for n in encoder if not quantized(*role[n])})
@@ -131,7 +155,7 @@ def study(work, n_calib):
             quantize_dynamic(str(fp32), str(dyn_path), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul"], nodes_to_exclude=keep)
             st, dy = agreement(static_path), agreement(dyn_path)
-            print(f"{label:<18} {st[0]:11.3f} {st[1]:10.3f} {dy[0]:9.3f} {dy[1]:8.3f}", flush=True)
+            print(f"{label:<18} {st[0]:11.3f} {st[1]:10.3f} {dy[0]:9.3f} {dy[1]:8.3f} {dy[2]:17.3f}", flush=True)
         # References: weight rounding alone, and FP16.
         wonly = onnx.load(str(fp32))
         arrays = {i.name: i for i in wonly.graph.initializer}
@@ -142,13 +166,14 @@ def study(work, n_calib):
                 arrays[node.input[1]].CopyFrom(numpy_helper.from_array(
                     (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32), node.input[1]))
         onnx.save(wonly, str(Path(tmp) / "w.onnx"))
-        print("weight-only INT8 (36 MatMuls, activations float): text %.3f vis %.3f" % agreement(Path(tmp) / "w.onnx"))
+        print("weight-only INT8 (36 MatMuls, activations float): text %.3f vis %.3f text decisive %.3f"
+              % agreement(Path(tmp) / "w.onnx"))
         from onnxruntime.transformers.optimizer import optimize_model
 
         half = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
         half.convert_float_to_float16(keep_io_types=True)
         half.save_model_to_file(str(Path(tmp) / "h.onnx"))
-        print("FP16 (whole graph): text %.3f vis %.3f" % agreement(Path(tmp) / "h.onnx"))
+        print("FP16 (whole graph): text %.3f vis %.3f text decisive %.3f" % agreement(Path(tmp) / "h.onnx"))
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -6,7 +6,11 @@ Metrics (all on inputs never used for calibration):
   fraction of clips whose token (``codebook.tokenize`` of the feature) equals the FP32 token;
 - VideoBERT: at every masked position, **top-1 agreement** (INT8's best id equals FP32's best id)
   and **top-5 agreement** (FP32's best id is among INT8's best 5; ``min(5, k)`` for smaller k),
-  for the text and the visual vocabulary;
+  for the text and the visual vocabulary; and top-1 agreement split by how decisive FP32 was:
+  at **decisive** positions (FP32's best logit beats its second by at least ``ln 2``, i.e. its
+  top word is at least twice as likely as the runner-up) and at **near ties** (the rest). A
+  flip between two words FP32 itself rates almost equally is a different failure from a flip of
+  a clear answer; the split shows which one INT8 causes (docs/int8.md);
 - speed: FP32 and INT8 sessions created in one process and run interleaved (FP32, INT8, FP32...)
   on the same input, median of the repeats, with the load average before and after (the
   machines are shared; interleaving spreads load changes over both).
@@ -15,6 +19,7 @@ Metrics (all on inputs never used for calibration):
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -25,6 +30,10 @@ from vbedge.errors import InvalidInputError
 
 #: The issue's goals; the report states which are met.
 GOALS = {"token_agreement": 0.95, "videobert_top1_agreement": 0.97, "speedup": 1.5}
+
+#: A masked position is *decisive* when FP32's best logit exceeds its second best by this much:
+#: ln 2, the top word at least twice as likely as the runner-up.
+DECISIVE_MARGIN = math.log(2.0)
 
 
 def _session(path, threads=None):
@@ -94,19 +103,51 @@ def evaluate_s3d(fp32_path, int8_paths, clips, codebook, repeats=5, threads=None
     return result
 
 
+def top1_agreement_by_margin(ref_ids, ref_scores, got_ids, margin=DECISIVE_MARGIN) -> dict:
+    """Top-1 agreement overall, at decisive positions and at near ties of the reference.
+
+    Args:
+        ref_ids: (positions, k) the reference's top-k ids, best first (k >= 2).
+        ref_scores: (positions, k) the reference's top-k logits, best first.
+        got_ids: (positions,) or (positions, k') the other model's ids (column 0 is its best).
+        margin: logit gap between the reference's best and second best that makes a position decisive.
+
+    Returns ``{"top1", "decisive_fraction", "decisive_top1", "near_tie_top1"}``; an agreement over
+    no positions is ``None``.
+    """
+    ref_ids, ref_scores = np.asarray(ref_ids), np.asarray(ref_scores, dtype=np.float64)
+    got = np.asarray(got_ids)
+    got = got[:, 0] if got.ndim == 2 else got
+    if (ref_ids.ndim != 2 or ref_ids.shape[1] < 2 or ref_scores.shape != ref_ids.shape
+            or got.shape != ref_ids[:, 0].shape):
+        raise InvalidInputError(f"expected (positions, k >= 2) reference ids and scores and (positions,) ids, got "
+                                f"{ref_ids.shape}, {ref_scores.shape}, {got.shape}")
+    if not np.all(np.isfinite(ref_scores)):
+        raise InvalidInputError("reference scores contain NaN or infinity")
+    same = ref_ids[:, 0] == got
+    decisive = (ref_scores[:, 0] - ref_scores[:, 1]) >= margin
+
+    def mean(mask):
+        return float(np.mean(same[mask])) if mask.any() else None
+
+    return {"top1": mean(np.ones(same.shape, dtype=bool)),
+            "decisive_fraction": float(np.mean(decisive)) if same.size else None,
+            "decisive_top1": mean(decisive), "near_tie_top1": mean(~decisive)}
+
+
 def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -> dict:
     """Compare INT8 VideoBERT graphs with FP32 at the masked positions of held-out ``feeds``."""
     feeds = list(feeds)
     if not feeds:
         raise InvalidInputError("no held-out VideoBERT sequences to evaluate on")
-    names = ["text_topk_ids", "visual_topk_ids"]
+    names = ["text_topk_ids", "visual_topk_ids", "text_topk_scores", "visual_topk_scores"]
     sessions = {"fp32": _session(fp32_path, threads)}
     sessions.update({label: _session(p, threads) for label, p in int8_paths.items()})
     outs = {label: [s.run(names, f) for f in feeds] for label, s in sessions.items()}
     k = int(outs["fp32"][0][0].shape[-1])
     top = min(5, k)
     result = {"sequences": len(feeds), "positions": int(sum(f["predict_positions"].size for f in feeds)),
-              "k": k, "top_n": top, "variants": {}}
+              "k": k, "top_n": top, "decisive_margin": DECISIVE_MARGIN, "variants": {}}
     load_before = os.getloadavg()
     speed = _interleaved_medians({label: (lambda s=s: s.run(names, feeds[0])) for label, s in sessions.items()},
                                  repeats)
@@ -118,6 +159,13 @@ def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -
             got_topn = np.concatenate([o[index][..., :top].reshape(-1, top) for o in outs[label]])
             entry[f"{part}_top1_agreement"] = float(np.mean(ref == got_top1))
             entry[f"{part}_top{top}_agreement"] = float(np.mean((got_topn == ref[:, None]).any(axis=1)))
+            if k >= 2:
+                split = top1_agreement_by_margin(
+                    np.concatenate([o[index].reshape(-1, k) for o in outs["fp32"]]),
+                    np.concatenate([o[index + 2].reshape(-1, k) for o in outs["fp32"]]), got_top1)
+                entry[f"{part}_decisive_fraction"] = split["decisive_fraction"]
+                entry[f"{part}_decisive_top1_agreement"] = split["decisive_top1"]
+                entry[f"{part}_near_tie_top1_agreement"] = split["near_tie_top1"]
         entry["top1_agreement"] = min(entry["text_top1_agreement"], entry["visual_top1_agreement"])
         entry["seconds"] = speed[label]
         entry["speedup"] = speed["fp32"] / speed[label]
@@ -142,6 +190,10 @@ def goals_met(report) -> dict:
         met["videobert_top1"] = best["top1_agreement"] >= GOALS["videobert_top1_agreement"]
         met["videobert_speedup"] = best["speedup"] >= GOALS["speedup"]
     return met
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_report(report) -> str:
@@ -176,6 +228,17 @@ def format_report(report) -> str:
             lines.append(f"  {label:<8} {v['text_top1_agreement']:9.3f} {v[f'text_top{n}_agreement']:9.3f} "
                          f"{v['visual_top1_agreement']:9.3f} {v[f'visual_top{n}_agreement']:9.3f} "
                          f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x")
+        if any("text_decisive_fraction" in v for v in vb["variants"].values()):
+            lines.append(f"  top-1 agreement where FP32 is decisive (best logit >= second + "
+                         f"{vb.get('decisive_margin', DECISIVE_MARGIN):.3f}) / at FP32's near ties:")
+            for label, v in vb["variants"].items():
+                parts = []
+                for part in ("text", "visual"):
+                    if f"{part}_decisive_fraction" in v:
+                        parts.append(f"{part} {_fmt(v[f'{part}_decisive_top1_agreement'])} on "
+                                     f"{v[f'{part}_decisive_fraction']:.0%} of positions / "
+                                     f"{_fmt(v[f'{part}_near_tie_top1_agreement'])}")
+                lines.append(f"  {label:<8} " + "; ".join(parts))
     goals = report.get("goals_met")
     if goals:
         lines.append("goals (token >= 95%, VideoBERT top-1 >= 97%, INT8 >= 1.5x FP32): " +

@@ -146,9 +146,43 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     # a broken CPU form (wrong weights, wrong layout) lands near 0.
     assert cpu["text_top3_agreement"] >= 0.8 and cpu["visual_top1_agreement"] >= 0.5, cpu
     assert report["videobert"]["positions"] > report["videobert"]["sequences"]  # sentences mask several words
+    # The decisive / near-tie split partitions the positions: it recombines to the overall top-1.
+    for variant in report["videobert"]["variants"].values():
+        for part in ("text", "visual"):
+            frac = variant[f"{part}_decisive_fraction"]
+            assert 0.0 <= frac <= 1.0
+            pieces = [(frac, variant[f"{part}_decisive_top1_agreement"]),
+                      (1.0 - frac, variant[f"{part}_near_tie_top1_agreement"])]
+            recombined = sum(w * a for w, a in pieces if a is not None)
+            assert recombined == pytest.approx(variant[f"{part}_top1_agreement"], abs=1e-9)
+    assert "FP32 is decisive" in format_report(report)
     saved = json.loads((out / "int8_report.json").read_text())
     assert saved["s3d"]["clips"] == report["s3d"]["clips"]
     assert "S3D" in format_report(report) and "VideoBERT" in format_report(report)
+
+
+def test_top1_agreement_split_by_fp32_margin():
+    """Decisive positions (FP32's best logit >= second + ln 2) and near ties are scored apart."""
+    from vbedge.calib.report import DECISIVE_MARGIN, top1_agreement_by_margin
+
+    ref_ids = np.array([[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]])
+    gap = DECISIVE_MARGIN
+    ref_scores = np.array([[3.0, 1.0], [2.0, 1.9], [5.0, 5.0 - gap], [1.0, 0.9], [0.0, -4.0]])
+    got = np.array([1, 4, 5, 7, 10])  # decisive: rows 0, 2 (exactly ln 2), 4; near ties: rows 1, 3
+    split = top1_agreement_by_margin(ref_ids, ref_scores, got)
+    assert split["top1"] == pytest.approx(3 / 5)
+    assert split["decisive_fraction"] == pytest.approx(3 / 5)
+    assert split["decisive_top1"] == pytest.approx(2 / 3)
+    assert split["near_tie_top1"] == pytest.approx(1 / 2)
+    # Top-k ids of the other model: its column 0 is what counts.
+    assert top1_agreement_by_margin(ref_ids, ref_scores, np.stack([got, got + 1], 1)) == split
+    # A larger margin moves positions to the near ties; none decisive gives None, not 0.
+    none_decisive = top1_agreement_by_margin(ref_ids, ref_scores, got, margin=10.0)
+    assert none_decisive["decisive_top1"] is None and none_decisive["near_tie_top1"] == pytest.approx(3 / 5)
+    with pytest.raises(InvalidInputError, match="k >= 2"):
+        top1_agreement_by_margin(ref_ids[:, :1], ref_scores[:, :1], got)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        top1_agreement_by_margin(ref_ids, np.where(ref_scores > 4, np.nan, ref_scores), got)
 
 
 def test_report_detects_a_wrong_model(videos, tmp_path, small_bundle):
