@@ -5,8 +5,9 @@ Metrics (all on inputs never used for calibration):
 - S3D: cosine between the INT8 and FP32 features (mean, worst); **visual-token agreement**: the
   fraction of clips whose token (``codebook.tokenize`` of the feature) equals the FP32 token;
 - VideoBERT: at every masked position, **top-1 agreement** (INT8's best id equals FP32's best id)
-  and **top-5 agreement** (FP32's best id is among INT8's best 5; ``min(5, k)`` for smaller k),
-  for the text and the visual vocabulary; and top-1 agreement split by how decisive FP32 was:
+  and **top-5 agreement** (FP32's best id is among INT8's best 5; ``min(5, k)`` for smaller k):
+  text metrics at masked words, visual metrics at masked visual tokens (the visual segment,
+  token type 1); and top-1 agreement split by how decisive FP32 was:
   at **decisive** positions (FP32's best logit beats its second by at least ``ln 2``, i.e. its
   top word is at least twice as likely as the runner-up) and at **near ties** (the rest). A
   flip between two words FP32 itself rates almost equally is a different failure from a flip of
@@ -151,22 +152,40 @@ def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -
     load_before = os.getloadavg()
     speed = _interleaved_medians({label: (lambda s=s: s.run(names, feeds[0])) for label, s in sessions.items()},
                                  repeats)
+    # Which vocabulary a masked position is about: a [MASK] in the visual segment (token type 1,
+    # as caption_inputs and the readers build it) hides a visual word, any other a text word. The
+    # text metrics use text positions only and the visual ones visual positions only: the text
+    # ranking at a masked visual token (or the visual ranking at a masked word) means nothing.
+    segment = np.concatenate([np.take_along_axis(np.asarray(f.get("token_type_ids", np.zeros_like(f["input_ids"]))),
+                                                 np.asarray(f["predict_positions"]), axis=1).ravel() for f in feeds])
+    where = {"text": segment != 1, "visual": segment == 1}
+    result["text_positions"], result["visual_positions"] = int(where["text"].sum()), int(where["visual"].sum())
+
+    def stacked(label, index, width):
+        return np.concatenate([o[index][..., :width].reshape(-1, width) for o in outs[label]])
+
     for label in int8_paths:
         entry = {}
         for part, index in (("text", 0), ("visual", 1)):
-            ref = np.concatenate([o[index][..., 0].ravel() for o in outs["fp32"]])
-            got_top1 = np.concatenate([o[index][..., 0].ravel() for o in outs[label]])
-            got_topn = np.concatenate([o[index][..., :top].reshape(-1, top) for o in outs[label]])
+            at = where[part]
+            if not at.any():
+                for key in ("top1", f"top{top}", "decisive_top1", "near_tie_top1"):
+                    entry[f"{part}_{key}_agreement"] = None
+                entry[f"{part}_decisive_fraction"] = None
+                continue
+            ref = stacked("fp32", index, 1)[at, 0]
+            got_top1 = stacked(label, index, 1)[at, 0]
+            got_topn = stacked(label, index, top)[at]
             entry[f"{part}_top1_agreement"] = float(np.mean(ref == got_top1))
             entry[f"{part}_top{top}_agreement"] = float(np.mean((got_topn == ref[:, None]).any(axis=1)))
             if k >= 2:
-                split = top1_agreement_by_margin(
-                    np.concatenate([o[index].reshape(-1, k) for o in outs["fp32"]]),
-                    np.concatenate([o[index + 2].reshape(-1, k) for o in outs["fp32"]]), got_top1)
+                split = top1_agreement_by_margin(stacked("fp32", index, k)[at], stacked("fp32", index + 2, k)[at],
+                                                 got_top1)
                 entry[f"{part}_decisive_fraction"] = split["decisive_fraction"]
                 entry[f"{part}_decisive_top1_agreement"] = split["decisive_top1"]
                 entry[f"{part}_near_tie_top1_agreement"] = split["near_tie_top1"]
-        entry["top1_agreement"] = min(entry["text_top1_agreement"], entry["visual_top1_agreement"])
+        entry["top1_agreement"] = min(entry[f"{part}_top1_agreement"] for part in ("text", "visual")
+                                      if entry[f"{part}_top1_agreement"] is not None)
         entry["seconds"] = speed[label]
         entry["speedup"] = speed["fp32"] / speed[label]
         result["variants"][label] = entry
@@ -218,15 +237,18 @@ def format_report(report) -> str:
     if vb:
         t = vb["timing"]
         n = vb["top_n"]
-        lines.append(f"VideoBERT: {vb['sequences']} held-out sequences, {vb['positions']} masked positions, "
+        split = (f" ({vb['text_positions']} words, {vb['visual_positions']} visual tokens)"
+                 if "text_positions" in vb else "")
+        lines.append(f"VideoBERT: {vb['sequences']} held-out sequences, {vb['positions']} masked positions{split}, "
                      f"seq {t['sequence_length']}, median of {t['repeats']} interleaved runs, load "
                      f"{t['load_average_before'][0]:.2f} -> {t['load_average_after'][0]:.2f}")
         lines.append(f"  {'variant':<8} {'text top1':>9} {f'text top{n}':>9} {'vis top1':>9} {f'vis top{n}':>9} "
                      f"{'ms':>8} {'vs FP32':>8}")
-        lines.append(f"  {'fp32':<8} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {vb['fp32_seconds'] * 1e3:8.2f} {1.0:7.2f}x")
+        lines.append(f"  {'fp32':<8} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} "
+                     f"{vb['fp32_seconds'] * 1e3:8.2f} {1.0:7.2f}x")
         for label, v in vb["variants"].items():
-            lines.append(f"  {label:<8} {v['text_top1_agreement']:9.3f} {v[f'text_top{n}_agreement']:9.3f} "
-                         f"{v['visual_top1_agreement']:9.3f} {v[f'visual_top{n}_agreement']:9.3f} "
+            lines.append(f"  {label:<8} {_fmt(v['text_top1_agreement']):>9} {_fmt(v[f'text_top{n}_agreement']):>9} "
+                         f"{_fmt(v['visual_top1_agreement']):>9} {_fmt(v[f'visual_top{n}_agreement']):>9} "
                          f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x")
         if any("text_decisive_fraction" in v for v in vb["variants"].values()):
             lines.append(f"  top-1 agreement where FP32 is decisive (best logit >= second + "
@@ -234,7 +256,7 @@ def format_report(report) -> str:
             for label, v in vb["variants"].items():
                 parts = []
                 for part in ("text", "visual"):
-                    if f"{part}_decisive_fraction" in v:
+                    if v.get(f"{part}_decisive_fraction") is not None:
                         parts.append(f"{part} {_fmt(v[f'{part}_decisive_top1_agreement'])} on "
                                      f"{v[f'{part}_decisive_fraction']:.0%} of positions / "
                                      f"{_fmt(v[f'{part}_near_tie_top1_agreement'])}")

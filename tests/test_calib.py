@@ -146,8 +146,12 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     # a broken CPU form (wrong weights, wrong layout) lands near 0.
     assert cpu["text_top3_agreement"] >= 0.8 and cpu["visual_top1_agreement"] >= 0.5, cpu
     assert report["videobert"]["positions"] > report["videobert"]["sequences"]  # sentences mask several words
+    # Words are scored at text positions, visual words at masked visual tokens (token type 1); the
+    # held-out sentences mask one visual token in two, so both kinds are there.
+    vbr = report["videobert"]
+    assert vbr["text_positions"] + vbr["visual_positions"] == vbr["positions"] and vbr["visual_positions"] >= 1
     # The decisive / near-tie split partitions the positions: it recombines to the overall top-1.
-    for variant in report["videobert"]["variants"].values():
+    for variant in vbr["variants"].values():
         for part in ("text", "visual"):
             frac = variant[f"{part}_decisive_fraction"]
             assert 0.0 <= frac <= 1.0
