@@ -100,7 +100,8 @@ def study(vb_dir, n_calib, quick=False):
     from bundle_factory import BERT_DIR, small_codebook
     from vbedge.calib.quantize import _downstream_nodes, quantize_model
     from vbedge.calib.readers import VideoBertCalibrationReader, sentence_sequences, split_sentences
-    from vbedge.calib.report import top1_agreement_by_margin
+    from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, transformer_cpu_form
+    from vbedge.calib.report import _interleaved_medians, top1_agreement_by_margin
     from vbedge.export.verify import make_session
     from vbedge.vocab import VideoBertVocab
 
@@ -119,16 +120,20 @@ def study(vb_dir, n_calib, quick=False):
     names = ["text_topk_ids", "visual_topk_ids", "text_topk_scores"]
     ref = make_session(fp32)
     ref_out = [ref.run(names, f) for f in held]
-    ref_text = np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in ref_out])
-    ref_scores = np.concatenate([r[2].reshape(-1, r[2].shape[-1]) for r in ref_out])
+    # As the report does: words scored at masked words, visual words at masked visual tokens.
+    segment = np.concatenate([np.take_along_axis(f["token_type_ids"], f["predict_positions"], 1).ravel() for f in held])
+    at_text, at_visual = segment != 1, segment == 1
+
+    def stacked(outs, index):
+        return np.concatenate([o[index].reshape(-1, o[index].shape[-1]) for o in outs])
 
     def agreement(path):
         """(text top-1, visual top-1, text top-1 where FP32 is decisive) agreement with FP32."""
         got = [make_session(path).run(names, f) for f in held]
-        text, visual = (float(np.mean(np.concatenate([r[i][..., 0].ravel() for r in ref_out]) ==
-                                      np.concatenate([g[i][..., 0].ravel() for g in got]))) for i in (0, 1))
-        decisive = top1_agreement_by_margin(ref_text, ref_scores, np.concatenate([g[0][..., 0].ravel() for g in got]))
-        return text, visual, decisive["decisive_top1"]
+        text = top1_agreement_by_margin(stacked(ref_out, 0)[at_text], stacked(ref_out, 2)[at_text],
+                                        stacked(got, 0)[at_text, 0])
+        visual = float(np.mean(stacked(ref_out, 1)[at_visual, 0] == stacked(got, 1)[at_visual, 0]))
+        return text["top1"], visual, text["decisive_top1"]
 
     model = onnx.load(str(fp32))
     inits = {i.name for i in model.graph.initializer}
@@ -144,7 +149,8 @@ def study(vb_dir, n_calib, quick=False):
         rows += [(f"only layer {k}", lambda layer, r, k=k: layer == k) for k in range(6)]
         rows += [("all but ffn2", lambda layer, r: r != "ffn2"), ("all but layer 5", lambda layer, r: layer != 5)]
     print(f"model: {fp32}; decisive: FP32's best logit >= second + ln 2")
-    print(f"held-out: {len(held)} sentences, {sum(f['predict_positions'].size for f in held)} masked positions; "
+    print(f"held-out: {len(held)} sentences, {int(at_text.sum())} masked words, {int(at_visual.sum())} masked "
+          f"visual tokens; "
           f"static calibration on {len(calib)} other sentences; load {os.getloadavg()[0]:.2f}")
     print(f"{'quantized MatMuls':<18} {'static text':>11} {'static vis':>10} {'dyn text':>9} {'dyn vis':>8} "
           f"{'dyn text decisive':>17}")
@@ -177,6 +183,23 @@ def study(vb_dir, n_calib, quick=False):
         half.convert_float_to_float16(keep_io_types=True)
         half.save_model_to_file(str(Path(tmp) / "h.onnx"))
         print("FP16 (whole graph): text %.3f vis %.3f text decisive %.3f" % agreement(Path(tmp) / "h.onnx"))
+        # The CPU form as vbedge writes it (transformer_cpu_form), by what it keeps in float; timed
+        # interleaved with FP32 on the longest held-out sequence.
+        print(f"{'CPU form, float parts':<32} {'text':>6} {'vis':>6} {'text decisive':>13} {'ms':>7} {'vs FP32':>8}")
+        choices = {"none": (), "mlm_transform,pooler (default)": DEFAULT_CPU_FORM_FLOAT,
+                   "mlm_transform,pooler,ffn_out": DEFAULT_CPU_FORM_FLOAT + ("ffn_out",)}
+        sessions, rows_out = {"fp32": ref}, {}
+        for label, parts in choices.items():
+            path = Path(tmp) / f"cpu_{len(sessions)}.onnx"
+            transformer_cpu_form(fp32, path, float_parts=parts)
+            sessions[label] = make_session(path)
+            rows_out[label] = agreement(path)
+        longest = max(held, key=lambda f: f["input_ids"].shape[1])
+        speed = _interleaved_medians({k: (lambda s=s: s.run(names, longest)) for k, s in sessions.items()}, 15)
+        for label, (text, visual, decisive) in rows_out.items():
+            print(f"{label:<32} {text:6.3f} {visual:6.3f} {decisive:13.3f} {speed[label] * 1e3:7.2f} "
+                  f"{speed['fp32'] / speed[label]:7.2f}x")
+        print(f"FP32 {speed['fp32'] * 1e3:.2f} ms at sequence length {longest['input_ids'].shape[1]}")
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -47,14 +47,15 @@ def _tokens_by_video(session, clipset, codebook):
 def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videobert_fp32=None,
                      method="minmax", holdout=0.25, max_clips=64, clips_per_video=None, corpus=None,
                      max_sequences=256, repeats=5, seed=0, progress=True, videobert_method=None,
-                     videobert_percentile=VIDEOBERT_PERCENTILE) -> dict:
+                     videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None) -> dict:
     """Calibrate and evaluate; write ``s3d.int8.onnx`` (+ ``.cpu.onnx``), ``videobert.int8.onnx`` (+
     ``.cpu.onnx``) and ``int8_report.json`` into ``out_dir``; return the report dict (with ``files``).
 
     VideoBERT is calibrated with ``videobert_method`` (default :data:`VIDEOBERT_METHOD`: BERT's
     activation outliers make min/max ranges far too wide, docs/int8.md) on caption templates over
     the calibration clips' tokens plus masked kitchen sentences (or ``corpus``); the report uses the
-    held-out clips' tokens and a disjoint set of sentences.
+    held-out clips' tokens and a disjoint set of sentences. ``videobert_cpu_float``: the parts the
+    VideoBERT CPU form keeps in float (default ``quantize.DEFAULT_CPU_FORM_FLOAT``).
     """
     from vbedge.calib.quantize import check_options, quantize_model
     from vbedge.calib.readers import (S3DCalibrationReader, VideoBertCalibrationReader, collect_clips,
@@ -81,7 +82,7 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
         report["s3d"] = evaluate_s3d(s3d_fp32, {"qdq": s3d_int8, "cpu": s3d_cpu}, held_set.clips, codebook,
                                      repeats=repeats)
         if videobert_fp32 is not None:
-            from vbedge.calib.quantize import transformer_cpu_form
+            from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, transformer_cpu_form
 
             vb_method = videobert_method or VIDEOBERT_METHOD
             check_options(vb_method, videobert_percentile)
@@ -107,7 +108,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
                                   progress=progress, expected_batches=len(calib_feeds))
             report["videobert_quantization"] = vb_q.to_dict()
             report["videobert_quantization"]["percentile"] = videobert_percentile if vb_method == "percentile" else None
-            report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(videobert_fp32, vb_cpu)
+            cpu_float = DEFAULT_CPU_FORM_FLOAT if videobert_cpu_float is None else tuple(videobert_cpu_float)
+            report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(videobert_fp32, vb_cpu,
+                                                                                float_parts=cpu_float)
             report["files"]["videobert"] = {"int8": vb_int8.name, "int8_cpu": vb_cpu.name}
             report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": vb_int8, "cpu": vb_cpu}, held_feeds,
                                                      repeats=max(repeats, 10))
@@ -137,9 +140,28 @@ def add_calibrate_command(subparsers):
     p.add_argument("--corpus", metavar="JSONL", help="tokenized VideoBERT corpus instead of templates")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model (median)")
     p.add_argument("--s3d-only", action="store_true", help="skip VideoBERT")
+    p.add_argument("--cpu-float", metavar="PARTS",
+                   help="VideoBERT CPU form: comma-separated parts kept in float, from mlm_transform, pooler, "
+                        "ffn_out, or 'none' (default mlm_transform,pooler; ffn_out trades speed for accuracy)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
     return p
+
+
+def _parse_cpu_float(text):
+    """``--cpu-float``: None (the default), () for 'none', else the named parts (checked)."""
+    from vbedge.calib.quantize import CPU_FORM_FLOAT_PARTS
+
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in parts if p not in CPU_FORM_FLOAT_PARTS]
+    if unknown or not parts:
+        raise InvalidInputError(f"--cpu-float: unknown part(s) {unknown or [text]}; expected a comma-separated list "
+                                f"of {', '.join(CPU_FORM_FLOAT_PARTS)} or 'none'")
+    return parts
 
 
 def _cmd_calibrate(args):
@@ -155,7 +177,7 @@ def _cmd_calibrate(args):
         codebook=bundle.codebook, vocab=bundle.vocab, s3d_fp32=bundle.onnx_path("s3d", "fp32"),
         videobert_fp32=None if args.s3d_only else bundle.onnx_path("videobert", "fp32"), method=args.method,
         holdout=args.holdout, max_clips=args.max_clips, clips_per_video=args.clips_per_video, corpus=args.corpus,
-        repeats=args.repeats, progress=not args.quiet)
+        repeats=args.repeats, progress=not args.quiet, videobert_cpu_float=_parse_cpu_float(args.cpu_float))
     print(format_report(report))
     print(f"wrote {Path(args.output) / 'int8_report.json'}")
     return 0

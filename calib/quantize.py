@@ -314,7 +314,65 @@ def make_cpu_form(model) -> dict:
     return {"uint8_q": converted, "relu_dropped": len(dropped)}
 
 
-def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, quantize_head=True) -> dict:
+#: Parts of a transformer the CPU form can keep in float (:func:`transformer_cpu_form`).
+CPU_FORM_FLOAT_PARTS = ("mlm_transform", "pooler", "ffn_out")
+#: The default: both run once per predicted position / per sequence, so float costs nothing
+#: measurable, and the MLM transform is where the test VideoBERT lost most top-1 (docs/int8.md).
+DEFAULT_CPU_FORM_FLOAT = ("mlm_transform", "pooler")
+_GELU_OPS = ("Gelu", "BiasGelu", "FastGelu")
+
+
+def _cpu_form_float_nodes(model, float_parts) -> dict:
+    """Node names per part of ``float_parts`` in an (optimized) BERT graph; raises if a part is absent.
+
+    - ``mlm_transform``: MatMul/Gemm after the gather at ``predict_positions`` with a square
+      (hidden x hidden) weight: the masked-LM head's dense layer (the decoder slices are hidden x vocab);
+    - ``pooler``: every Gemm (the pooler and the alignment head export as Gemm);
+    - ``ffn_out``: MatMuls whose input comes from a GELU (the FFN output projections).
+    """
+    graph = model.graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    head = _downstream_nodes(graph, ["predict_positions"]) if any(
+        i.name == "predict_positions" for i in graph.input) else set()
+
+    def square_weight(node):
+        return any(len(shapes.get(i, ())) == 2 and shapes[i][0] == shapes[i][1] for i in node.input[1:])
+
+    found = {
+        "mlm_transform": [n.name for n in graph.node
+                          if n.name in head and n.op_type in ("MatMul", "Gemm") and square_weight(n)],
+        "pooler": [n.name for n in graph.node if n.op_type == "Gemm"],
+        "ffn_out": [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in producers
+                    and producers[n.input[0]].op_type in _GELU_OPS],
+    }
+    out = {}
+    for part in float_parts:
+        if part not in found:
+            raise InvalidInputError(f"unknown CPU-form float part {part!r}; expected some of {CPU_FORM_FLOAT_PARTS}")
+        if not found[part]:
+            need = {"mlm_transform": "a predict_positions input and a square dense layer after it",
+                    "pooler": "Gemm nodes (the pooler and alignment head)",
+                    "ffn_out": "MatMuls fed by a fused GELU, i.e. the transformer optimizer (optimize=True)"}[part]
+            raise FormatError(f"no {part} nodes found to keep in float; that needs {need}")
+        out[part] = found[part]
+    return out
+
+
+def _written_float_nodes(model, kept) -> dict:
+    """The kept nodes' names in the quantized graph, checked to still be float MatMul/Gemm."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    out = {}
+    for part, names in kept.items():
+        written = [name if name in ops else f"{name}_MatMul" for name in names]
+        wrong = [name for name in written if ops.get(name) not in ("MatMul", "Gemm")]
+        if wrong:
+            raise FormatError(f"ONNX Runtime quantized {part} nodes that were to stay float: {wrong[:3]}")
+        out[part] = written
+    return out
+
+
+def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFAULT_CPU_FORM_FLOAT) -> dict:
     """Write the ONNX Runtime CPU form of a transformer (VideoBERT): dynamic INT8 MatMuls.
 
     Static Q/DQ MatMuls are slow in ONNX Runtime on x86 (it fused 12 of VideoBERT's 36 quantized
@@ -330,10 +388,12 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, quantize_head=Tr
         fp32_path: the FP32 VideoBERT (or other BERT) ONNX graph.
         cpu_path: where to write the CPU form.
         optimize: run the transformer optimizer first (measured faster, docs/int8.md).
-        quantize_head: also quantize the MLM transform, the decoder slices and the pooler (docs/int8.md:
-            no measurable accuracy change on the test model, so the default quantizes them).
+        float_parts: parts left in float, a subset of :data:`CPU_FORM_FLOAT_PARTS` (default
+            :data:`DEFAULT_CPU_FORM_FLOAT`; add ``"ffn_out"`` to trade speed for accuracy, measured in
+            docs/int8.md; ``()`` quantizes every MatMul and Gemm).
 
-    Returns counts of the written graph's op types of interest.
+    Returns counts of the written graph's op types of interest, and ``float_nodes``: the node
+    names kept in float per part.
     """
     _require_quantization()
     import onnx
@@ -344,6 +404,9 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, quantize_head=Tr
         raise FormatError(f"FP32 ONNX model not found: {fp32_path}")
     if cpu_path.resolve() == fp32_path.resolve():
         raise InvalidInputError("the CPU form must not overwrite the FP32 model")
+    unknown = sorted(set([float_parts] if isinstance(float_parts, str) else float_parts) - set(CPU_FORM_FLOAT_PARTS))
+    if isinstance(float_parts, str) or unknown:
+        raise InvalidInputError(f"float_parts must be a list of {CPU_FORM_FLOAT_PARTS}, got {float_parts!r}")
     cpu_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vbedge-cpuform-") as tmp:
         source = fp32_path
@@ -358,26 +421,29 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, quantize_head=Tr
                                        opt_level=1, use_gpu=False)
             source = Path(tmp) / "optimized.onnx"
             optimized.save_model_to_file(str(source))
-        exclude = []
-        if not quantize_head:
-            model = onnx.load(str(source))
-            exclude = sorted(_downstream_nodes(model.graph, ["predict_positions"]))
-            exclude += [n.name for n in model.graph.node if n.op_type == "Gemm"]
+        kept = _cpu_form_float_nodes(onnx.load(str(source)), tuple(float_parts))
+        exclude = sorted({name for names in kept.values() for name in names})
         staged = Path(tmp) / "cpu.onnx"
         try:
+            # Dynamic quantization first rewrites every Gemm into MatMul ("<name>_MatMul") + Add and
+            # only then reads nodes_to_exclude: exclude both names.
+            exclude += [f"{name}_MatMul" for name in exclude]
             quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude)
         except (ValueError, RuntimeError, KeyError, IndexError) as exc:
             raise FormatError(f"ONNX Runtime dynamic quantization of {fp32_path.name} failed: {exc}") from exc
         model = onnx.load(str(staged))
         onnx.checker.check_model(model)
+        kept = _written_float_nodes(model, kept)
         partial = Path(str(cpu_path) + ".partial")
         onnx.save(model, str(partial))
         os.replace(partial, cpu_path)
     counts = collections.Counter(n.op_type for n in model.graph.node)
     keys = ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "MatMul", "SkipLayerNormalization",
             "BiasGelu", "Attention")
-    return {k: counts[k] for k in keys if counts[k]}
+    result = {k: counts[k] for k in keys if counts[k]}
+    result["float_nodes"] = kept
+    return result
 
 
 def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=DEFAULT_PERCENTILE,

@@ -141,6 +141,12 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     cpu_ops = [n.op_type for n in vb_cpu.graph.node]
     assert cpu_ops.count("MatMulInteger") >= 36 and "QuantizeLinear" not in cpu_ops
     assert report["files"]["videobert"]["int8_cpu"] == "videobert.int8.cpu.onnx"
+    # Default float parts: the masked-LM transform (one square MatMul) and the pooler/alignment Gemms
+    # stay float MatMul/Gemm nodes in the written graph.
+    kept = report["videobert_quantization"]["cpu_form"]["float_nodes"]
+    assert set(kept) == {"mlm_transform", "pooler"} and len(kept["mlm_transform"]) == 1 and len(kept["pooler"]) == 2
+    float_ops = {n.name: n.op_type for n in vb_cpu.graph.node}
+    assert all(float_ops.get(name) in ("MatMul", "Gemm") for names in kept.values() for name in names)
     cpu = report["videobert"]["variants"]["cpu"]
     # Loose floor (docs/int8.md: ~0.6-0.7 text / ~0.9 visual top-1, ~0.99 top-3/5 on held-out text):
     # a broken CPU form (wrong weights, wrong layout) lands near 0.
@@ -187,6 +193,37 @@ def test_top1_agreement_split_by_fp32_margin():
         top1_agreement_by_margin(ref_ids[:, :1], ref_scores[:, :1], got)
     with pytest.raises(InvalidInputError, match="NaN"):
         top1_agreement_by_margin(ref_ids, np.where(ref_scores > 4, np.nan, ref_scores), got)
+
+
+def test_cpu_form_float_parts(tmp_path, small_bundle):
+    """The VideoBERT CPU form keeps the named parts in float, and refuses unknown ones."""
+    import onnx
+
+    from vbedge.calib.calibrate import _parse_cpu_float
+    from vbedge.calib.quantize import transformer_cpu_form
+
+    fp32 = small_bundle.onnx_path("videobert", "fp32")
+    out = tmp_path / "cpu.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = transformer_cpu_form(fp32, out, float_parts=("ffn_out",))
+        everything = transformer_cpu_form(fp32, tmp_path / "all.onnx", float_parts=())
+    assert list(info["float_nodes"]) == ["ffn_out"] and len(info["float_nodes"]["ffn_out"]) == 6  # one per layer
+    nodes = {n.name: n for n in onnx.load(str(out)).graph.node}
+    assert all(nodes[name].op_type == "MatMul" for name in info["float_nodes"]["ffn_out"])
+    assert info["MatMulInteger"] == everything["MatMulInteger"] - 6
+    with pytest.raises(InvalidInputError, match="float_parts"):
+        transformer_cpu_form(fp32, tmp_path / "x.onnx", float_parts=("attention",))
+    with pytest.raises(InvalidInputError, match="float_parts"):
+        transformer_cpu_form(fp32, tmp_path / "x.onnx", float_parts="ffn_out")
+    with pytest.raises(FormatError, match="transformer optimizer"):
+        transformer_cpu_form(fp32, tmp_path / "x.onnx", optimize=False, float_parts=("ffn_out",))
+    assert not (tmp_path / "x.onnx").exists()
+    # The CLI's --cpu-float
+    assert _parse_cpu_float(None) is None and _parse_cpu_float("none") == ()
+    assert _parse_cpu_float("mlm_transform, ffn_out") == ("mlm_transform", "ffn_out")
+    with pytest.raises(InvalidInputError, match="--cpu-float"):
+        _parse_cpu_float("mlm_transform,softmax")
 
 
 def test_report_detects_a_wrong_model(videos, tmp_path, small_bundle):
