@@ -100,7 +100,7 @@ def study(vb_dir, n_calib, quick=False):
     from bundle_factory import BERT_DIR, small_codebook
     from vbedge.calib.quantize import _downstream_nodes, quantize_model
     from vbedge.calib.readers import VideoBertCalibrationReader, sentence_sequences, split_sentences
-    from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, transformer_cpu_form
+    from vbedge.calib.quantize import transformer_cpu_form
     from vbedge.calib.report import _interleaved_medians, top1_agreement_by_margin
     from vbedge.export.verify import make_session
     from vbedge.vocab import VideoBertVocab
@@ -184,22 +184,26 @@ def study(vb_dir, n_calib, quick=False):
         half.save_model_to_file(str(Path(tmp) / "h.onnx"))
         print("FP16 (whole graph): text %.3f vis %.3f text decisive %.3f" % agreement(Path(tmp) / "h.onnx"))
         # The CPU form as vbedge writes it (transformer_cpu_form), by what it keeps in float; timed
-        # interleaved with FP32 on the longest held-out sequence.
-        print(f"{'CPU form, float parts':<32} {'text':>6} {'vis':>6} {'text decisive':>13} {'ms':>7} {'vs FP32':>8}")
-        choices = {"none": (), "mlm_transform,pooler (default)": DEFAULT_CPU_FORM_FLOAT,
-                   "mlm_transform,pooler,ffn_out": DEFAULT_CPU_FORM_FLOAT + ("ffn_out",)}
+        # interleaved with FP32 (median of 40).
+        print(f"{'CPU form, float parts':<32} {'text':>6} {'vis':>6} {'text decisive':>13}")
+        choices = {"none": (), "mlm_transform,pooler": ("mlm_transform", "pooler"),
+                   "mlm_transform,pooler,ffn_out": ("mlm_transform", "pooler", "ffn_out")}
         sessions, rows_out = {"fp32": ref}, {}
         for label, parts in choices.items():
             path = Path(tmp) / f"cpu_{len(sessions)}.onnx"
             transformer_cpu_form(fp32, path, float_parts=parts)
             sessions[label] = make_session(path)
             rows_out[label] = agreement(path)
-        longest = max(held, key=lambda f: f["input_ids"].shape[1])
-        speed = _interleaved_medians({k: (lambda s=s: s.run(names, longest)) for k, s in sessions.items()}, 15)
         for label, (text, visual, decisive) in rows_out.items():
-            print(f"{label:<32} {text:6.3f} {visual:6.3f} {decisive:13.3f} {speed[label] * 1e3:7.2f} "
-                  f"{speed['fp32'] / speed[label]:7.2f}x")
-        print(f"FP32 {speed['fp32'] * 1e3:.2f} ms at sequence length {longest['input_ids'].shape[1]}")
+            print(f"{label:<32} {text:6.3f} {visual:6.3f} {decisive:13.3f}")
+        # Speed at the shortest, median and longest held-out sequence (FP32's time grows faster
+        # than linearly with the length here, so one length would tell half the story).
+        by_length = sorted(held, key=lambda f: f["input_ids"].shape[1])
+        for feed in (by_length[0], by_length[len(by_length) // 2], by_length[-1]):
+            speed = _interleaved_medians({k: (lambda s=s: s.run(names, feed)) for k, s in sessions.items()}, 40)
+            print(f"  seq {feed['input_ids'].shape[1]:3d}: fp32 {speed['fp32'] * 1e3:6.2f} ms; " + "; ".join(
+                f"{label} {speed[label] * 1e3:.2f} ms = {speed['fp32'] / speed[label]:.2f}x"
+                for label in choices), flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
