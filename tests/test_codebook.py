@@ -7,18 +7,14 @@ mode) or to each node's children (tree mode), written without the reference's sc
 import numpy as np
 import pytest
 
+from tree_cases import tree_centroids
 from vbedge import FormatError, HierarchicalCodebook, InvalidInputError
 from vbedge.tokenize_reference import canonical_oracle, level_offsets, num_centroids, tokenize_reference
 
 
 def tree_codebook(levels, branching, dim, seed=0, spread=0.5):
     """Random centroids arranged as a tree: children = parent + noise (so descent is meaningful)."""
-    rng = np.random.default_rng(seed)
-    rows = [rng.normal(size=(branching, dim))]
-    for _ in range(1, levels):
-        parents = np.repeat(rows[-1], branching, axis=0)
-        rows.append(parents + spread ** len(rows) * rng.normal(size=parents.shape))
-    return HierarchicalCodebook(np.concatenate(rows).astype(np.float32), levels, branching)
+    return HierarchicalCodebook(tree_centroids(levels, branching, dim, seed, spread=spread), levels, branching)
 
 
 def brute_force_tree(cb, x):

@@ -14,21 +14,10 @@ import sys
 import numpy as np
 import pytest
 
+from tree_cases import tree_centroids
 from vbedge.tokenize_reference import canonical_oracle, num_centroids, tokenize_reference
 
 _kernels = pytest.importorskip("vbedge._kernels", reason="C++ extension vbedge._kernels is not built")
-
-
-def tree_centroids(rng, levels, branching, dim, spread=0.5, scale=1.0):
-    """Centroids arranged as a tree: each child is its parent plus noise shrinking by `spread`."""
-    parts, parent = [], np.zeros((1, dim), np.float64)
-    noise = scale
-    for _ in range(levels):
-        base = np.repeat(parent, branching, axis=0)
-        parent = base + rng.standard_normal(base.shape) * noise
-        parts.append(parent)
-        noise *= spread
-    return np.ascontiguousarray(np.concatenate(parts).astype(np.float32))
 
 
 def leaf_rows(levels, branching):
@@ -66,7 +55,7 @@ def cases_for(levels, branching):
 )
 def test_random_small_trees_match_reference_and_oracle(levels, branching, dim):
     rng = np.random.default_rng(levels * 100 + branching * 10 + dim)
-    c = tree_centroids(rng, levels, branching, dim)
+    c = tree_centroids(levels, branching, dim, rng)
     x = np.concatenate(
         [
             features_near_leaves(rng, c, levels, branching, 150, 0.3),
@@ -87,7 +76,7 @@ def test_unstructured_random_centroids():
 def test_full_4x12_tree_d1024():
     rng = np.random.default_rng(2024)
     levels, branching, dim = 4, 12, 1024
-    c = tree_centroids(rng, levels, branching, dim)
+    c = tree_centroids(levels, branching, dim, rng)
     near = features_near_leaves(rng, c, levels, branching, 400, 0.2)
     tok = _kernels.CpuTokenizer(c, levels, branching)
     assert (tok.levels, tok.branching, tok.dim, tok.num_leaves) == (4, 12, 1024, 20736)
@@ -108,7 +97,7 @@ def test_duplicate_centroids_and_identical_children():
     """Ties everywhere: the lower index must win, as in the reference and the oracle."""
     rng = np.random.default_rng(3)
     levels, branching, dim = 3, 4, 16
-    c = tree_centroids(rng, levels, branching, dim).astype(np.float64)
+    c = tree_centroids(levels, branching, dim, rng).astype(np.float64)
     off = [0, branching, branching + branching**2]
     # Node 1 at level 0 has all children equal to itself (a fitter node with too few points); so
     # do all of their children.
@@ -163,7 +152,7 @@ def test_symmetric_pair_equidistant():
 def test_features_far_from_every_centroid(factor):
     rng = np.random.default_rng(int(np.log10(factor)))
     levels, branching, dim = 3, 4, 32
-    c = tree_centroids(rng, levels, branching, dim)
+    c = tree_centroids(levels, branching, dim, rng)
     direction = rng.standard_normal((60, dim))
     x = (direction / np.linalg.norm(direction, axis=1, keepdims=True) * factor * np.sqrt(dim))
     x = np.ascontiguousarray(x.astype(np.float32))
@@ -174,7 +163,7 @@ def test_centroids_far_from_origin_small_features():
     """Large |c|^2 (C_max) with small differences: the window must still catch the winner."""
     rng = np.random.default_rng(5)
     levels, branching, dim = 2, 6, 40
-    c = tree_centroids(rng, levels, branching, dim, scale=1e-3) + np.float32(1e3)
+    c = tree_centroids(levels, branching, dim, rng, scale=1e-3) + np.float32(1e3)
     c = np.ascontiguousarray(c.astype(np.float32))
     x = features_near_leaves(rng, c, levels, branching, 200, 1e-4)
     check_all(c, levels, branching, x, cases_for(levels, branching))
@@ -183,7 +172,7 @@ def test_centroids_far_from_origin_small_features():
 def test_float16_input_matches_reference_on_the_same_values():
     rng = np.random.default_rng(8)
     levels, branching, dim = 3, 5, 70
-    c = tree_centroids(rng, levels, branching, dim)
+    c = tree_centroids(levels, branching, dim, rng)
     x16 = features_near_leaves(rng, c, levels, branching, 300, 0.3).astype(np.float16)
     # Include float16 subnormals, exact zero and -0.0.
     x16[0, :5] = np.array([6e-8, -6e-8, 0.0, -0.0, 1e-5], np.float16)
@@ -197,7 +186,7 @@ def test_float16_input_matches_reference_on_the_same_values():
 
 def test_n0_and_n1():
     rng = np.random.default_rng(9)
-    c = tree_centroids(rng, 2, 3, 6)
+    c = tree_centroids(2, 3, 6, rng)
     tok = _kernels.CpuTokenizer(c, 2, 3)
     for mode, beam in cases_for(2, 3):
         empty = tok.tokenize(np.zeros((0, 6), np.float32), mode, beam)
@@ -210,7 +199,7 @@ def test_n0_and_n1():
 def test_large_n_and_thread_counts():
     rng = np.random.default_rng(10)
     levels, branching, dim = 3, 5, 24
-    c = tree_centroids(rng, levels, branching, dim)
+    c = tree_centroids(levels, branching, dim, rng)
     x = np.concatenate(
         [
             features_near_leaves(rng, c, levels, branching, 25_000, 0.4),
@@ -228,7 +217,7 @@ def test_large_n_and_thread_counts():
 
 def test_kernel_keeps_its_own_copy_of_the_centroids():
     rng = np.random.default_rng(12)
-    c = tree_centroids(rng, 2, 4, 8)
+    c = tree_centroids(2, 4, 8, rng)
     x = rng.standard_normal((50, 8)).astype(np.float32)
     tok = _kernels.CpuTokenizer(c, 2, 4)
     before = tok.tokenize(x, "exact", 1)
@@ -285,7 +274,7 @@ def test_tolerance_scale_matches_the_contract():
 @pytest.fixture(scope="module")
 def small():
     rng = np.random.default_rng(13)
-    c = tree_centroids(rng, 2, 3, 6)
+    c = tree_centroids(2, 3, 6, rng)
     return c, _kernels.CpuTokenizer(c, 2, 3)
 
 
@@ -363,7 +352,7 @@ def test_exact_pruning_ties_across_parents():
     different parents: duplicated leaves and midpoints. The lower leaf id must still win."""
     rng = np.random.default_rng(21)
     levels, branching, dim = 3, 6, 32
-    c = tree_centroids(rng, levels, branching, dim, spread=0.05).astype(np.float64)
+    c = tree_centroids(levels, branching, dim, rng, spread=0.05).astype(np.float64)
     lo, hi = leaf_rows(levels, branching)
     # Leaf 200 (parent 33) duplicated as leaf 7 (parent 1) and leaf 150 (parent 25).
     c[lo + 7] = c[lo + 200]

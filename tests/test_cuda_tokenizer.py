@@ -20,6 +20,7 @@ import pytest
 
 from vbedge import InvalidInputError, MissingDependencyError
 from vbedge.cuda_tokenizer import CudaTokenizer, cuda_extension_status, is_device_array
+from tree_cases import tree_centroids
 from vbedge.tokenize_reference import num_centroids, tokenize_reference
 
 CUDA_OK, CUDA_REASON = cuda_extension_status()
@@ -33,16 +34,6 @@ def gpu(fn):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def tree_centroids(levels, branching, dim, seed=0, spread=0.5):
-    """Centroids arranged as a tree (children = parent + shrinking noise), float32."""
-    rng = np.random.default_rng(seed)
-    rows = [rng.normal(size=(branching, dim))]
-    for _ in range(1, levels):
-        parents = np.repeat(rows[-1], branching, axis=0)
-        rows.append(parents + spread ** len(rows) * rng.normal(size=parents.shape))
-    return np.concatenate(rows).astype(np.float32)
-
-
 def near_leaf_features(centroids, levels, branching, n, seed, noise=0.3):
     """Features scattered around random leaves (the realistic case: descent is meaningful)."""
     rng = np.random.default_rng(seed)
