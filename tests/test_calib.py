@@ -134,6 +134,22 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     for label in ("qdq", "cpu"):
         assert s3d[label]["cosine_worst"] > 0.99, s3d
         assert s3d[label]["token_agreement"] >= 0.8, s3d
+    # VideoBERT Q/DQ: the 30 encoder weight MatMuls outside the FFN outputs read a DequantizeLinear;
+    # the 6 FFN output projections (intermediate x hidden weights) stay float by default.
+    qdq = onnx.load(str(out / "videobert.int8.onnx")).graph
+    dq_outputs = {o for n in qdq.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights = {i.name: tuple(i.dims) for i in qdq.initializer}
+    weight_of = {}
+    for n in qdq.node:  # a quantized weight reaches its MatMul through DequantizeLinear(initializer)
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights:
+            weight_of[n.output[0]] = weights[n.input[0]]
+    shapes = [(weight_of.get(n.input[1]) or weights.get(n.input[1]), n.input[0] in dq_outputs)
+              for n in qdq.node if n.op_type == "MatMul" and (n.input[1] in weights or n.input[1] in weight_of)]
+    ffn_out = [quantized for shape, quantized in shapes if shape[0] > shape[1] and shape[1] > 16]
+    others = [quantized for shape, quantized in shapes if shape[0] == shape[1] or shape[0] < shape[1] < 2000]
+    assert len(ffn_out) == 6 and not any(ffn_out), shapes
+    assert sum(others) == 30, shapes
+    assert report["videobert_quantization"]["quantized_ops"].get("MatMul") == 30
     vb = report["videobert"]["variants"]["qdq"]
     assert 0.0 <= vb["top1_agreement"] <= 1.0 and vb["text_top3_agreement"] >= vb["text_top1_agreement"]
     # The VideoBERT CPU form: dynamic INT8 MatMuls (no Q/DQ); the 30 encoder MatMuls outside the FFN outputs quantized.
