@@ -341,11 +341,11 @@ def make_cpu_form(model) -> dict:
 
 #: Parts of a transformer the CPU form can keep in float (:func:`transformer_cpu_form`).
 CPU_FORM_FLOAT_PARTS = ("mlm_transform", "pooler", "ffn_out")
-#: The default (docs/int8.md, "The VideoBERT CPU form's float parts"): the MLM transform and the
+#: The default (docs/int8.md, "The VideoBERT INT8 files' float parts"): the MLM transform and the
 #: pooler run once per predicted position / per sequence, so float costs nothing measurable, and the
 #: transform was worth 2 points of text and 3 of visual top-1 on the trained test VideoBERT; the FFN
 #: output projections (GELU inputs, the widest activation ranges) cost ~25% of the INT8 time in float
-#: and bring held-out kitchen sentences to 98.3% top-1, still 1.9-2.6x FP32 on this CPU.
+#: and bring held-out kitchen sentences to 98.3% top-1, still 1.8-2.9x FP32 on this CPU.
 DEFAULT_CPU_FORM_FLOAT = ("mlm_transform", "pooler", "ffn_out")
 _GELU_OPS = ("Gelu", "BiasGelu", "FastGelu")
 
