@@ -14,7 +14,8 @@ Metrics (all on inputs never used for calibration):
   a clear answer; the split shows which one INT8 causes (docs/int8.md);
 - speed: FP32 and INT8 sessions created in one process and run interleaved (FP32, INT8, FP32...)
   on the same input, median of the repeats, with the load average before and after (the
-  machines are shared; interleaving spreads load changes over both).
+  machines are shared; interleaving spreads load changes over both), and the quartiles of the
+  per-round FP32/INT8 ratios (``speedup_quartiles``: how far the load moved the figure).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _session(path, threads=None):
     return make_session(path, threads=threads)
 
 
-def _interleaved_medians(runs, repeats):
-    """Median seconds of each callable in ``runs`` ({name: fn}), run interleaved."""
+def _interleaved_times(runs, repeats):
+    """Seconds of each callable in ``runs`` ({name: fn}) per round, run interleaved (one warm-up)."""
     if repeats < 1:
         raise InvalidInputError(f"repeats must be >= 1, got {repeats}")
     for fn in runs.values():
@@ -55,7 +56,22 @@ def _interleaved_medians(runs, repeats):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
+def _interleaved_medians(runs, repeats):
+    """Median seconds of each callable in ``runs`` ({name: fn}), run interleaved."""
+    return {name: float(np.median(t)) for name, t in _interleaved_times(runs, repeats).items()}
+
+
+def _speed(times, label):
+    """Median seconds of ``label``, its speedup over FP32 (ratio of medians) and the quartiles of
+    the per-round ratios: FP32 and INT8 of one round ran back to back, so the spread of those ratios
+    shows how far the machine's load moved the figure."""
+    ratios = times["fp32"] / times[label]
+    return {"seconds": float(np.median(times[label])),
+            "speedup": float(np.median(times["fp32"]) / np.median(times[label])),
+            "speedup_quartiles": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]}
 
 
 def machine_description():
@@ -88,17 +104,16 @@ def evaluate_s3d(fp32_path, int8_paths, clips, codebook, repeats=5, threads=None
     ref_tokens = np.asarray(codebook.tokenize(feats["fp32"]))
     result = {"clips": len(clips), "variants": {}}
     load_before = os.getloadavg()
-    speed = _interleaved_medians({label: (lambda s=s: s.run(["feature"], {"clip": clips[0][None]}))
-                                  for label, s in sessions.items()}, repeats)
+    times = _interleaved_times({label: (lambda s=s: s.run(["feature"], {"clip": clips[0][None]}))
+                                for label, s in sessions.items()}, repeats)
     for label in int8_paths:
         cos = _cos(feats["fp32"], feats[label])
         tokens = np.asarray(codebook.tokenize(feats[label]))
         result["variants"][label] = {
             "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
-            "token_agreement": float(np.mean(tokens == ref_tokens)),
-            "seconds": speed[label], "speedup": speed["fp32"] / speed[label],
+            "token_agreement": float(np.mean(tokens == ref_tokens)), **_speed(times, label),
         }
-    result["fp32_seconds"] = speed["fp32"]
+    result["fp32_seconds"] = float(np.median(times["fp32"]))
     result["timing"] = {"repeats": repeats, "input_shape": list(clips[0][None].shape),
                         "load_average_before": load_before, "load_average_after": os.getloadavg()}
     return result
@@ -150,8 +165,8 @@ def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -
     result = {"sequences": len(feeds), "positions": int(sum(f["predict_positions"].size for f in feeds)),
               "k": k, "top_n": top, "decisive_margin": DECISIVE_MARGIN, "variants": {}}
     load_before = os.getloadavg()
-    speed = _interleaved_medians({label: (lambda s=s: s.run(names, feeds[0])) for label, s in sessions.items()},
-                                 repeats)
+    times = _interleaved_times({label: (lambda s=s: s.run(names, feeds[0])) for label, s in sessions.items()},
+                               repeats)
     # Which vocabulary a masked position is about: a [MASK] in the visual segment (token type 1,
     # as caption_inputs and the readers build it) hides a visual word, any other a text word. The
     # text metrics use text positions only and the visual ones visual positions only: the text
@@ -186,10 +201,9 @@ def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -
                 entry[f"{part}_near_tie_top1_agreement"] = split["near_tie_top1"]
         entry["top1_agreement"] = min(entry[f"{part}_top1_agreement"] for part in ("text", "visual")
                                       if entry[f"{part}_top1_agreement"] is not None)
-        entry["seconds"] = speed[label]
-        entry["speedup"] = speed["fp32"] / speed[label]
+        entry.update(_speed(times, label))
         result["variants"][label] = entry
-    result["fp32_seconds"] = speed["fp32"]
+    result["fp32_seconds"] = float(np.median(times["fp32"]))
     result["timing"] = {"repeats": repeats, "sequence_length": int(feeds[0]["input_ids"].shape[1]),
                         "load_average_before": load_before, "load_average_after": os.getloadavg()}
     return result
@@ -215,6 +229,12 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _quartiles(variant):
+    """'1.31-1.58x': the middle half of the per-round FP32/INT8 ratios ('' when not recorded)."""
+    q = variant.get("speedup_quartiles")
+    return f"{q[0]:.2f}-{q[1]:.2f}x" if q else ""
+
+
 def format_report(report) -> str:
     """The report as a plain-text table."""
     lines = []
@@ -228,11 +248,12 @@ def format_report(report) -> str:
         lines.append(f"S3D: {s3d['clips']} held-out clips, input {tuple(t['input_shape'])}, median of "
                      f"{t['repeats']} interleaved runs, load {t['load_average_before'][0]:.2f} -> "
                      f"{t['load_average_after'][0]:.2f}")
-        lines.append(f"  {'variant':<8} {'cos mean':>9} {'cos worst':>9} {'tokens':>7} {'ms':>9} {'vs FP32':>8}")
+        lines.append(f"  {'variant':<8} {'cos mean':>9} {'cos worst':>9} {'tokens':>7} {'ms':>9} {'vs FP32':>8} "
+                     f"{'per-run IQR':>12}")
         lines.append(f"  {'fp32':<8} {1.0:9.5f} {1.0:9.5f} {1.0:7.3f} {s3d['fp32_seconds'] * 1e3:9.1f} {1.0:7.2f}x")
         for label, v in s3d["variants"].items():
             lines.append(f"  {label:<8} {v['cosine_mean']:9.5f} {v['cosine_worst']:9.5f} {v['token_agreement']:7.3f} "
-                         f"{v['seconds'] * 1e3:9.1f} {v['speedup']:7.2f}x")
+                         f"{v['seconds'] * 1e3:9.1f} {v['speedup']:7.2f}x {_quartiles(v):>12}")
     vb = report.get("videobert")
     if vb:
         t = vb["timing"]
@@ -243,13 +264,13 @@ def format_report(report) -> str:
                      f"seq {t['sequence_length']}, median of {t['repeats']} interleaved runs, load "
                      f"{t['load_average_before'][0]:.2f} -> {t['load_average_after'][0]:.2f}")
         lines.append(f"  {'variant':<8} {'text top1':>9} {f'text top{n}':>9} {'vis top1':>9} {f'vis top{n}':>9} "
-                     f"{'ms':>8} {'vs FP32':>8}")
+                     f"{'ms':>8} {'vs FP32':>8} {'per-run IQR':>12}")
         lines.append(f"  {'fp32':<8} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} "
                      f"{vb['fp32_seconds'] * 1e3:8.2f} {1.0:7.2f}x")
         for label, v in vb["variants"].items():
             lines.append(f"  {label:<8} {_fmt(v['text_top1_agreement']):>9} {_fmt(v[f'text_top{n}_agreement']):>9} "
                          f"{_fmt(v['visual_top1_agreement']):>9} {_fmt(v[f'visual_top{n}_agreement']):>9} "
-                         f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x")
+                         f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x {_quartiles(v):>12}")
         if any("text_decisive_fraction" in v for v in vb["variants"].values()):
             lines.append(f"  top-1 agreement where FP32 is decisive (best logit >= second + "
                          f"{vb.get('decisive_margin', DECISIVE_MARGIN):.3f}) / at FP32's near ties:")

@@ -182,6 +182,11 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
             recombined = sum(w * a for w, a in pieces if a is not None)
             assert recombined == pytest.approx(variant[f"{part}_top1_agreement"], abs=1e-9)
     assert "FP32 is decisive" in format_report(report)
+    # Speed: the per-round FP32/INT8 ratios' quartiles are recorded and printed.
+    for variant in [*vbr["variants"].values(), *report["s3d"]["variants"].values()]:
+        low, high = variant["speedup_quartiles"]
+        assert 0 < low <= high
+    assert "per-run IQR" in format_report(report)
     saved = json.loads((out / "int8_report.json").read_text())
     assert saved["s3d"]["clips"] == report["s3d"]["clips"]
     assert "S3D" in format_report(report) and "VideoBERT" in format_report(report)
@@ -240,6 +245,15 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     assert _parse_cpu_float("mlm_transform, ffn_out") == ("mlm_transform", "ffn_out")
     with pytest.raises(InvalidInputError, match="--cpu-float"):
         _parse_cpu_float("mlm_transform,softmax")
+
+
+def test_speed_is_ratio_of_medians_with_per_round_quartiles():
+    from vbedge.calib.report import _speed
+
+    times = {"fp32": np.array([2.0, 4.0, 6.0]), "int8": np.array([1.0, 1.0, 2.0])}
+    speed = _speed(times, "int8")
+    assert speed["seconds"] == 1.0 and speed["speedup"] == 4.0
+    assert speed["speedup_quartiles"] == pytest.approx([2.5, 3.5])  # per-round ratios 2, 4, 3
 
 
 def test_report_detects_a_wrong_model(videos, tmp_path, small_bundle):
