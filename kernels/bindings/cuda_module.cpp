@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "../cuda/cuda_tokenizer.cuh"
+#include "vbedge/tokenizer_args.h"
 
 namespace py = pybind11;
 namespace vc = vbedge::cuda;
@@ -61,20 +62,6 @@ vc::Mode parse_mode_arg(const std::string& name) {
     if (name == "tree") return vc::Mode::kTree;
     if (name == "exact") return vc::Mode::kExact;
     throw std::invalid_argument("mode must be \"tree\" or \"exact\", got \"" + name + "\"");
-}
-
-void check_options_arg(vc::Mode mode, int64_t beam, int64_t num_leaves) {
-    if (mode == vc::Mode::kExact) {
-        if (beam != 1) {
-            throw std::invalid_argument("beam must be 1 in exact mode (exact searches every leaf), got " +
-                                        std::to_string(beam));
-        }
-        return;
-    }
-    if (beam < 1 || beam > num_leaves) {
-        throw std::invalid_argument("beam must be between 1 and branching**levels = " + std::to_string(num_leaves) +
-                                    ", got " + std::to_string(beam));
-    }
 }
 
 void validate_codebook_arg(const float* data, int64_t rows, int64_t dim, int levels, int64_t branching) {
@@ -190,7 +177,7 @@ public:
 
     py::array_t<int64_t> tokenize_host(const py::array& features_in, const std::string& mode_name, int64_t beam) {
         const vc::Mode mode = parse_mode_arg(mode_name);
-        check_options_arg(mode, beam, built().num_leaves());
+        vbedge::check_beam(mode == vc::Mode::kExact, beam, built().num_leaves());
         vc::Dtype dtype;
         if (features_in.dtype().is(py::dtype::of<float>())) {
             dtype = vc::Dtype::kFloat32;
@@ -271,7 +258,7 @@ private:
                            int64_t row_stride, std::uintptr_t out_ptr, const std::string& mode_name,
                            int64_t beam) const {
         const PtrCall call{parse_dtype_arg(dtype_name), parse_mode_arg(mode_name)};
-        check_options_arg(call.mode, beam, built().num_leaves());
+        vbedge::check_beam(call.mode == vc::Mode::kExact, beam, built().num_leaves());
         if (n < 0) throw std::invalid_argument("number of features must be >= 0, got " + std::to_string(n));
         if (row_stride < built().dim()) {
             throw std::invalid_argument("row_stride must be >= dim = " + std::to_string(built().dim()) +

@@ -25,6 +25,7 @@
 #endif
 
 #include "vbedge/cpu_dot.h"
+#include "vbedge/tokenizer_args.h"
 #include "vbedge/tokenizer_common.h"
 
 namespace vbedge {
@@ -203,17 +204,7 @@ CpuTokenizerCore::CpuTokenizerCore(const float* centroids, int64_t num_rows, int
 const char* CpuTokenizerCore::simd_path() { return cpu::dot_kernels().name; }
 
 void CpuTokenizerCore::check_options(TokenizeMode mode, int64_t beam) const {
-    if (mode == TokenizeMode::kExact) {
-        if (beam != 1) {
-            throw std::invalid_argument("beam must be 1 in exact mode (exact searches every leaf), got " +
-                                        std::to_string(beam));
-        }
-        return;
-    }
-    if (beam < 1 || beam > num_leaves_) {
-        throw std::invalid_argument("beam must be between 1 and branching**levels = " + std::to_string(num_leaves_) +
-                                    ", got " + std::to_string(beam));
-    }
+    check_beam(mode == TokenizeMode::kExact, beam, num_leaves_);
 }
 
 void CpuTokenizerCore::tokenize(const void* features, FeatureDType dtype, int64_t n, TokenizeMode mode, int64_t beam,

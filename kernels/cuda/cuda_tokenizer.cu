@@ -34,6 +34,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "vbedge/tokenizer_args.h"
 #include "vbedge/tokenizer_common.h"
 
 namespace vbedge {
@@ -993,17 +994,7 @@ void TokenizerEngine::set_sort_threshold(int64_t value) {
 }
 
 void TokenizerEngine::check_options(Mode mode, int64_t beam) const {
-    if (mode == Mode::kExact) {
-        if (beam != 1) {
-            throw std::invalid_argument("beam must be 1 in exact mode (exact searches every leaf), got " +
-                                        std::to_string(beam));
-        }
-        return;
-    }
-    if (beam < 1 || beam > num_leaves_) {
-        throw std::invalid_argument("beam must be between 1 and branching**levels = " + std::to_string(num_leaves_) +
-                                    ", got " + std::to_string(beam));
-    }
+    check_beam(mode == Mode::kExact, beam, num_leaves_);
 }
 
 // Growing a scratch buffer frees the old one: wait for every in-flight call first (rare: high water).
