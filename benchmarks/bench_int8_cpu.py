@@ -101,7 +101,7 @@ def study(vb_dir, n_calib, quick=False):
     from vbedge.calib.quantize import _downstream_nodes, quantize_model
     from vbedge.calib.readers import VideoBertCalibrationReader, sentence_sequences, split_sentences
     from vbedge.calib.quantize import transformer_cpu_form
-    from vbedge.calib.report import _interleaved_medians, top1_agreement_by_margin
+    from vbedge.calib.report import _interleaved_medians, masked_position_kinds, top1_agreement_by_margin
     from vbedge.export.verify import make_session
     from vbedge.vocab import VideoBertVocab
 
@@ -121,8 +121,8 @@ def study(vb_dir, n_calib, quick=False):
     ref = make_session(fp32)
     ref_out = [ref.run(names, f) for f in held]
     # As the report does: words scored at masked words, visual words at masked visual tokens.
-    segment = np.concatenate([np.take_along_axis(f["token_type_ids"], f["predict_positions"], 1).ravel() for f in held])
-    at_text, at_visual = segment != 1, segment == 1
+    kinds = masked_position_kinds(held)
+    at_text, at_visual = kinds["text"], kinds["visual"]
 
     def stacked(outs, index):
         return np.concatenate([o[index].reshape(-1, o[index].shape[-1]) for o in outs])

@@ -151,6 +151,17 @@ def top1_agreement_by_margin(ref_ids, ref_scores, got_ids, margin=DECISIVE_MARGI
             "decisive_top1": mean(decisive), "near_tie_top1": mean(~decisive)}
 
 
+def masked_position_kinds(feeds) -> dict:
+    """``{"text": mask, "visual": mask}`` over the predict positions of ``feeds``, in output order.
+
+    A [MASK] in the visual segment (token type 1, as ``caption_inputs`` and the readers build it)
+    hides a visual word; any other position a text word.
+    """
+    segment = np.concatenate([np.take_along_axis(np.asarray(f.get("token_type_ids", np.zeros_like(f["input_ids"]))),
+                                                 np.asarray(f["predict_positions"]), axis=1).ravel() for f in feeds])
+    return {"text": segment != 1, "visual": segment == 1}
+
+
 def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -> dict:
     """Compare INT8 VideoBERT graphs with FP32 at the masked positions of held-out ``feeds``."""
     feeds = list(feeds)
@@ -167,13 +178,9 @@ def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -
     load_before = os.getloadavg()
     times = _interleaved_times({label: (lambda s=s: s.run(names, feeds[0])) for label, s in sessions.items()},
                                repeats)
-    # Which vocabulary a masked position is about: a [MASK] in the visual segment (token type 1,
-    # as caption_inputs and the readers build it) hides a visual word, any other a text word. The
-    # text metrics use text positions only and the visual ones visual positions only: the text
+    # The text metrics use text positions only and the visual ones visual positions only: the text
     # ranking at a masked visual token (or the visual ranking at a masked word) means nothing.
-    segment = np.concatenate([np.take_along_axis(np.asarray(f.get("token_type_ids", np.zeros_like(f["input_ids"]))),
-                                                 np.asarray(f["predict_positions"]), axis=1).ravel() for f in feeds])
-    where = {"text": segment != 1, "visual": segment == 1}
+    where = masked_position_kinds(feeds)
     result["text_positions"], result["visual_positions"] = int(where["text"].sum()), int(where["visual"].sum())
 
     def stacked(label, index, width):

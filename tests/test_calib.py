@@ -247,6 +247,17 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
         _parse_cpu_float("mlm_transform,softmax")
 
 
+def test_masked_positions_are_words_or_visual_tokens_by_segment():
+    from vbedge.calib.report import masked_position_kinds
+
+    with_types = {"input_ids": np.zeros((1, 6), np.int64), "token_type_ids": np.array([[0, 1, 1, 1, 0, 0]]),
+                  "predict_positions": np.array([[4, 2, 0]])}
+    no_types = {"input_ids": np.zeros((1, 3), np.int64), "predict_positions": np.array([[1]])}
+    kinds = masked_position_kinds([with_types, no_types])
+    assert kinds["visual"].tolist() == [False, True, False, False]  # no token types: all words
+    assert kinds["text"].tolist() == [True, False, True, True]
+
+
 def test_speed_is_ratio_of_medians_with_per_round_quartiles():
     from vbedge.calib.report import _speed
 
