@@ -7,6 +7,13 @@ import sys
 HEAVY = ["torch", "torchvision", "tensorrt", "pycuda", "cupy", "onnx", "transformers", "cv2"]
 
 
+def _heavy_modules_after(code):
+    """The HEAVY modules loaded once ``code`` has run in a fresh interpreter."""
+    probe = code + f"import sys, json\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    return json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def test_import_vbedge_imports_nothing_heavy():
     code = (
         "import sys, json, vbedge, vbedge.codebook, vbedge.cli, vbedge.info\n"
@@ -16,10 +23,8 @@ def test_import_vbedge_imports_nothing_heavy():
         "        __import__(name)\n"
         "    except ModuleNotFoundError as exc:\n"
         "        if exc.name != name: raise\n"
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == []
+    assert _heavy_modules_after(code) == []
 
 
 def test_cli_info_runs():
@@ -36,10 +41,8 @@ def test_cli_parser_imports_nothing_heavy():
         "import sys, json\n"
         "from vbedge.cli import build_parser\n"
         "build_parser()\n"
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == []
+    assert _heavy_modules_after(code) == []
 
 
 def test_cli_codebook_roundtrip(tmp_path):
