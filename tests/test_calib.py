@@ -240,6 +240,17 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     with pytest.raises(FormatError, match="transformer optimizer"):
         transformer_cpu_form(fp32, tmp_path / "x.onnx", optimize=False, float_parts=("ffn_out",))
     assert not (tmp_path / "x.onnx").exists()
+    # A node that was to stay float but came back quantized is refused, naming it; a Gemm is found
+    # under the name ONNX Runtime's rewrite gives it.
+    from onnx import helper
+
+    from vbedge.calib.quantize import _written_float_nodes
+
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"], name="ffn"),
+                               helper.make_node("MatMul", ["a", "b"], ["d"], name="pool_MatMul")], "g", [], [])
+    assert _written_float_nodes(helper.make_model(graph), {"pooler": ["pool"]}) == {"pooler": ["pool_MatMul"]}
+    with pytest.raises(FormatError, match="ffn_out nodes that were to stay float: \\['ffn'\\]"):
+        _written_float_nodes(helper.make_model(graph), {"ffn_out": ["ffn"]})
     # The CLI's --cpu-float
     assert _parse_cpu_float(None) is None and _parse_cpu_float("none") == ()
     assert _parse_cpu_float("mlm_transform, ffn_out") == ("mlm_transform", "ffn_out")
