@@ -410,13 +410,18 @@ class Pipeline:
     :meth:`tokenize_video` (offline tokens); :meth:`close` (or ``with``) releases the models.
     """
 
-    def __init__(self, bundle, backend="auto", precision="fp32", **options):
+    def __init__(self, bundle, backend="auto", precision="fp32", trusted_keys=None, **options):
         from .bundle import Bundle
         from .captioner import Captioner
         from .preprocess import PreprocessSpec
 
         self.options = _check_options(options)
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if isinstance(bundle, Bundle):
+            if trusted_keys is not False:
+                bundle.require_signed_by(trusted_keys)  # a no-op when no keys are given or configured
+            self.bundle = bundle
+        else:
+            self.bundle = Bundle.load(bundle, trusted_keys=trusted_keys)
         self.backend = backend
         self.precision = precision
         self.spec = PreprocessSpec.from_dict(self.bundle.preprocessing)
@@ -441,11 +446,15 @@ class Pipeline:
         self._s3d_backend()  # fail at load, not in a thread, when the backend cannot run
 
     @classmethod
-    def load(cls, bundle, backend="auto", precision="fp32", **options) -> "Pipeline":
+    def load(cls, bundle, backend="auto", precision="fp32", trusted_keys=None, **options) -> "Pipeline":
         """A pipeline for a bundle (a path or a loaded :class:`~vbedge.bundle.Bundle`).
 
         Args:
             bundle: the bundle folder or object.
+            trusted_keys: public keys the bundle must be signed by (see
+                :meth:`vbedge.bundle.Bundle.load`; default: ``VBEDGE_TRUSTED_KEYS`` if set,
+                else unauthenticated with a warning). A loaded Bundle must have been verified
+                with one of them.
             backend: ``"auto"``, ``"onnxruntime"``, ``"tensorrt"`` or ``"torch"`` (see
                 :func:`vbedge.backends.select.create_bundle_backend`).
             precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
@@ -460,7 +469,7 @@ class Pipeline:
                 ``source_options`` (dict for :func:`vbedge.sources.open_source`),
                 ``backend_options`` (dict for the backends, e.g. ``intra_op_threads``).
         """
-        return cls(bundle, backend=backend, precision=precision, **options)
+        return cls(bundle, backend=backend, precision=precision, trusted_keys=trusted_keys, **options)
 
     # -- models --------------------------------------------------------------------------------
 

@@ -180,6 +180,8 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", **opt
     log.info("backend for %s (%s): %s", model, precision, why)
     if name == "tensorrt":
         options.setdefault("cache_dir", bundle.engine_dir)
+        # Engines are tied to this bundle's (signed) manifest: one built for another is never loaded.
+        options.setdefault("manifest_sha256", bundle.manifest_sha256)
     cpu_form = bundle.manifest["models"][model].get("int8_cpu")
     if name == "onnxruntime" and precision == "int8" and cpu_form and options.get("device", "cpu") == "cpu":
         # The Q/DQ graph is laid out for TensorRT; ONNX Runtime's CPU kernels run the same

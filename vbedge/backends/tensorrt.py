@@ -719,12 +719,13 @@ class TensorRTBackend(Backend):
     @classmethod
     def from_onnx(cls, onnx_path, precision="fp32", profiles=None, cache_dir=None,
                   workspace_bytes=DEFAULT_WORKSPACE_BYTES, dla_core=None, strongly_typed="auto", device=0,
-                  buffers="auto", rebuild=False):
+                  buffers="auto", rebuild=False, manifest_sha256=None):
         """Load the cached engine for this ONNX/precision/GPU/TensorRT, or build and cache it.
 
         ``cache_dir`` defaults to ``<onnx folder>/engines``. A cached engine whose key differs
         (other TensorRT, GPU, ONNX hash, profiles...) or whose file is damaged is rebuilt with a
-        log message, never loaded.
+        log message, never loaded. ``manifest_sha256`` (set for bundles) binds the cache to the
+        bundle's manifest: only engines that record it are loaded (vbedge.engine_cache).
         """
         onnx_path = Path(onnx_path)
         trt = _import_tensorrt()
@@ -734,7 +735,8 @@ class TensorRTBackend(Backend):
         gpu_name, capability = gpu_identity(device)
         key = engine_key(onnx_path, trt.__version__, gpu_name, capability, precision, canonical_profiles,
                          dla_core, plan, workspace_bytes)
-        cache = EngineCache(cache_dir if cache_dir is not None else onnx_path.parent / "engines")
+        cache = EngineCache(cache_dir if cache_dir is not None else onnx_path.parent / "engines",
+                            manifest_sha256=manifest_sha256)
         timing = cache.timing_cache_path(trt.__version__, gpu_name, capability)
 
         def build():
