@@ -509,7 +509,9 @@ def test_walker_refuses_malformed_files(tmp_path):
         ("empty.onnx", b"", "is empty"),
         ("truncated.onnx", data[: len(data) // 2], "not a well-formed ONNX file"),
         ("garbage.onnx", b"definitely not protobuf", "not a well-formed ONNX file"),
-        ("group.onnx", bytes([(7 << 3) | 3]) + data, "unsupported wire type 3"),
+        ("group.onnx", bytes([(1 << 3) | 3]) + data, "unsupported wire type 3 in field 1"),
+        ("graph_varint.onnx", bytes([(7 << 3) | 0, 1]) + data, "model field 7 should be a message"),
+        ("fixed_overrun.onnx", data + bytes([(1 << 3) | 1, 0, 0]), "fixed-size field runs past the end"),
         ("deep.onnx", _nested_graphs(80), "nested deeper than 64"),
     ]:
         (tmp_path / name).write_bytes(content)

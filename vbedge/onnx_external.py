@@ -134,22 +134,63 @@ def _text(buf, span):
         raise _Malformed("a string field is not UTF-8") from None
 
 
-def _walk(buf, start, end, kind, depth, out):
-    if depth > MAX_DEPTH:
-        raise _Malformed(f"messages nested deeper than {MAX_DEPTH} levels")
-    if kind == _TENSOR:
-        _tensor(buf, start, end, depth, out)
-        return
-    children = _CHILDREN[kind]
-    for number, wire, value in _fields(buf, start, end):
-        child = children.get(number)
-        if child is not None:
-            if wire != 2:
-                raise _Malformed(f"{_KIND_NAMES[kind]} field {number} should be a message, has wire type {wire}")
-            _walk(buf, value[0], value[1], child, depth + 1, out)
+def _walk(buf, size, out):
+    """Visit every message that can hold a tensor, iteratively (an explicit stack, no recursion).
+
+    The inner loop is the hot path (a 100 MB model has a few thousand small messages): tags and
+    lengths take the one-byte varint fast path inline, and fields nobody descends into are skipped
+    by their length.
+    """
+    stack = [(0, size, _MODEL, 0)]
+    while stack:
+        start, end, kind, depth = stack.pop()
+        if kind == _TENSOR:
+            _tensor(buf, start, end, out)
+            continue
+        children = _CHILDREN[kind]
+        pos = start
+        while pos < end:
+            tag = buf[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = _varint(buf, pos, end)
+            wire = tag & 7
+            if wire == 2:
+                if pos >= end:
+                    raise _Malformed("truncated length")
+                length = buf[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = _varint(buf, pos, end)
+                stop = pos + length
+                if stop > end:
+                    raise _Malformed(f"field {tag >> 3} runs past the end of its message ({length} bytes)")
+                child = children.get(tag >> 3)
+                if child is not None:
+                    if depth >= MAX_DEPTH:
+                        raise _Malformed(f"messages nested deeper than {MAX_DEPTH} levels")
+                    stack.append((pos, stop, child, depth + 1))
+                pos = stop
+                continue
+            if tag >> 3 == 0:
+                raise _Malformed("field number 0")
+            if tag >> 3 in children:
+                raise _Malformed(f"{_KIND_NAMES[kind]} field {tag >> 3} should be a message, has wire type {wire}")
+            if wire == 0:
+                _, pos = _varint(buf, pos, end)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:  # 3/4 are the deprecated groups, 6/7 do not exist: nothing onnx.proto writes
+                raise _Malformed(f"unsupported wire type {wire} in field {tag >> 3}")
+        if pos > end:
+            raise _Malformed(f"a fixed-size field runs past the end of its {_KIND_NAMES[kind]} message")
 
 
-def _tensor(buf, start, end, depth, out):
+def _tensor(buf, start, end, out):
     name, entries, marked = "", [], False
     for number, wire, value in _fields(buf, start, end):
         if number == 8 and wire == 2:
@@ -201,7 +242,7 @@ def external_data_references(path):
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             buf = memoryview(mapped)
             try:
-                _walk(buf, 0, size, _MODEL, 0, out)
+                _walk(buf, size, out)
             except _Malformed as exc:
                 raise FormatError(f"{path.name} is not a well-formed ONNX file ({exc})") from None
             finally:
