@@ -180,7 +180,7 @@ def test_trusted_key_sources_refuse_private_keys_and_empty_sets(tmp_path, keys):
 
 
 # ---------------------------------------------------------------------- positive paths
-def test_signed_bundle_loads_with_the_right_key(signed, keys, monkeypatch):
+def test_signed_bundle_loads_with_the_right_key(tmp_path, signed, keys, monkeypatch):
     private_path, public_path = keys
     signature = json.loads((signed / SIGNATURE_NAME).read_text())
     manifest_bytes = (signed / MANIFEST_NAME).read_bytes()
@@ -194,6 +194,11 @@ def test_signed_bundle_loads_with_the_right_key(signed, keys, monkeypatch):
         assert bundle.signature.key_id == expected_id
         assert bundle.manifest_sha256 == hashlib.sha256(manifest_bytes).hexdigest()
     monkeypatch.setenv(TRUSTED_KEYS_ENV, str(public_path))
+    assert Bundle.load(signed).signature.key_id == expected_id
+    # Several sources in the variable (os.pathsep-separated): any one trusted key is enough.
+    other = tmp_path / "k2"
+    generate_key_pair(other / "o.key.pem", other / "o.pub.pem")
+    monkeypatch.setenv(TRUSTED_KEYS_ENV, f"{other / 'o.pub.pem'}{os.pathsep}{public_path}")
     assert Bundle.load(signed).signature.key_id == expected_id
 
 
