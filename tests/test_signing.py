@@ -638,6 +638,23 @@ def test_engine_with_looser_permissions_than_its_folder_is_not_loaded(signed, ca
     assert build.calls == 1 and any("world-writable" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file away needs root")
+def test_engine_owned_by_another_user_is_not_loaded(signed, caplog):
+    bundle = Bundle.load(signed, trusted_keys=False)
+    cache = EngineCache(bundle.engine_dir, manifest_sha256=bundle.manifest_sha256)
+    path = write_engine_file(cache.path_for(_engine_key()), _engine_key(), b"PLANTED" * 10,
+                             manifest_sha256=bundle.manifest_sha256)
+    os.chown(path, 54321, -1)  # e.g. written by another service's account
+    _plant_and_expect_rebuild(cache, caplog, "owned by uid 54321, neither this user nor root")
+    os.chown(bundle.engine_dir, 54321, -1)
+    path.write_bytes(path.read_bytes().replace(b"BUILT-HERE", b"PLANTED!!!"))
+    build = Builder()
+    with caplog.at_level(logging.WARNING, logger="vbedge"):
+        cache.get_or_build(_engine_key(), build)
+    assert build.calls == 1 and any("folder" in r.getMessage() and "uid 54321" in r.getMessage()
+                                    for r in caplog.records)
+
+
 def test_bundle_backends_bind_tensorrt_engines_to_the_manifest(signed, monkeypatch):
     # The wiring only (no TensorRT here): a bundle's TensorRT backend gets its cache folder and digest.
     from vbedge.backends import select

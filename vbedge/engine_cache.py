@@ -18,7 +18,7 @@ settings that produced it; TensorRT may crash or silently misbehave when fed a f
   the sha256 of the bundle's (signed) manifest in each engine and loads only engines that carry
   it, so an engine of another bundle, an older version of it, or one planted without it is
   rebuilt; and every engine must sit where vbedge wrote it (a regular file in the cache folder
-  under the name it recorded, not a symbolic link), owned by this user or the folder's owner,
+  under the name it recorded, not a symbolic link), owned by this user or root,
   with write permissions no looser than the folder's, in a folder that is not world-writable
   (:func:`check_engine_placement`). The trust model is in docs/bundle.md.
 
@@ -282,9 +282,10 @@ def read_engine_header(path):
 def check_engine_placement(path, directory):
     """Raise FormatError unless ``path`` sits in ``directory`` the way vbedge writes engines there.
 
-    A regular file (not a symbolic link) directly in ``directory``; owned by this process's user
-    or the folder's owner; no group/world write permission the folder does not have too; and the
-    folder itself not world-writable (anyone on the device could plant an engine there).
+    A regular file (not a symbolic link) directly in ``directory``; file and folder owned by this
+    process's user or root (nobody else could have written them); no group/world write permission
+    the folder does not have too; and the folder itself not world-writable (anyone on the device
+    could plant an engine there).
     """
     path, directory = Path(path), Path(directory)
     try:
@@ -300,8 +301,12 @@ def check_engine_placement(path, directory):
         raise FormatError(f"{path.name} does not sit in the engine cache folder {directory}")
     if folder.st_mode & stat.S_IWOTH:
         raise FormatError(f"engine cache folder {directory} is world-writable: anyone could plant an engine there")
-    if hasattr(os, "geteuid") and info.st_uid not in (os.geteuid(), folder.st_uid):
-        raise FormatError(f"{path.name} is owned by uid {info.st_uid}, neither this user nor the cache folder's owner")
+    if hasattr(os, "geteuid"):
+        allowed = (os.geteuid(), 0)
+        if folder.st_uid not in allowed:
+            raise FormatError(f"engine cache folder {directory} is owned by uid {folder.st_uid}, neither this user nor root")
+        if info.st_uid not in allowed:
+            raise FormatError(f"{path.name} is owned by uid {info.st_uid}, neither this user nor root")
     looser = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) & ~folder.st_mode
     if looser:
         raise FormatError(
