@@ -24,7 +24,7 @@ import os
 import platform
 from pathlib import Path
 
-from .errors import FormatError, InvalidInputError
+from .errors import FormatError, InvalidInputError, SignatureError
 from .jsonfile import read_json_object
 from .onnx_external import external_data_references
 from .signing import (SIGNATURE_NAME, SignatureInfo, load_private_key, resolve_trusted_keys, sign_manifest_bytes,
@@ -201,8 +201,6 @@ class Bundle:
 
         For code handed an already loaded :class:`Bundle` (e.g. :class:`vbedge.Pipeline`).
         """
-        from .errors import SignatureError
-
         keys = resolve_trusted_keys(trusted_keys)
         if not keys:
             return
