@@ -416,6 +416,17 @@ def test_external_data_without_location_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------- the protobuf walker
+def _holds_tensor(descriptor, seen=None):
+    """Whether a message type can contain a TensorProto somewhere inside it (per onnx's schema)."""
+    if descriptor.full_name == onnx.TensorProto.DESCRIPTOR.full_name:
+        return True
+    seen = set() if seen is None else seen
+    if descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    return any(f.message_type is not None and _holds_tensor(f.message_type, seen) for f in descriptor.fields)
+
+
 def test_walker_field_numbers_match_onnx_proto():
     # The numbers hard-coded in vbedge/onnx_external.py, checked against the onnx package's schema.
     from vbedge import onnx_external as ox
@@ -427,12 +438,9 @@ def test_walker_field_numbers_match_onnx_proto():
         descriptor = names[kind].DESCRIPTOR
         for number, child in children.items():
             assert descriptor.fields_by_number[number].message_type.name == names[child].DESCRIPTOR.name
-        # Every field of this message that can hold a tensor somewhere is walked.
-        holders = {d.name for d in (onnx.GraphProto.DESCRIPTOR, onnx.TensorProto.DESCRIPTOR, onnx.NodeProto.DESCRIPTOR,
-                                    onnx.AttributeProto.DESCRIPTOR, onnx.SparseTensorProto.DESCRIPTOR,
-                                    onnx.FunctionProto.DESCRIPTOR, onnx.TrainingInfoProto.DESCRIPTOR)}
+        # Every field of this message whose type can hold a TensorProto, at any depth, is walked.
         for field in descriptor.fields:
-            if field.message_type is not None and field.message_type.name in holders:
+            if field.message_type is not None and _holds_tensor(field.message_type):
                 assert field.number in children, f"{descriptor.name}.{field.name} is not walked"
     tensor = onnx.TensorProto.DESCRIPTOR.fields_by_name
     assert (tensor["name"].number, tensor["external_data"].number, tensor["data_location"].number) == (8, 13, 14)
