@@ -220,7 +220,7 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     """The VideoBERT CPU form keeps the named parts in float, and refuses unknown ones."""
     import onnx
 
-    from vbedge.calib.calibrate import _parse_cpu_float
+    from vbedge.cli.calibrate import parse_cpu_float as _parse_cpu_float
     from vbedge.calib.quantize import transformer_cpu_form
 
     fp32 = small_bundle.onnx_path("videobert", "fp32")

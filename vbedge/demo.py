@@ -76,11 +76,33 @@ def _clip_features(s3d_onnx, video, spec, hop):
     return np.stack(features)
 
 
+def caption_video(bundle, video, backend="auto", jsonl=None, out=None):
+    """Caption ``video`` with ``bundle`` as ``vbedge caption`` does: print each event, write the files.
+
+    Returns the number of events. ``jsonl`` receives one JSON event per clip, ``out`` the video
+    with the captions drawn on it.
+    """
+    import sys
+
+    from .event_files import EventFiles, format_event_line
+    from .pipeline import Pipeline
+
+    events = 0
+    with EventFiles(jsonl=jsonl, video=out) as files, \
+            Pipeline.load(bundle, backend=backend, keep_frames=out is not None) as pipe:
+        for event in pipe.stream(str(video)):
+            print(format_event_line(event), flush=True)
+            files.write(event, fps=pipe.spec.fps)
+            events += 1
+    if out is not None and not files.video_written:
+        print(f"vbedge: no clip was captioned, {out} was not written", file=sys.stderr)
+    return events
+
+
 def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
     """Run the demo in ``workdir``; return the process exit code (0 on success)."""
     _require_demo_packages()
     from . import HierarchicalCodebook
-    from .cli import main as cli_main
     from .export.bundle import build_bundle
     from .export.s3d import export_s3d
     from .models.videobert import VideoBert
@@ -110,18 +132,8 @@ def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
 
     print("[4/4] captioning the video through the streaming pipeline "
           "(random weights: the words are not meaningful)")
-    code = cli_main(["caption", str(video), "--bundle", str(bundle.root), "--backend", backend,
-                     "--jsonl", str(work / "events.jsonl"), "--out", str(work / "kitchen-captioned.mp4")])
+    caption_video(bundle.root, video, backend=backend, jsonl=work / "events.jsonl",
+                  out=work / "kitchen-captioned.mp4")
     print(f"done in {time.perf_counter() - started:.0f} s: {work / 'events.jsonl'}, "
           f"{work / 'kitchen-captioned.mp4'}, bundle in {bundle.root}")
-    return code
-
-
-def add_demo_command(subparsers):
-    """Register ``vbedge demo``."""
-    p = subparsers.add_parser("demo", help="build a demo bundle and caption a synthetic video (needs "
-                                           "vbedge[opencv,export,demo])")
-    p.add_argument("--workdir", default="vbedge-demo", help="folder for the video, bundle and outputs")
-    p.add_argument("--full", action="store_true", help="full-size S3D input (30 frames, 224x224): slower")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch")
-    p.set_defaults(func=lambda args: run_demo(args.workdir, full=args.full, backend=args.backend))
+    return 0
