@@ -42,6 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidInputError, VbedgeError
+# The stage queues keep their private names here: the stages below read as before the move.
+from .stage_queues import ClipQueue as _ClipQueue
+from .stage_queues import Handoff as _Handoff
+from .stage_queues import SourceEnd as _End
 
 __all__ = ["ClipEvent", "Pipeline", "PipelineError", "SourceFailedError", "SourceSummary"]
 
@@ -187,13 +191,6 @@ class _Work:
 
 
 @dataclass
-class _End:
-    slot: "_Slot"
-    reason: str
-    failed: bool
-
-
-@dataclass
 class _StageError:
     stage: str
     error: BaseException
@@ -218,133 +215,6 @@ class _Slot:
 
     def dropped_frames(self):
         return int(self.source.stats.frames_dropped) if self.live else 0
-
-
-class _ClipQueue:
-    """Clips waiting for S3D, per source; drops a live source's oldest pending clip."""
-
-    def __init__(self, stop, pending_live, pending_offline, in_flight_live):
-        self._cond = threading.Condition()
-        self._items = collections.OrderedDict()   # slot -> deque of _Work/_End
-        self._stop = stop
-        self._pending_live = pending_live
-        self._pending_offline = pending_offline
-        self._in_flight_live = in_flight_live
-        self._turn = 0
-
-    def add_slot(self, slot):
-        with self._cond:
-            self._items[slot] = collections.deque()
-
-    def put(self, slot, item):
-        """Queue a clip; offline: wait for room; live: evict the oldest pending clip."""
-        with self._cond:
-            queue = self._items[slot]
-            if slot.live:
-                while len(queue) >= self._pending_live:
-                    queue.popleft()
-                    slot.dropped += 1
-            else:
-                while len(queue) >= self._pending_offline:
-                    if self._stop.is_set():
-                        return
-                    self._cond.wait(_POLL)
-            queue.append(item)
-            self._cond.notify_all()
-
-    def put_end(self, slot, end):
-        with self._cond:
-            self._items[slot].append(end)
-            self._cond.notify_all()
-
-    def release(self, slot):
-        """A live clip left the pipeline (delivered or lost): admit the next one."""
-        with self._cond:
-            slot.in_flight -= 1
-            self._cond.notify_all()
-
-    def _ready(self, slot, queue):
-        if not queue:
-            return False
-        if isinstance(queue[0], _End) or not slot.live:
-            return True
-        return slot.in_flight < self._in_flight_live
-
-    def get_batch(self, max_batch, batch_timeout):
-        """Up to ``max_batch`` clips (round robin over sources) plus end markers, in order.
-
-        Waits for a first item (``None`` after one poll period without any), then up to
-        ``batch_timeout`` seconds for the other sources still running to have a clip too.
-        """
-        with self._cond:
-            if not any(self._ready(s, q) for s, q in self._items.items()):
-                self._cond.wait(_POLL)
-                if not any(self._ready(s, q) for s, q in self._items.items()):
-                    return None
-            deadline = time.monotonic() + batch_timeout
-            while not self._stop.is_set():
-                running = [(s, q) for s, q in self._items.items() if not s.end_taken]
-                ready = sum(1 for s, q in running if self._ready(s, q))
-                queued = sum(len(q) for s, q in self._items.items() if self._ready(s, q))
-                remaining = deadline - time.monotonic()
-                if ready >= len(running) or queued >= max_batch or remaining <= 0:
-                    break
-                self._cond.wait(min(remaining, _POLL))
-            taken, clips = [], 0
-            slots = list(self._items)
-            progress = True
-            while progress and clips < max_batch:
-                progress = False
-                for k in range(len(slots)):
-                    slot = slots[(self._turn + k) % len(slots)]
-                    queue = self._items[slot]
-                    while queue and isinstance(queue[0], _End):
-                        slot.end_taken = True
-                        taken.append(queue.popleft())
-                    if clips < max_batch and self._ready(slot, queue):
-                        item = queue.popleft()
-                        if slot.live:
-                            slot.in_flight += 1
-                        taken.append(item)
-                        clips += 1
-                        progress = True
-                    while queue and isinstance(queue[0], _End):
-                        slot.end_taken = True
-                        taken.append(queue.popleft())
-            self._turn += 1
-            self._cond.notify_all()
-            return taken
-
-
-class _Handoff:
-    """A bounded FIFO between two stages whose waits poll the stop flag."""
-
-    def __init__(self, stop, size):
-        self._stop = stop
-        self._size = size
-        self._items = collections.deque()
-        self._cond = threading.Condition()
-
-    def put(self, item, force=False):
-        with self._cond:
-            while not force and len(self._items) >= self._size:
-                if self._stop.is_set():
-                    return False
-                self._cond.wait(_POLL)
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
-
-    def get_all(self, limit=None):
-        """All items queued now (at most ``limit``); ``[]`` after one poll period."""
-        with self._cond:
-            if not self._items:
-                self._cond.wait(_POLL)
-            taken = []
-            while self._items and (limit is None or len(taken) < limit):
-                taken.append(self._items.popleft())
-            self._cond.notify_all()
-            return taken
 
 
 # -- the pipeline --------------------------------------------------------------------------------
