@@ -14,6 +14,7 @@ checkpoints for real captions.
 """
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -76,33 +77,11 @@ def _clip_features(s3d_onnx, video, spec, hop):
     return np.stack(features)
 
 
-def caption_video(bundle, video, backend="auto", jsonl=None, out=None):
-    """Caption ``video`` with ``bundle`` as ``vbedge caption`` does: print each event, write the files.
-
-    Returns the number of events. ``jsonl`` receives one JSON event per clip, ``out`` the video
-    with the captions drawn on it.
-    """
-    import sys
-
-    from .event_files import EventFiles, format_event_line
-    from .pipeline import Pipeline
-
-    events = 0
-    with EventFiles(jsonl=jsonl, video=out) as files, \
-            Pipeline.load(bundle, backend=backend, keep_frames=out is not None) as pipe:
-        for event in pipe.stream(str(video)):
-            print(format_event_line(event), flush=True)
-            files.write(event, fps=pipe.spec.fps)
-            events += 1
-    if out is not None and not files.video_written:
-        print(f"vbedge: no clip was captioned, {out} was not written", file=sys.stderr)
-    return events
-
-
 def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
-    """Run the demo in ``workdir``; return the process exit code (0 on success)."""
+    """Run the demo in ``workdir``; returns 0 (the exit code), raises a VbedgeError on failure."""
     _require_demo_packages()
     from . import HierarchicalCodebook
+    from .event_files import caption_to_files, format_event_line
     from .export.bundle import build_bundle
     from .export.s3d import export_s3d
     from .models.videobert import VideoBert
@@ -132,8 +111,12 @@ def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
 
     print("[4/4] captioning the video through the streaming pipeline "
           "(random weights: the words are not meaningful)")
-    caption_video(bundle.root, video, backend=backend, jsonl=work / "events.jsonl",
-                  out=work / "kitchen-captioned.mp4")
+    written = caption_to_files(bundle.root, str(video), backend=backend, jsonl=work / "events.jsonl",
+                               video=work / "kitchen-captioned.mp4",
+                               on_event=lambda event: print(format_event_line(event), flush=True))
+    if not written:
+        print(f"vbedge: no clip was captioned, {work / 'kitchen-captioned.mp4'} was not written",
+              file=sys.stderr)
     print(f"done in {time.perf_counter() - started:.0f} s: {work / 'events.jsonl'}, "
           f"{work / 'kitchen-captioned.mp4'}, bundle in {bundle.root}")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["EventFiles", "format_event_line"]
+__all__ = ["EventFiles", "caption_to_files", "format_event_line"]
 
 
 def format_event_line(event) -> str:
@@ -65,3 +65,25 @@ class EventFiles:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def caption_to_files(bundle, source, backend="auto", precision="fp32", jsonl=None, video=None,
+                     on_event=None, **options) -> bool:
+    """Caption ``source`` with the bundle's pipeline, writing the events to ``jsonl`` and ``video``.
+
+    What ``vbedge caption`` does: ``on_event(event)`` is called for each event after it was
+    written; ``options`` go to :meth:`vbedge.pipeline.Pipeline.load` (frames are kept when a
+    ``video`` is asked for). The JSONL file is opened before the bundle is loaded, so a bad
+    output path fails at once. Returns whether the video was written (``False`` when no clip
+    was captioned, or no ``video`` was asked for).
+    """
+    from .pipeline import Pipeline
+
+    with EventFiles(jsonl=jsonl, video=video) as files:
+        with Pipeline.load(bundle, backend=backend, precision=precision,
+                           keep_frames=video is not None, **options) as pipe:
+            for event in pipe.stream(source):
+                files.write(event, fps=pipe.spec.fps)
+                if on_event is not None:
+                    on_event(event)
+        return files.video_written

@@ -55,26 +55,19 @@ def _word_list(value):
 
 def run_caption(args):
     """``vbedge caption SOURCE``: print captions live; optionally write JSONL and a video."""
-    from ..event_files import EventFiles, format_event_line
-    from ..pipeline import Pipeline
+    from ..event_files import caption_to_files, format_event_line
 
     options = dict(template=args.template, context_clips=args.context, stable_clips=args.stable,
                    min_confidence=args.min_confidence, forecast_step=args.forecast_step,
-                   verbs=_word_list(args.verbs), nouns=_word_list(args.nouns),
-                   keep_frames=args.out is not None)
+                   verbs=_word_list(args.verbs), nouns=_word_list(args.nouns))
     if args.live:
         options["source_options"] = {"live": True}
     source = int(args.source) if args.source.isdigit() else args.source
-    files = EventFiles(jsonl=args.jsonl, video=args.out)
-    try:
-        with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision,
-                           **options) as pipe:
-            for event in pipe.stream(source):
-                print(format_event_line(event), flush=True)
-                files.write(event, fps=pipe.spec.fps)
-    finally:
-        files.close()
-    if args.out is not None and not files.video_written:
+    written = caption_to_files(args.bundle, source, backend=args.backend, precision=args.precision,
+                               jsonl=args.jsonl, video=args.out,
+                               on_event=lambda event: print(format_event_line(event), flush=True),
+                               **options)
+    if args.out is not None and not written:
         print(f"vbedge: no clip was captioned, {args.out} was not written", file=sys.stderr)
     return 0
 
