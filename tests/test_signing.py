@@ -723,3 +723,67 @@ def test_build_bundle_signs_as_it_builds(tmp_path, keys):
                           progress=False, sign_key=keys[0])
     assert bundle.signature.key_id == load_public_key(keys[1]).key_id
     assert Bundle.load(tmp_path / "b", trusted_keys=[keys[1]]).manifest_sha256 == sha256_file(tmp_path / "b" / MANIFEST_NAME)
+
+
+# ---------------------------------------------------------------------- command line
+def cli(*args):
+    from vbedge.cli import main
+
+    return main([str(a) for a in args])
+
+
+def test_cli_keys_new_show_and_sign(tmp_path, capsys, monkeypatch):
+    private = tmp_path / "maker.key.pem"
+    assert cli("keys", "new", private) == 0
+    out = capsys.readouterr().out
+    public = tmp_path / "maker.pub.pem"
+    ident = load_public_key(public).key_id
+    assert ident in out and stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert cli("keys", "new", private) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli("keys", "show", public) == 0 and ident in capsys.readouterr().out
+    assert cli("keys", "show", private) == 0 and ident in capsys.readouterr().out
+
+    root = make_bundle(tmp_path / "bundle")
+    assert cli("sign", root, "--key", private) == 0
+    assert ident[:16] in capsys.readouterr().out
+    assert Bundle.load(root, trusted_keys=[public]).signature.key_id == ident
+
+    monkeypatch.setenv("MAKER_PASS", "s3cret")
+    assert cli("keys", "new", tmp_path / "enc.key.pem", "--passphrase-env", "MAKER_PASS") == 0
+    assert cli("sign", root, "--key", tmp_path / "enc.key.pem") == 2
+    assert "enc.key.pem" in capsys.readouterr().err
+    assert cli("sign", root, "--key", tmp_path / "enc.key.pem", "--passphrase-env", "NOT_SET_ANYWHERE") == 2
+    assert "NOT_SET_ANYWHERE" in capsys.readouterr().err
+    assert cli("sign", root, "--key", tmp_path / "enc.key.pem", "--passphrase-env", "MAKER_PASS") == 0
+    assert Bundle.load(root, trusted_keys=[tmp_path / "enc.pub.pem"]).signature is not None
+
+
+@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate"])
+def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, other_keys, capsys, runtime_spy,
+                                                              command):
+    root = make_bundle(tmp_path / "bundle")
+    sign_bundle(root, keys[0])
+    video = tmp_path / "clip.avi"  # never opened: the bundle is refused first
+    argv = {
+        "caption": ["caption", video, "--bundle", root, "--backend", "onnxruntime"],
+        "tokenize": ["tokenize", video, "--bundle", root, "--backend", "onnxruntime", "-o", tmp_path / "t.jsonl"],
+        "calibrate": ["calibrate", root, "--videos", video, "-o", tmp_path / "int8"],
+    }[command]
+    runtime_spy.clear()
+    assert cli(*argv, "--trusted-key", other_keys[1]) == 2
+    err = capsys.readouterr().err
+    assert "not a trusted key" in err and err.count("\n") == 1
+    assert runtime_spy == []
+    os.remove(root / SIGNATURE_NAME)
+    assert cli(*argv, "--trusted-key", other_keys[1], "--trusted-key", keys[1]) == 2
+    assert "bundle is not signed" in capsys.readouterr().err
+    assert runtime_spy == []
+
+
+def test_cli_build_refuses_a_bad_signing_key_first(tmp_path, keys, capsys):
+    # A public key given as --sign fails before the codebook, the checkpoint or torch are touched.
+    assert cli("build", "--s3d-random-init", "--videobert", tmp_path / "no-such-dir", "--codebook",
+               tmp_path / "no-such.npz", "--sign", keys[1], "-o", tmp_path / "out") == 2
+    assert "is not a readable PEM private key" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
