@@ -704,6 +704,14 @@ def test_a_signed_real_bundle_runs_with_its_key(tmp_path, small_bundle, keys, ot
         assert pipe.bundle.signature.key_id == load_public_key(keys[1]).key_id
         events = list(pipe.stream(_frames()))
     assert len(events) >= 2
+    # The command line on the device: tokenize with the maker's public key.
+    pytest.importorskip("cv2")
+    from test_pipeline import write_video
+
+    video = write_video(tmp_path / "clip.avi", 32, seed=4)
+    assert cli("tokenize", video, "--bundle", root, "--backend", "onnxruntime", "--trusted-key", keys[1],
+               "-o", tmp_path / "tokens.jsonl", "-q") == 0
+    assert len((tmp_path / "tokens.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.slow
