@@ -6,10 +6,15 @@ These cases pick dimensions, branchings and feature counts that leave a remainde
 those granularities and compare every id with the NumPy reference (vbedge.tokenize_reference),
 whichever path this machine picked. benchmarks/aarch64_check.sh runs this file under qemu-aarch64
 twice: once as picked (NEON) and once with VBEDGE_CPU_SIMD=portable.
+
+test_canonical_distance_is_not_fused guards the build flag rather than the SIMD code: an aarch64
+build with GCC's default -ffp-contract=fast fuses the canonical sum and fails it (checked under
+qemu-aarch64, 2026-12-01: all 5 cases fail with -ffp-contract=fast, pass with setup.py's flags).
 """
 
 import os
 import platform
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -69,3 +74,49 @@ def test_every_row_block_size(branching):
         np.testing.assert_array_equal(tok.tokenize(x, mode, beam),
                                       tokenize_reference(c, levels, branching, x, mode, beam),
                                       err_msg=f"branching={branching} mode={mode} beam={beam}")
+
+
+# (x, c0, c1), float32 values written exactly: the canonical distances of x to c0 and c1 tie exactly
+# (c1 is c0's offset from x permuted), so leaf 0 wins; computed with a fused multiply-add, the sum
+# for c1 comes out strictly smaller. Found by a seeded search (numpy seed 0, D = 3).
+FMA_SENSITIVE = [
+    ([-0.8192721605300903, -0.9385415315628052, -1.714511513710022],
+     [-1.6176910400390625, -0.02441379241645336, -1.664347529411316],
+     [-0.7691081762313843, -0.02441379241645336, -2.512930393218994]),
+    ([0.5328764915466309, -0.6215600967407227, -0.7625358700752258],
+     [-0.1987054944038391, 0.06139333173632622, -0.6886976361274719],
+     [0.6067147254943848, 0.06139333173632622, -1.4941178560256958]),
+    ([0.7382786273956299, 0.05652071163058281, 1.2976469993591309],
+     [1.345962643623352, 0.9288665056228638, 1.1370751857757568],
+     [0.5777068138122559, 0.9288665056228638, 1.905331015586853]),
+    ([0.3933068513870239, -1.5377299785614014, 1.8200013637542725],
+     [-1.3530908823013306, 0.11642160266637802, 1.566456913948059],
+     [0.13976240158081055, 0.11642160266637802, 0.07360363006591797]),
+    ([-0.41447460651397705, -0.008849584497511387, -1.595095157623291],
+     [0.9672095775604248, 0.9710425734519958, -2.5543932914733887],
+     [-1.3737727403640747, 0.9710425734519958, -0.21341097354888916]),
+]
+
+
+def canon_fused(x, c):
+    """The canonical sum as a compiler that contracts `sum + diff * diff` into an FMA computes it
+    (one rounding of the exact product-plus-sum, done here with exact rationals)."""
+    total = 0.0
+    for a, b in zip(np.asarray(x, np.float64), np.asarray(c, np.float64)):
+        diff = float(a - b)
+        total = float(Fraction(diff) * Fraction(diff) + Fraction(total))
+    return total
+
+
+@pytest.mark.parametrize("case", range(len(FMA_SENSITIVE)))
+def test_canonical_distance_is_not_fused(case):
+    """The canonical float64 sum must stay unfused (-ffp-contract=off): GCC contracts across
+    statements by default on aarch64, where FMA is always available (and on x86 with -mfma)."""
+    x, c0, c1 = FMA_SENSITIVE[case]
+    feats = np.array([x], np.float32)
+    centroids = np.array([c0, c1], np.float32)
+    assert canon_fused(feats[0], centroids[1]) < canon_fused(feats[0], centroids[0])  # the case bites
+    tok = _kernels.CpuTokenizer(centroids, 1, 2)
+    for mode in ("tree", "exact"):
+        assert tokenize_reference(centroids, 1, 2, feats, mode, 1).tolist() == [0]
+        assert tok.tokenize(feats, mode, 1).tolist() == [0], f"{mode}: the canonical sum was fused"
