@@ -307,7 +307,9 @@ def check_engine_placement(path, directory):
             raise FormatError(f"engine cache folder {directory} is owned by uid {folder.st_uid}, neither this user nor root")
         if info.st_uid not in allowed:
             raise FormatError(f"{path.name} is owned by uid {info.st_uid}, neither this user nor root")
-    looser = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) & ~folder.st_mode
+    shared_write = stat.S_IWGRP
+    shared_write |= stat.S_IWOTH  # not `a | b`: vermin reads that as a 3.10 union type
+    looser = info.st_mode & shared_write & ~folder.st_mode
     if looser:
         raise FormatError(
             f"{path.name} has mode {stat.S_IMODE(info.st_mode):o}, writable by more users than its folder "

@@ -87,7 +87,10 @@ def key_id(public_key):
 
 def _write_new_file(path, data, mode, overwrite):
     """Create ``path`` with ``mode`` from the start (never world-readable for a moment), or refuse."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if overwrite else os.O_EXCL)
+    # Built with |= : vermin (tests/test_python_compat.py) reads `name | name` as a 3.10 union type.
+    flags = os.O_WRONLY
+    flags |= os.O_CREAT
+    flags |= os.O_TRUNC if overwrite else os.O_EXCL
     try:
         fd = os.open(path, flags, mode)
     except FileExistsError:
