@@ -43,7 +43,10 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         codebook: the :class:`~vbedge.HierarchicalCodebook` (or the path of its .npz).
         s3d_weights: torchvision S3D state dict (.pth); or ``s3d_random_init=True`` (tests, demo).
         precisions: subset of ('fp32', 'fp16'); fp32 is required (int8 is not available yet).
-        spec: :class:`~vbedge.preprocess.PreprocessSpec` for S3D (default: 20 fps, 30 frames, 224).
+        spec: :class:`~vbedge.preprocess.PreprocessSpec` for S3D; when None, the recipe of the
+            weights (:func:`vbedge.export.s3d.spec_for_weights`: torchvision weights get
+            torchvision's 256 x 256 resize and 224 crop, random weights the short-side rule),
+            logged and recorded in the manifest (``models.s3d.preprocessing_recipe``).
         top_k: k of the VideoBERT top-k outputs (default: the exporter's).
         reference_weights: also store the PyTorch weights under ``reference/`` so the torch
             backend can run the bundle (larger bundle; not needed on a device).
@@ -53,10 +56,8 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         calib_method: 'minmax', 'entropy' or 'percentile'.
     """
     from vbedge.codebook import HierarchicalCodebook
-    from vbedge.export.s3d import export_s3d
+    from vbedge.export.s3d import export_s3d, spec_for_weights
     from vbedge.export.videobert import DEFAULT_TOP_K, export_videobert
-    from vbedge.preprocess import PreprocessSpec
-
     precisions = _check_precisions(precisions)
     if "int8" in precisions and not calib_videos:
         raise InvalidInputError("int8 needs calibration videos: pass calib_videos (--calib CLIPS)")
@@ -64,7 +65,11 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         codebook = HierarchicalCodebook.load(codebook)
     if videobert.codebook_ref.get("sha256") != codebook.sha256:
         raise FormatError("the VideoBERT model was built for another codebook (sha256 differs)")
-    spec = spec or PreprocessSpec()
+    if spec is None:
+        spec, recipe = spec_for_weights(s3d_weights, s3d_random_init)
+    else:
+        recipe = "the spec given"
+    log.info("bundle: preprocessing: %s (%s)", spec.describe_resize(), recipe)
     out = Path(output_dir)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -99,6 +104,7 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
                 "inputs": s3d.metadata["inputs"],
                 "outputs": s3d.metadata["outputs"],
                 "feature_dim": feature_dim,
+                "preprocessing_recipe": recipe,
             },
             "videobert": {
                 "onnx": {p: vb_meta["files"][p]["path"] for p in precisions},
@@ -171,6 +177,12 @@ def add_build_command(subparsers):
     p.add_argument("--calib-method", default="minmax", help="int8 calibration: minmax, entropy or percentile")
     p.add_argument("--frames", type=int, help="clip length in frames (default 30)")
     p.add_argument("--crop", type=int, help="crop side in pixels (default 224)")
+    p.add_argument("--resize", choices=("short_side", "square"),
+                   help="resize rule: square (torchvision's S3D recipe, 256x256; the default for "
+                        "--s3d) or short_side (aspect ratio kept; the default for --s3d-random-init)")
+    p.add_argument("--short-side", type=int,
+                   help="short side frames are resized to (both sides with --resize square; "
+                        "default 256)")
     p.add_argument("--top-k", type=int, help="k of VideoBERT's top-k outputs (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of random S3D weights / new BERT embeddings")
     p.add_argument("--reference-weights", action="store_true",
@@ -184,20 +196,26 @@ def add_build_command(subparsers):
 def _cmd_build(args):
     from vbedge.codebook import HierarchicalCodebook
     from vbedge.export.videobert import load_videobert_checkpoint
-    from vbedge.preprocess import PreprocessSpec
+    from vbedge.export.s3d import spec_for_weights
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if args.calib and "int8" not in precisions:
         raise InvalidInputError("--calib is only used with --precision ...,int8")
     codebook = HierarchicalCodebook.load(args.codebook)
     videobert = load_videobert_checkpoint(args.videobert, codebook, seed=args.seed)
-    spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop)) if v is not None}
-    spec = PreprocessSpec(**spec_changes) if spec_changes else None
+    spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop),
+                                      ("short_side", args.short_side)) if v is not None}
+    spec = None
+    if spec_changes or args.resize:
+        spec, _ = spec_for_weights(args.s3d, args.s3d_random_init, resize=args.resize, **spec_changes)
     bundle = build_bundle(args.output, videobert=videobert, codebook=codebook, s3d_weights=args.s3d,
                           s3d_random_init=args.s3d_random_init, seed=args.seed, precisions=precisions, spec=spec,
                           top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite,
                           calib_videos=args.calib, calib_method=args.calib_method)
     print(f"wrote {bundle!r}")
+    s3d = bundle.manifest["models"]["s3d"]
+    print(f"  preprocessing: {bundle.preprocess_spec.describe_resize()}"
+          + (f" ({s3d['preprocessing_recipe']})" if s3d.get("preprocessing_recipe") else ""))
     for name, entry in sorted(bundle.manifest["files"].items()):
         print(f"  {name:<34} {entry['size'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}")
     return 0

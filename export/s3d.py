@@ -75,6 +75,32 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+def spec_for_weights(weights=None, random_init=False, resize=None, **changes):
+    """The preprocessing spec for S3D weights, following the recipe they were trained with.
+
+    Returns ``(spec, why)``. With ``resize=None`` the rule is the weights' recipe: a torchvision
+    S3D state dict (the only checkpoint format vbedge loads: ``torchvision.models.video.s3d``'s
+    weights, ``S3D_Weights.KINETICS400_V1``) gets torchvision's recipe, a 256 x 256 resize
+    (aspect ratio not kept) and a 224 centre crop
+    (:meth:`~vbedge.preprocess.PreprocessSpec.torchvision_kinetics`); random weights have no
+    recipe and keep vbedge's default rule (short side to 256, aspect ratio kept), which is also
+    what bundles made before the option existed use. ``resize`` (``"short_side"`` or
+    ``"square"``) chooses the rule explicitly; ``changes`` set other fields (``clip_frames``,
+    ``crop``, ``short_side``, ``fps``).
+    """
+    if resize is None and weights is not None and not random_init:
+        spec = PreprocessSpec.torchvision_kinetics(**changes)
+        why = ("the torchvision recipe (S3D_Weights.KINETICS400_V1.transforms()), chosen for a "
+               "torchvision S3D state dict")
+    elif resize is None:
+        spec = PreprocessSpec(**changes)
+        why = "vbedge's default rule, chosen because random weights have no training recipe"
+    else:
+        spec = PreprocessSpec(resize=resize, **changes)
+        why = f"resize={resize!r} requested"
+    return spec, why
+
+
 def _check_against_torch(session_path, references, tolerance, what):
     """Run ``session_path`` on each reference input; raise on a tolerance miss."""
     from vbedge.export.verify import check_features, make_session
@@ -107,8 +133,10 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         weights: path of a torchvision S3D state dict; or None with ``random_init=True``.
         random_init: export a seeded random model (tests, demos).
         seed: seed of the random initialisation.
-        spec: :class:`~vbedge.preprocess.PreprocessSpec` (clip length, crop) stored with the
-            export; the default spec (30 frames, 224x224) when None.
+        spec: :class:`~vbedge.preprocess.PreprocessSpec` (clip length, resize rule, crop)
+            stored with the export; when None, :func:`spec_for_weights` picks the weights'
+            recipe (torchvision weights: 256 x 256 resize, crop 224; random weights: short side
+            256, crop 224) and logs which.
         fp16: also write and check the FP16 variant.
         check_batches: batch sizes the graphs are checked at (at least one; one should be > 1
             to prove the dynamic batch axis works).
@@ -120,7 +148,10 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         InvalidInputError: bad options. FormatError: bad checkpoint, or a graph TensorRT could
         not parse. ExportCheckError: ONNX Runtime disagrees with PyTorch beyond the tolerance.
     """
-    spec = spec or PreprocessSpec()
+    if spec is None:
+        spec, recipe = spec_for_weights(weights, random_init)
+    else:
+        recipe = "the spec given"
     if not isinstance(spec, PreprocessSpec):
         raise InvalidInputError(f"spec must be a PreprocessSpec, got {type(spec).__name__}")
     batches = [int(b) for b in check_batches]
@@ -157,6 +188,7 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         log.info("export s3d: %s", name)
 
     started = time.perf_counter()
+    log.info("export s3d: preprocessing: %s (%s)", spec.describe_resize(), recipe)
     try:
         step("load model")
         model = build_s3d_feature_extractor(weights, random_init=random_init, seed=seed)
@@ -217,6 +249,7 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         metadata = _metadata(spec, weights, random_init, seed, graph_opset, final, fp16,
                              FEATURE_DIM, rng_seed, fp32_checks, fp16_checks, readiness,
                              time.perf_counter() - started)
+        metadata["preprocess_recipe"] = recipe
         tmp["json"].write_text(json.dumps(metadata, indent=2) + "\n")
         os.replace(tmp["json"], final["json"])
         bar.update()
@@ -274,13 +307,15 @@ def _metadata(spec, weights, random_init, seed, opset, final, fp16, feature_dim,
 def _cmd_export_s3d(args):
     """Handler of ``vbedge export s3d``; imports torch only here."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    spec = PreprocessSpec(fps=args.fps, clip_frames=args.frames, short_side=args.short_side,
-                          crop=args.size)
     if args.weights is None and not args.random_init:
         raise InvalidInputError("vbedge export s3d needs --weights W.pth (a torchvision S3D state "
                                 "dict), or --random-init for a random model")
     if args.weights is not None and args.random_init:
         raise InvalidInputError("give either --weights or --random-init, not both")
+    changes = {k: v for k, v in (("fps", args.fps), ("clip_frames", args.frames),
+                                 ("short_side", args.short_side), ("crop", args.size))
+               if v is not None}
+    spec, _ = spec_for_weights(args.weights, args.random_init, resize=args.resize, **changes)
     result = export_s3d(args.output, args.weights, random_init=args.random_init, seed=args.seed,
                         spec=spec, fp16=not args.no_fp16, check_batches=args.check_batches,
                         opset=args.opset, progress=not args.quiet)
@@ -297,6 +332,9 @@ def format_summary(result):
         lines.append(f"  {path}  ({size / 1e6:.1f} MB)" if size >= 100_000
                      else f"  {path}  ({size / 1e3:.1f} kB)")
     checks = meta["checks"]
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    lines.append(f"  preprocessing: {spec.describe_resize()}"
+                 + (f" ({meta['preprocess_recipe']})" if meta.get("preprocess_recipe") else ""))
     for precision in ("fp32", "fp16"):
         for item in checks.get(precision) or []:
             lines.append(f"  check {precision} vs PyTorch, batch {item['batch']}: max_abs "
@@ -320,11 +358,16 @@ def add_export_s3d_command(export_subparsers):
                    help="export a seeded random model instead of a checkpoint (tests, demos)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
-    p.add_argument("--frames", type=int, default=30, help="frames per clip T (default 30)")
-    p.add_argument("--size", type=int, default=224, help="crop size H = W (default 224)")
-    p.add_argument("--short-side", type=int, default=256,
-                   help="short side frames are resized to before cropping (default 256)")
-    p.add_argument("--fps", type=float, default=20.0, help="clip frame rate (default 20)")
+    p.add_argument("--frames", type=int, help="frames per clip T (default 30)")
+    p.add_argument("--size", type=int, help="crop size H = W (default 224)")
+    p.add_argument("--resize", choices=("short_side", "square"),
+                   help="resize rule: square (torchvision's S3D recipe, 256x256; the default for "
+                        "--weights) or short_side (aspect ratio kept; the default for "
+                        "--random-init)")
+    p.add_argument("--short-side", type=int,
+                   help="short side frames are resized to before cropping; both sides with "
+                        "--resize square (default 256)")
+    p.add_argument("--fps", type=float, help="clip frame rate (default 20)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18..20)")
     p.add_argument("--check-batches", type=int, nargs="+", default=[1, 3], metavar="N",
                    help="batch sizes checked against PyTorch (default 1 3)")
