@@ -272,3 +272,32 @@ def test_join_errors(tmp_path):
     with pytest.raises(NarrationFormatError, match=r"broken.srt:2: expected a cue number"):
         build_corpus(one, [broken], tmp_path / "c.jsonl")
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_cli_corpus(tmp_path, capsys):
+    from vbedge import HierarchicalCodebook
+    from vbedge.cli import main
+
+    import numpy as np
+
+    codebook = HierarchicalCodebook(np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32),
+                                    levels=2, branching=3)
+    codebook.save(tmp_path / "cb.npz")
+    tokens = _tokens(tmp_path / "tokens.jsonl", [("videos/pasta.mp4", 0.0, 1),
+                                                 ("videos/quiet.mp4", 0.0, 8)])
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    _write(subs / "pasta.srt", SRT)
+    out = tmp_path / "corpus.jsonl"
+    assert main(["corpus", str(tokens), "--narration", str(subs), "--codebook",
+                 str(tmp_path / "cb.npz"), "-o", str(out)]) == 0
+    assert "wrote 2 video(s), 2 clip(s), 3 sentence(s)" in capsys.readouterr().out
+    library = tmp_path / "library.jsonl"
+    build_corpus(tokens, [subs], library, num_leaves=codebook)
+    assert out.read_text() == library.read_text()
+    bad = _tokens(tmp_path / "bad.jsonl", [("a.mp4", 0.0, 1), ("a.mp4", 1.5, 9)])
+    args = ["corpus", str(bad), "--codebook", str(tmp_path / "cb.npz"), "-o", str(out)]
+    assert main(args) == 2
+    assert f"{bad}:2: clip leaf 9 is outside 0..8" in capsys.readouterr().err
+    assert main(args + ["--lenient"]) == 0
+    assert f"skipped {bad}:2: clip leaf 9" in capsys.readouterr().err

@@ -255,3 +255,58 @@ def test_a_failing_model_is_an_error_not_a_damaged_video(small_bundle, videos, t
     with pytest.raises(InvalidInputError, match="blew up"):
         extract_features([videos["a"]], tmp_path / "x", model=model, progress=False)
     assert not any((tmp_path / "x").iterdir())
+
+
+def test_times_line_up_with_vbedge_tokenize(extracted, videos, small_bundle):
+    """Features and tokens of the same video have the same clips (the corpus join relies on it)."""
+    from vbedge.pipeline import Pipeline
+
+    _, out, _ = extracted
+    _, index = read_features(out)
+    with Pipeline.load(small_bundle, backend="onnxruntime", captions=False) as pipe:
+        tokens = pipe.tokenize_video(videos["b"])
+    rows = [i for i in index if i["video"] == str(videos["b"])]
+    assert _times(rows) == pytest.approx([t for start, end, _ in tokens for t in (start, end)])
+
+
+def test_cli_goes_past_damaged_video_and_exits_1(small_bundle, videos, tmp_path, capsys):
+    from vbedge.cli import main
+
+    out = tmp_path / "feats"
+    code = main(["features", str(videos["a"]), str(videos["garbage"]), str(videos["b"]),
+                 "--bundle", str(small_bundle.root), "--backend", "onnxruntime",
+                 "--batch-size", "4", "-q", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"vbedge: {videos['garbage']}: cannot decode" in captured.err
+    assert f"1 of 3 video(s) failed: {videos['garbage']}" in captured.err
+    assert "preprocessing: resize the short side to 128" in captured.err
+    assert "wrote 7 feature(s) of 1024 from 2 video(s)" in captured.out
+    features, index = read_features(out)
+    assert [i["video"] for i in index] == [str(videos["a"])] * 4 + [str(videos["b"])] * 3
+    # Good videos only: exit 0; the existing folder needs --overwrite.
+    args = ["features", str(videos["b"]), "--bundle", str(small_bundle.root), "-q", "-o",
+            str(out)]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert main(args + ["--overwrite", "--frames", "8"]) == 2
+    assert "a bundle's is fixed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_s3d_weights_exported_to_temporary_onnx(extracted, videos, small_bundle, tmp_path):
+    """--s3d W.pth on the default backend: a temporary ONNX export (slow: runs the exporter)."""
+    import glob
+    import tempfile
+
+    report, out, _ = extracted
+    features, index = read_features(out)
+    want = features[[i["row"] for i in index if i["video"] == str(videos["b"])]]
+    before = set(glob.glob(f"{tempfile.gettempdir()}/vbedge-features-s3d-*"))
+    got = extract_features([videos["b"]], tmp_path / "w",
+                           s3d_weights=small_bundle.root / "reference" / "s3d.pth",
+                           spec=small_bundle.preprocess_spec, backend="onnxruntime",
+                           progress=False)
+    assert "temporary FP32 ONNX" in got.model and got.model.endswith("on onnxruntime")
+    _assert_close(load_feature_matrix(tmp_path / "w"), want)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/vbedge-features-s3d-*")) == before

@@ -388,10 +388,8 @@ def _progress(total, desc, enabled):
 # ---------------------------------------------------------------------- command line
 def add_codebook_commands(subparsers):
     """Register ``vbedge codebook fit|info|tokenize``."""
-    p_fit = subparsers.add_parser("fit", help="fit a codebook on features (a vbedge features "
-                                              "folder or an .npy of shape (N, D))")
-    p_fit.add_argument("features", help="vbedge features folder (its features.npy), or an .npy "
-                                        "file of float32 features, shape (N, D)")
+    p_fit = subparsers.add_parser("fit", help="fit a codebook on features (.npy, (N, D))")
+    p_fit.add_argument("features", help=".npy file of float32 features, shape (N, D)")
     p_fit.add_argument("-o", "--output", required=True, help="codebook .npz to write")
     p_fit.add_argument("--levels", type=int, default=4)
     p_fit.add_argument("--branching", type=int, default=12)
@@ -422,9 +420,7 @@ def _load_npy(path):
 
 
 def _cmd_fit(args):
-    from .features import load_feature_matrix
-
-    features = load_feature_matrix(args.features)
+    features = _load_npy(args.features)
     codebook = HierarchicalCodebook.fit(features, args.levels, args.branching, seed=args.seed)
     path = codebook.save(args.output)
     print(f"wrote {path}: {codebook!r} sha256={codebook.sha256[:16]}")
