@@ -447,6 +447,7 @@ def build_corpus(tokens, narration, output, num_leaves=None, strict=True) -> Cor
         lines.append(CorpusVideo(video, tuple(by_video[video]),
                                  tuple(CorpusSentence(c.start, c.end, c.text) for c in cues)))
     write_corpus(output, lines)
+    read_corpus(output, num_leaves=num_leaves)  # what was written reads back under the rules
     return CorpusBuildReport(Path(output), len(lines), sum(len(v.clips) for v in lines),
                              sum(len(v.narration) for v in lines),
                              [v.video for v in lines if not v.narration], unmatched, problems)
