@@ -301,3 +301,15 @@ def test_cli_corpus(tmp_path, capsys):
     assert f"{bad}:2: clip leaf 9 is outside 0..8" in capsys.readouterr().err
     assert main(args + ["--lenient"]) == 0
     assert f"skipped {bad}:2: clip leaf 9" in capsys.readouterr().err
+
+
+def test_data_modules_import_nothing_heavy():
+    """vbedge.features / corpus / narration load without torch, cv2 or onnx (devices lack them)."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "torchvision", "tensorrt", "onnx", "transformers", "cv2"]
+    probe = ("import sys, json, vbedge.features, vbedge.corpus, vbedge.narration\n"
+             f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
