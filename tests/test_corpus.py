@@ -107,6 +107,13 @@ def test_srt_parsed_as_written_by_hand(tmp_path):
     assert parse_srt(_write(tmp_path / "b.srt", SRT.replace("\r\n", "\n"))) == SRT_CUES
 
 
+def test_srt_without_blank_line_between_cues(tmp_path):
+    text = ("1\n00:00:01,000 --> 00:00:02,000\nfirst\n2\n00:00:02,000 --> 00:00:03,000\n"
+            "second line\n42\nthird\n")
+    assert parse_srt(_write(tmp_path / "tight.srt", text)) == [
+        Cue(1.0, 2.0, "first", 2), Cue(2.0, 3.0, "second line 42 third", 5)]
+
+
 def test_subtitle_errors_name_file_and_line(tmp_path):
     bad = _write(tmp_path / "bad.vtt", "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nok\n\n"
                                        "00:00:03.000 --> 00:00:0x.000\nbroken\n")

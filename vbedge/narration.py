@@ -13,7 +13,8 @@ What the subtitle readers accept (docs/training.md, "Corpus"):
 - VTT: the ``WEBVTT`` header (with text after it and header lines up to the first blank line),
   ``NOTE``, ``STYLE`` and ``REGION`` blocks (skipped), cue ids, cue settings after the end time
   (``align:start position:10%``);
-- SRT: the cue number line (optional), coordinates after the end time;
+- SRT: the cue number line (optional), coordinates after the end time, a missing blank line
+  before the next cue (a number line then a timing line inside a cue's text start a new cue);
 - cue text over several lines (joined with a space); markup removed: tags (``<i>``, ``<c.red>``,
   ``<v Speaker>``, inline ``<00:00:01.000>`` times), ``{\\an8}`` overrides and the entities
   ``&amp; &lt; &gt; &nbsp; &quot; &#39;``; a cue left without text is dropped.
@@ -173,7 +174,7 @@ def parse_srt(path) -> list:
     """The cues of a SubRip file, in file order (see the module docstring for what is accepted)."""
     lines = _read_lines(path)
     cues = []
-    for first, block in _blocks(lines):
+    for first, block in _srt_blocks(_blocks(lines)):
         # The cue number line is optional (some writers leave it out).
         offset = 0 if "-->" in block[0] else 1
         if offset >= len(block) or "-->" not in block[offset]:
@@ -189,6 +190,20 @@ def parse_srt(path) -> list:
         if text:
             cues.append(Cue(start, end, text, first + offset))
     return cues
+
+
+def _srt_blocks(blocks):
+    """Split blocks where a writer left out the blank line before the next cue.
+
+    A cue number line followed by a timing line inside a cue's text starts a new cue.
+    """
+    for first, block in blocks:
+        start = 0
+        for i in range(2, len(block)):
+            if "-->" in block[i] and block[i - 1].strip().isdigit() and i - 1 > start + 1:
+                yield first + start, block[start:i - 1]
+                start = i - 1
+        yield first + start, block[start:]
 
 
 def read_subtitles(path) -> list:
