@@ -273,7 +273,7 @@ class VideoFeatures:
 
     Attributes:
         video: the path as given.
-        clips: rows written for it.
+        clips: its rows in features.npy.
         error: why it failed (``None`` when it was read to the end).
     """
 
@@ -404,12 +404,12 @@ def extract_features(videos, output_dir, model=None, *, batch_size=8, hop=None, 
                 index.write(json.dumps({"video": entry.video, "start": round(clip.start, 6),
                                         "end": round(clip.end, 6), "row": row,
                                         "clip": clip.index, "padded": clip.padded}) + "\n")
-                entry.clips += 1
             pending.clear()
 
         def add(entry, clip):
             pending.append((entry, clip, make_clip(clip.frames, spec)))
             clip.frames = None  # the preprocessed array is all that is needed now
+            entry.clips += 1     # its row is written with the batch (or the run fails)
             if len(pending) >= batch_size:
                 run_batch()
 
@@ -441,13 +441,12 @@ def extract_features(videos, output_dir, model=None, *, batch_size=8, hop=None, 
             # padded (offline processing never loses a clip).
             for clip in assembler.finish():
                 add(entry, clip)
-            # Flush so this video's rows are counted before it is reported.
-            run_batch()
             if entry.failed:
                 log.warning("features: %s: %s (%d clip(s) before the failure written)",
                             video, entry.error, entry.clips)
             if on_video is not None:
                 on_video(entry)
+        run_batch()
         bar.close()
         writer.close()
         index.close()
