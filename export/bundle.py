@@ -35,7 +35,8 @@ def _check_precisions(precisions):
 
 def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_random_init=False, seed=0,
                  precisions=("fp32", "fp16"), spec=None, top_k=None, reference_weights=False,
-                 overwrite=False, progress=True, calib_videos=None, calib_method="minmax"):
+                 overwrite=False, progress=True, calib_videos=None, calib_method="minmax",
+                 spec_reason=None):
     """Export both models into a new bundle folder ``output_dir`` and return the verified :class:`Bundle`.
 
     Args:
@@ -54,6 +55,7 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         calib_videos: video files/folders to calibrate INT8 on (required with 'int8'); the INT8
             Q/DQ graphs, the ONNX Runtime CPU forms of S3D and VideoBERT and ``int8_report.json`` join the bundle.
         calib_method: 'minmax', 'entropy' or 'percentile'.
+        spec_reason: why ``spec`` is what it is (recorded as ``preprocessing_recipe``).
     """
     from vbedge.codebook import HierarchicalCodebook
     from vbedge.export.s3d import export_s3d, spec_for_weights
@@ -68,7 +70,7 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
     if spec is None:
         spec, recipe = spec_for_weights(s3d_weights, s3d_random_init)
     else:
-        recipe = "the spec given"
+        recipe = spec_reason or "the spec given"
     log.info("bundle: preprocessing: %s (%s)", spec.describe_resize(), recipe)
     out = Path(output_dir)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):

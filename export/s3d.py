@@ -125,7 +125,8 @@ def _check_against_torch(session_path, references, tolerance, what):
 
 
 def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None, fp16=True,
-               check_batches=(1, 3), opset=DEFAULT_OPSET, check_seed=None, progress=True):
+               check_batches=(1, 3), opset=DEFAULT_OPSET, check_seed=None, progress=True,
+               spec_reason=None):
     """Export S3D to ONNX in ``output_dir`` and check it; return an :class:`S3DExportResult`.
 
     Args:
@@ -143,6 +144,8 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         opset: ONNX opset, 18..20.
         check_seed: seed of the random check inputs; drawn fresh (and recorded) when None.
         progress: show a progress bar.
+        spec_reason: why ``spec`` is what it is (logged, printed and recorded in s3d.json as
+            ``preprocess_recipe``; e.g. the reason :func:`spec_for_weights` returns).
 
     Raises:
         InvalidInputError: bad options. FormatError: bad checkpoint, or a graph TensorRT could
@@ -151,7 +154,7 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
     if spec is None:
         spec, recipe = spec_for_weights(weights, random_init)
     else:
-        recipe = "the spec given"
+        recipe = spec_reason or "the spec given"
     if not isinstance(spec, PreprocessSpec):
         raise InvalidInputError(f"spec must be a PreprocessSpec, got {type(spec).__name__}")
     batches = [int(b) for b in check_batches]

@@ -165,3 +165,26 @@ def test_bundle_manifest_without_resize_reads_as_short_side(tmp_path):
     assert Bundle(tmp_path, {"preprocessing": new}).preprocess_spec.resize == "square"
     with pytest.raises(FormatError, match="manifest.json"):
         Bundle(tmp_path, {"preprocessing": {**new, "resize": "fit"}}).preprocess_spec
+
+
+@pytest.mark.slow
+def test_export_cli_uses_and_says_the_torchvision_recipe_for_torchvision_weights(tmp_path, capsys):
+    """``vbedge export s3d --weights`` (a torchvision S3D state dict) picks the square rule."""
+    from torchvision.models.video import s3d
+
+    from vbedge.cli import main
+
+    torch.manual_seed(0)
+    weights = tmp_path / "s3d_torchvision.pth"
+    torch.save(s3d(weights=None).state_dict(), weights)   # torchvision's own architecture
+    out = tmp_path / "export"
+    assert main(["export", "s3d", "--weights", str(weights), "--frames", "8", "--size", "112",
+                 "--short-side", "128", "--no-fp16", "--check-batches", "1", "-q",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "preprocessing: resize to 128x128 (aspect ratio not kept), centre crop 112 (the " \
+           "torchvision recipe" in printed
+    meta = json.loads((out / "s3d.json").read_text())
+    assert PreprocessSpec.from_dict(meta["preprocess"]) == PreprocessSpec.torchvision_kinetics(
+        clip_frames=8, crop=112, short_side=128)
+    assert "torchvision S3D state dict" in meta["preprocess_recipe"]

@@ -52,13 +52,14 @@ def run_build(args):
     videobert = load_videobert_checkpoint(args.videobert, codebook, seed=args.seed)
     spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop),
                                       ("short_side", args.short_side)) if v is not None}
-    spec = None
+    spec = why = None
     if spec_changes or args.resize:
-        spec, _ = spec_for_weights(args.s3d, args.s3d_random_init, resize=args.resize, **spec_changes)
+        spec, why = spec_for_weights(args.s3d, args.s3d_random_init, resize=args.resize, **spec_changes)
     bundle = build_bundle(args.output, videobert=videobert, codebook=codebook, s3d_weights=args.s3d,
                           s3d_random_init=args.s3d_random_init, seed=args.seed, precisions=precisions, spec=spec,
                           top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite,
-                          calib_videos=args.calib, calib_method=args.calib_method)
+                          calib_videos=args.calib, calib_method=args.calib_method,
+                          spec_reason=why)
     print(f"wrote {bundle!r}")
     s3d = bundle.manifest["models"]["s3d"]
     print(f"  preprocessing: {bundle.preprocess_spec.describe_resize()}"
