@@ -310,3 +310,27 @@ def test_s3d_weights_exported_to_temporary_onnx(extracted, videos, small_bundle,
     assert "temporary FP32 ONNX" in got.model and got.model.endswith("on onnxruntime")
     _assert_close(load_feature_matrix(tmp_path / "w"), want)
     assert set(glob.glob(f"{tempfile.gettempdir()}/vbedge-features-s3d-*")) == before
+
+
+def test_npy_writer_header_is_rewritten_with_the_row_count(tmp_path):
+    """The streamed .npy: numpy reads it back; the fixed-size header holds huge row counts."""
+    import io
+
+    from vbedge.features import _npy_header, _RowWriter
+
+    rows = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    writer = _RowWriter(tmp_path / "f.npy", 7)
+    writer.write(rows[:2])
+    writer.write(rows[2:])
+    writer.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy", allow_pickle=False), rows)
+    for count in (0, 10 ** 12):
+        header = io.BytesIO(_npy_header(count, 1024))
+        assert np.lib.format.read_magic(header) == (1, 0)
+        assert np.lib.format.read_array_header_1_0(header) == ((count, 1024), False,
+                                                                np.dtype("<f4"))
+        assert header.tell() == 128
+    narrow = _RowWriter(tmp_path / "g.npy", 7)
+    with pytest.raises(FormatError, match=r"expected \(batch, 7\)"):
+        narrow.write(rows[:, :3])
+    narrow.close()
