@@ -767,7 +767,7 @@ def test_cli_keys_new_show_and_sign(tmp_path, capsys, monkeypatch):
     assert Bundle.load(root, trusted_keys=[tmp_path / "enc.pub.pem"]).signature is not None
 
 
-@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate"])
+@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate", "features"])
 def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, other_keys, capsys, runtime_spy,
                                                               command):
     root = make_bundle(tmp_path / "bundle")
@@ -777,6 +777,7 @@ def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, ot
         "caption": ["caption", video, "--bundle", root, "--backend", "onnxruntime"],
         "tokenize": ["tokenize", video, "--bundle", root, "--backend", "onnxruntime", "-o", tmp_path / "t.jsonl"],
         "calibrate": ["calibrate", root, "--videos", video, "-o", tmp_path / "int8"],
+        "features": ["features", video, "--bundle", root, "--backend", "onnxruntime", "-o", tmp_path / "feats"],
     }[command]
     runtime_spy.clear()
     assert cli(*argv, "--trusted-key", other_keys[1]) == 2
