@@ -370,6 +370,8 @@ _DEFAULTS = {
     "keep_frames": False,
     "source_options": None,
     "backend_options": None,
+    "s3d_options": None,
+    "videobert_options": None,
 }
 
 
@@ -389,7 +391,7 @@ def _check_options(options):
                 or not math.isfinite(value) or value < 0 or (name == "live_max_gap" and value == 0):
             raise InvalidInputError(f"{name} must be a {'positive' if name == 'live_max_gap' else 'non-negative'} "
                                     f"number of seconds, got {value!r}")
-    for name in ("source_options", "backend_options"):
+    for name in ("source_options", "backend_options", "s3d_options", "videobert_options"):
         if merged[name] is not None and not isinstance(merged[name], dict):
             raise InvalidInputError(f"{name} must be a dict, got {type(merged[name]).__name__}")
     return merged
@@ -430,7 +432,12 @@ class Pipeline:
         from .captioner import CaptionStabilizer
 
         CaptionStabilizer(opts["stable_clips"], opts["min_confidence"])
-        self._backend_options = dict(opts["backend_options"] or {})
+        # Per model: the shared backend options, then that model's own (which win), so S3D's
+        # TensorRT profiles never reach VideoBERT.
+        self._backend_options = {
+            model: {**(opts["backend_options"] or {}), **(opts[f"{model}_options"] or {})}
+            for model in ("s3d", "videobert")
+        }
         self._s3d = None
         self._videobert = None
         self._model_lock = threading.Lock()
@@ -458,7 +465,11 @@ class Pipeline:
                 ``live_pending_clips`` (1), ``live_in_flight`` (2), ``queue_size`` (2);
                 tokenization: ``tokenize_mode`` ("tree"), ``beam`` (1); ``keep_frames`` (False);
                 ``source_options`` (dict for :func:`vbedge.sources.open_source`),
-                ``backend_options`` (dict for the backends, e.g. ``intra_op_threads``).
+                ``backend_options`` (dict for both models' backends, e.g. ``intra_op_threads``),
+                ``s3d_options`` / ``videobert_options`` (dicts for one model, over
+                ``backend_options``: e.g. TensorRT ``profiles``; by default TensorRT profiles
+                follow ``max_batch``, ``queue_size`` and the captioner, see
+                :func:`vbedge.backends.trt_policy.pipeline_limits`).
         """
         return cls(bundle, backend=backend, precision=precision, **options)
 
@@ -467,8 +478,11 @@ class Pipeline:
     def _make_backend(self, model):
         from .backends.select import create_bundle_backend
 
-        return create_bundle_backend(self.bundle, model, backend=self.backend,
-                                     precision=self.precision, **dict(self._backend_options))
+        from .backends.trt_policy import pipeline_limits
+
+        limits = pipeline_limits(self.options["max_batch"], self.options["queue_size"], self.captioner)[model]
+        return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
+                                     limits=limits, **dict(self._backend_options[model]))
 
     def _s3d_backend(self):
         with self._model_lock:

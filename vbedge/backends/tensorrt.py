@@ -19,11 +19,14 @@ Heavy modules (tensorrt, pycuda, torch, onnx) are imported inside the functions 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cuda_interop import DeviceArray, is_torch_tensor, stream_handle, view_device_array, wait_for_producer
 from ..engine_cache import PRECISIONS, EngineCache, EngineKey, _canonical_profiles, atomic_write_bytes, file_sha256
 from ..errors import FormatError, InvalidInputError, VbedgeError
 from .base import Backend, BackendUnavailableError, TensorSpec, validate_inputs
@@ -31,6 +34,8 @@ from .base import Backend, BackendUnavailableError, TensorSpec, validate_inputs
 log = logging.getLogger("vbedge")
 
 DEFAULT_WORKSPACE_BYTES = 1 << 30
+#: Oldest TensorRT vbedge drives: 8.5 brought named tensors and execute_async_v3 (JetPack 5.1).
+MIN_TENSORRT = (8, 5)
 
 
 class TensorRTError(VbedgeError, RuntimeError):
@@ -73,6 +78,7 @@ class OnnxInfo:
     inputs: tuple
     has_fp16: bool | None
     has_qdq: bool | None
+    outputs: tuple = ()
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool",
@@ -105,35 +111,37 @@ def inspect_onnx(onnx_path):
         raise FormatError(f"cannot read ONNX model {path}: {exc}") from exc
     graph = model.graph
     initializer_names = {init.name for init in graph.initializer}
-    inputs = []
-    for value in graph.input:
-        if value.name in initializer_names:
-            continue  # old exporters list weights as inputs too
-        tensor_type = value.type.tensor_type
-        shape = []
-        for axis, dim in enumerate(tensor_type.shape.dim):
-            if dim.HasField("dim_value"):
-                shape.append(int(dim.dim_value))
-            else:
-                shape.append(dim.dim_param or f"{value.name}_dim{axis}")
-        dtype = _ONNX_DTYPES.get(tensor_type.elem_type, f"onnx_type_{tensor_type.elem_type}")
-        inputs.append(TensorSpec(value.name, dtype, tuple(shape)))
+    inputs = tuple(_spec(value) for value in graph.input if value.name not in initializer_names)
+    outputs = tuple(_spec(value) for value in graph.output)
     fp16 = 10
     has_fp16 = any(init.data_type == fp16 for init in graph.initializer) or any(
         v.type.tensor_type.elem_type == fp16 for v in list(graph.input) + list(graph.output)
     )
     has_qdq = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in _walk_nodes(graph))
-    return OnnxInfo(tuple(inputs), has_fp16, has_qdq)
+    return OnnxInfo(inputs, has_fp16, has_qdq, outputs)
+
+
+def _spec(value):
+    """TensorSpec of an ONNX ValueInfo (dynamic dimensions by their name)."""
+    tensor_type = value.type.tensor_type
+    shape = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value"):
+            shape.append(int(dim.dim_value))
+        else:
+            shape.append(dim.dim_param or f"{value.name}_dim{axis}")
+    dtype = _ONNX_DTYPES.get(tensor_type.elem_type, f"onnx_type_{tensor_type.elem_type}")
+    return TensorSpec(value.name, dtype, tuple(shape))
 
 
 def _inspect_with_onnxruntime(path):
     from .onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(path)
-    inputs = tuple(backend.inputs)
+    inputs, outputs = tuple(backend.inputs), tuple(backend.outputs)
     backend.close()
     has_fp16 = True if any(spec.dtype == "float16" for spec in inputs) else None
-    return OnnxInfo(inputs, has_fp16, None)
+    return OnnxInfo(inputs, has_fp16, None, outputs)
 
 
 def _as_shape(value, what):
@@ -237,10 +245,11 @@ def plan_build(tensorrt_version, precision, strongly_typed="auto", onnx_info=Non
         raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if strongly_typed not in (True, False, "auto"):
         raise InvalidInputError(f"strongly_typed must be True, False or 'auto', got {strongly_typed!r}")
-    major, _ = parse_version(tensorrt_version)
-    if major < 10:
+    major, minor = parse_version(tensorrt_version)
+    if (major, minor) < MIN_TENSORRT:
         raise BackendUnavailableError(
-            f"TensorRT {tensorrt_version} is too old: vbedge needs TensorRT 10 or newer (JetPack 6 on Jetson)"
+            f"TensorRT {tensorrt_version} is too old: vbedge needs TensorRT {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} or newer "
+            "(named-tensor execution, execute_async_v3); JetPack 5.1 has 8.5, JetPack 6 has 8.6/10"
         )
     has_fp16 = onnx_info.has_fp16 if onnx_info is not None else None
     has_qdq = onnx_info.has_qdq if onnx_info is not None else None
@@ -271,6 +280,16 @@ def plan_build(tensorrt_version, precision, strongly_typed="auto", onnx_info=Non
         if carries is None:
             why += f" (could not check that the graph is {precision}: install onnx to check)"
         return BuildPlan(True, fallback, why)
+
+    if major < 10:
+        # TensorRT 8.x: weakly typed networks only; Q/DQ graphs need the INT8 flag to build.
+        if strongly_typed is True:
+            raise InvalidInputError(
+                f"TensorRT {tensorrt_version} has no strongly typed networks (they came with TensorRT 10); "
+                "drop strongly_typed=True: vbedge builds weakly typed with precision flags there"
+            )
+        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision]
+        return BuildPlan(False, flags + fallback, f"TensorRT {major}.{minor}: weakly typed with precision flags")
 
     # TensorRT 10: both modes exist.
     if strongly_typed is True:
@@ -355,7 +374,11 @@ def build_engine(onnx_path, precision="fp32", profiles=None, workspace_bytes=DEF
     if not builder:
         raise TensorRTError(f"trt.Builder could not be created (no CUDA device or driver?).{_trt_errors(logger)}")
     flags = 0
-    if plan.strongly_typed and major < 11:
+    if major < 10:
+        # TensorRT 8.x: the ONNX parser needs an explicit-batch network (implicit batch is the
+        # default there; 10 deprecated the flag and is always explicit).
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    elif plan.strongly_typed and major < 11:
         # In TensorRT 11 the flag is deprecated and ignored (always strongly typed), so we pass 0 there.
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
@@ -477,7 +500,9 @@ class _PycudaBuffers:
     """Device/pinned memory and streams through pycuda, on the device's primary context.
 
     The primary context is the one the CUDA runtime (TensorRT, vbedge's CUDA tokenizer, torch)
-    uses, so pointers are valid across all of them.
+    uses, so pointers are valid across all of them. It is retained once and made current only
+    around each call (:meth:`activate` pushes it and pops it again), so a backend built on one
+    thread can be called from any other, as the pipeline's stage threads do.
     """
 
     kind = "pycuda"
@@ -487,12 +512,26 @@ class _PycudaBuffers:
 
         cuda.init()
         self._cuda = cuda
-        self._context = cuda.Device(device).retain_primary_context()
+        self.device = int(device)
+        self._context = cuda.Device(self.device).retain_primary_context()
+
+    @contextlib.contextmanager
+    def activate(self):
+        """Make the primary context current on this thread for the duration of the block."""
+        if self._context is None:
+            raise InvalidInputError("the TensorRT backend's CUDA buffers are closed")
         self._context.push()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
 
     def alloc(self, nbytes):
         mem = self._cuda.mem_alloc(max(int(nbytes), 1))
         return mem, int(mem)
+
+    def free(self, handle):
+        handle.free()
 
     def host(self, nbytes):
         import numpy as np
@@ -513,14 +552,22 @@ class _PycudaBuffers:
     def synchronize(self, stream):
         stream.synchronize()
 
+    def synchronize_device(self):
+        self._cuda.Context.synchronize()
+
     def close(self):
         if self._context is not None:
-            self._context.pop()
+            # Releases our retain of the primary context (cuDevicePrimaryCtxRelease).
+            self._context.detach()
             self._context = None
 
 
 class _TorchBuffers:
-    """Device/pinned memory and streams through torch (used when pycuda is not installed)."""
+    """Device/pinned memory and streams through torch (used when pycuda is not installed).
+
+    torch makes the device's primary context current itself; :meth:`activate` selects the device
+    on the calling thread (``torch.cuda.device``) so TensorRT's runtime calls land on it.
+    """
 
     kind = "torch"
 
@@ -530,11 +577,18 @@ class _TorchBuffers:
         if not torch.cuda.is_available():
             raise BackendUnavailableError("torch is installed without a usable CUDA device")
         self._torch = torch
-        self._device = torch.device("cuda", device)
+        self.device = int(device)
+        self._device = torch.device("cuda", self.device)
+
+    def activate(self):
+        return self._torch.cuda.device(self._device)
 
     def alloc(self, nbytes):
         tensor = self._torch.empty(max(int(nbytes), 1), dtype=self._torch.uint8, device=self._device)
         return tensor, tensor.data_ptr()
+
+    def free(self, handle):
+        pass  # the caching allocator takes it back when the last reference goes
 
     def host(self, nbytes):
         tensor = self._torch.empty(max(int(nbytes), 1), dtype=self._torch.uint8, pin_memory=True)
@@ -554,6 +608,9 @@ class _TorchBuffers:
 
     def synchronize(self, stream):
         stream.synchronize()
+
+    def synchronize_device(self):
+        self._torch.cuda.synchronize(self._device)
 
     def close(self):
         pass
@@ -579,84 +636,12 @@ def make_buffers(kind="auto", device=0):
     raise InvalidInputError(f"buffers must be 'auto', 'pycuda' or 'torch', got {kind!r}")
 
 
-class DeviceArray:
-    """A device buffer owned by a :class:`TensorRTBackend`: pointer, shape, dtype, stream.
-
-    Exposes ``__cuda_array_interface__`` (v3, with the stream the data is produced on), so torch,
-    CuPy and vbedge's CUDA tokenizer consume it without a copy. The memory is reused by the next
-    ``run``/``run_device`` of the same backend: consume or copy it before then.
-    """
-
-    def __init__(self, ptr, shape, dtype, stream_handle):
-        import numpy as np
-
-        self.ptr = int(ptr)
-        self.shape = tuple(int(d) for d in shape)
-        self.dtype = np.dtype(dtype)
-        self.stream = int(stream_handle)
-
-    @property
-    def nbytes(self):
-        import math
-
-        return math.prod(self.shape) * self.dtype.itemsize
-
-    @property
-    def __cuda_array_interface__(self):
-        # CAI v3 forbids stream 0; the legacy default stream (handle 0) is spelled 1 there.
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
-                "strides": None, "stream": self.stream if self.stream else 1}
-
-    def __repr__(self):
-        return f"DeviceArray(ptr=0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype.name})"
-
-
 def describe_device_array(obj, name="input"):
-    """(pointer, shape, dtype name or None) of a device array: torch CUDA tensor, any
-    ``__cuda_array_interface__`` object, or a ``(pointer, shape)`` tuple (dtype then comes from the engine).
-
-    Only C-contiguous arrays are accepted (TensorRT reads linear buffers).
-    """
-    import numpy as np
-
-    if type(obj).__module__.startswith("torch") and hasattr(obj, "data_ptr"):
-        if not obj.is_cuda:
-            raise InvalidInputError(f"{name} is a CPU torch tensor; run_device needs CUDA memory (use run for host arrays)")
-        if not obj.is_contiguous():
-            raise InvalidInputError(f"{name} must be contiguous (call .contiguous())")
-        return int(obj.data_ptr()), tuple(obj.shape), str(obj.dtype).replace("torch.", "")
-    cai = getattr(obj, "__cuda_array_interface__", None)
-    if cai is not None:
-        shape = tuple(int(d) for d in cai["shape"])
-        dtype = np.dtype(cai["typestr"])
-        strides = cai.get("strides")
-        if strides is not None:
-            expected, step = [], dtype.itemsize
-            for dim in reversed(shape):
-                expected.append(step)
-                step *= dim
-            if tuple(strides) != tuple(reversed(expected)):
-                raise InvalidInputError(f"{name} must be C-contiguous, got strides {tuple(strides)} for shape {shape}")
-        return int(cai["data"][0]), shape, dtype.name
-    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], int) and not isinstance(obj[0], bool):
-        return obj[0], tuple(int(d) for d in obj[1]), None
-    raise InvalidInputError(
-        f"{name} must be a CUDA array (torch CUDA tensor, CuPy, DeviceArray or any __cuda_array_interface__) "
-        f"or a (pointer, shape) tuple, got {type(obj).__name__}"
-    )
-
-
-def stream_handle(stream):
-    """Integer cudaStream_t of ``stream``: an int, a pycuda Stream (.handle) or torch/CuPy stream (.cuda_stream / .ptr)."""
-    if isinstance(stream, int) and not isinstance(stream, bool):
-        return stream
-    for attr in ("cuda_stream", "handle", "ptr"):
-        value = getattr(stream, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    raise InvalidInputError(
-        f"stream must be an int cudaStream_t or a pycuda/torch/CuPy stream object, got {type(stream).__name__}"
-    )
+    """(pointer, shape, dtype name or None) of a C-contiguous device array (see :func:`vbedge.cuda_interop.view_device_array`)."""
+    view = view_device_array(obj, name=name)
+    if not view.is_c_contiguous():
+        raise InvalidInputError(f"{name} must be C-contiguous, got strides {view.strides} for shape {view.shape}")
+    return view.ptr, view.shape, view.dtype
 
 
 # ---- the backend -----------------------------------------------------------------------------------------
@@ -671,50 +656,81 @@ class TensorRTBackend(Backend):
         buffers: 'auto' (pycuda, else torch), 'pycuda', 'torch', or an object with the same methods
             as ``_PycudaBuffers`` (tests inject one).
         name: model name for messages.
+        model_specs: the model's input and output specs as the ONNX declares them (from
+            :func:`inspect_onnx`). TensorRT 8.x binds int64 inputs and outputs as INT32; with
+            ``model_specs`` :meth:`run` still takes and returns int64 host arrays (range-checked).
 
-    Use :meth:`from_onnx` to build-or-load from a bundle's ONNX through the engine cache. One
-    backend = one execution context: do not call it from several threads at once.
+    Use :meth:`from_onnx` to build-or-load from a bundle's ONNX through the engine cache. Calls may
+    come from any thread (each one makes the device's primary context current for its duration);
+    they are serialised, because one backend owns one execution context.
     """
 
     name = "tensorrt"
 
-    def __init__(self, engine, device=0, buffers="auto", name="engine"):
+    def __init__(self, engine, device=0, buffers="auto", name="engine", model_specs=None):
         import numpy as np
 
         trt = _import_tensorrt()
         self._trt = trt
         self.model_name = name
+        self.device = int(device)
+        self._lock = threading.RLock()
         self._buffers = make_buffers(buffers, device) if isinstance(buffers, str) else buffers
         self._logger = _make_logger(trt)
         self._runtime = None
-        if isinstance(engine, (bytes, bytearray, memoryview)):
-            self._runtime = trt.Runtime(self._logger)
-            if not self._runtime:
-                raise TensorRTError(f"trt.Runtime could not be created.{_trt_errors(self._logger)}")
-            engine = self._runtime.deserialize_cuda_engine(bytes(engine))
-            if engine is None:
+        self._context = None
+        with self._buffers.activate():
+            if isinstance(engine, (bytes, bytearray, memoryview)):
+                self._runtime = trt.Runtime(self._logger)
+                if not self._runtime:
+                    raise TensorRTError(f"trt.Runtime could not be created.{_trt_errors(self._logger)}")
+                engine = self._runtime.deserialize_cuda_engine(bytes(engine))
+                if engine is None:
+                    raise TensorRTError(
+                        f"TensorRT could not deserialize the {name} engine (built by another TensorRT version or "
+                        f"for another GPU?).{_trt_errors(self._logger)}"
+                    )
+            self._engine = engine
+            context = engine.create_execution_context()
+            if not context:
                 raise TensorRTError(
-                    f"TensorRT could not deserialize the {name} engine (built by another TensorRT version or for "
-                    f"another GPU?).{_trt_errors(self._logger)}"
-                )
-        self._engine = engine
-        self._context = engine.create_execution_context()
-        if not self._context:
-            raise TensorRTError(f"could not create an execution context for {name} (out of GPU memory?).{_trt_errors(self._logger)}")
-        self._inputs, self._outputs, self._dtypes = [], [], {}
+                    f"could not create an execution context for {name} (out of GPU memory?).{_trt_errors(self._logger)}")
+            self._stream, self._stream_handle = self._buffers.stream()
+        declared = {spec.name: spec for spec in (model_specs or ())}
+        self._inputs, self._outputs = [], []
+        self._dtypes = {}  # tensor -> NumPy dtype of the binding (what TensorRT reads/writes)
+        self._host_dtypes = {}  # tensor -> NumPy dtype the caller sees (int64 where 8.x binds INT32)
         for index in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(index)
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor)))
+            is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
+            # TensorRT 8.x has no INT64 tensors: its parser turned the ONNX int64 into INT32.
+            narrowed = dtype == np.int32 and tensor in declared and declared[tensor].dtype == "int64"
+            host = np.dtype(np.int64) if narrowed else dtype
             shape = tuple(d if d >= 0 else f"{tensor}_dim{axis}" for axis, d in enumerate(engine.get_tensor_shape(tensor)))
-            spec = TensorSpec(tensor, dtype.name, shape)
-            self._dtypes[tensor] = dtype
-            if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
-                self._inputs.append(spec)
-            else:
-                self._outputs.append(spec)
-        self._stream, self._stream_handle = self._buffers.stream()
+            spec = TensorSpec(tensor, host.name, shape)
+            self._dtypes[tensor], self._host_dtypes[tensor] = dtype, host
+            (self._inputs if is_input else self._outputs).append(spec)
+        self._profiles = self._read_profiles(engine)
+        self._profile = 0  # a new context starts on profile 0
         self._device_mem = {}  # tensor -> (handle, ptr, capacity)
         self._host_mem = {}  # tensor -> (handle, uint8 array, capacity)
+        self._retired = []  # outgrown device allocations queued work may still read: freed at close
+        self._keepalive = []  # owners of the last run_device's inputs
+        self._context = context
+
+    def _read_profiles(self, engine):
+        """Per profile: input tensor -> (min, opt, max) shapes, for inputs with dynamic dimensions."""
+        count = int(getattr(engine, "num_optimization_profiles", 1) or 1)
+        dynamic = [spec.name for spec in self._inputs if any(not isinstance(d, int) for d in spec.shape)]
+        profiles = []
+        for index in range(count):
+            ranges = {}
+            for tensor in dynamic:
+                low, opt, high = engine.get_tensor_profile_shape(tensor, index)
+                ranges[tensor] = (tuple(int(d) for d in low), tuple(int(d) for d in opt), tuple(int(d) for d in high))
+            profiles.append(ranges)
+        return profiles
 
     @classmethod
     def from_onnx(cls, onnx_path, precision="fp32", profiles=None, cache_dir=None,
@@ -742,17 +758,47 @@ class TensorRTBackend(Backend):
 
         engine, path, built = cache.get_or_build(key, build, rebuild=rebuild)
         log.info("TensorRT engine %s %s", path.name, "built" if built else "loaded from cache")
-        return cls(engine, device=device, buffers=buffers, name=onnx_path.stem)
+        return cls(engine, device=device, buffers=buffers, name=onnx_path.stem,
+                   model_specs=info.inputs + info.outputs)
 
-    # -- shapes and memory --
+    # -- shapes, profiles and memory --
 
-    def _set_input_shapes(self, shapes):
+    def _select_profile(self, shapes, handle):
+        """Make the first optimisation profile whose ranges hold ``shapes`` active (on stream ``handle``); return its index."""
+        def fits(ranges):
+            for tensor, (low, _, high) in ranges.items():
+                shape = tuple(int(d) for d in shapes[tensor])
+                if len(shape) != len(low) or any(not lo <= d <= hi for d, lo, hi in zip(shape, low, high)):
+                    return False
+            return True
+
+        chosen = next((index for index, ranges in enumerate(self._profiles) if fits(ranges)), None)
+        if chosen is None:
+            given = ", ".join(f"{t} {tuple(shapes[t])}" for t in self._profiles[0])
+            described = "; ".join(
+                f"profile {i}: " + ", ".join(f"{t} min {lo} max {hi}" for t, (lo, _, hi) in ranges.items())
+                for i, ranges in enumerate(self._profiles))
+            raise InvalidInputError(
+                f"{self.model_name} input shapes ({given}) are outside the engine's optimisation profiles "
+                f"({described}); rebuild with a wider profile"
+            )
+        if chosen != self._profile:
+            # Switching profiles is ordered on the stream the next execution runs on.
+            if not self._context.set_optimization_profile_async(chosen, handle):
+                raise TensorRTError(f"{self.model_name}: set_optimization_profile_async({chosen}) was refused."
+                                    f"{_trt_errors(self._logger)}")
+            self._profile = chosen
+        return chosen
+
+    def _set_input_shapes(self, shapes, handle):
+        profile = self._select_profile(shapes, handle) if self._profiles and self._profiles[0] else 0
         for tensor, shape in shapes.items():
             if not self._context.set_input_shape(tensor, tuple(int(d) for d in shape)):
-                low, _, high = self._engine.get_tensor_profile_shape(tensor, 0)
+                low, _, high = self._engine.get_tensor_profile_shape(tensor, profile)
                 raise InvalidInputError(
                     f"{self.model_name} input {tensor!r} shape {tuple(shape)} is outside the engine's optimisation "
-                    f"profile (min {tuple(low)}, max {tuple(high)}); rebuild with a wider profile"
+                    f"profile {profile} (min {tuple(low)}, max {tuple(high)}); rebuild with a wider profile."
+                    f"{_trt_errors(self._logger)}"
                 )
         if hasattr(self._context, "infer_shapes"):
             unresolved = self._context.infer_shapes()
@@ -772,7 +818,11 @@ class TensorRTBackend(Backend):
     def _device_buffer(self, tensor, nbytes):
         handle, ptr, capacity = self._device_mem.get(tensor, (None, 0, -1))
         if capacity < nbytes:
-            handle, ptr = self._buffers.alloc(nbytes)  # the old handle is released with its last reference
+            if handle is not None:
+                # Work queued on another stream may still read or write the old buffer: keep it
+                # until close (buffers only grow, a few times, to the largest shape seen).
+                self._retired.append(handle)
+            handle, ptr = self._buffers.alloc(nbytes)
             self._device_mem[tensor] = (handle, ptr, nbytes)
         return handle, ptr
 
@@ -795,16 +845,37 @@ class TensorRTBackend(Backend):
         if self._context is None:
             raise InvalidInputError(f"{self.model_name}: backend is closed")
 
+    def _to_binding(self, tensor, array):
+        """A host array in the binding's dtype (int64 -> INT32 on TensorRT 8.x, range-checked)."""
+        import numpy as np
+
+        want = self._dtypes[tensor]
+        if array.dtype == want:
+            return array
+        info = np.iinfo(want)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise InvalidInputError(
+                f"{self.model_name} input {tensor!r} has values outside int32, which this TensorRT binds it as "
+                f"(TensorRT 8.x has no int64 tensors): range [{array.min()}, {array.max()}]"
+            )
+        return np.ascontiguousarray(array.astype(want))
+
     # -- execution --
 
     def run(self, inputs):
         """Host arrays in, host arrays out (validated, copied through pinned buffers, synchronised)."""
         import numpy as np
 
-        self._check_open()
-        arrays = validate_inputs(self._inputs, inputs, model=self.model_name)
-        out_shapes = self._set_input_shapes({name: a.shape for name, a in arrays.items()})
+        with self._lock:
+            self._check_open()
+            arrays = validate_inputs(self._inputs, inputs, model=self.model_name)
+            arrays = {name: self._to_binding(name, a) for name, a in arrays.items()}
+            with self._buffers.activate():
+                return self._run_locked(arrays, np)
+
+    def _run_locked(self, arrays, np):
         stream = self._stream
+        out_shapes = self._set_input_shapes({name: a.shape for name, a in arrays.items()}, self._stream_handle)
         for tensor, array in arrays.items():
             raw = array.reshape(-1).view(np.uint8)
             dev_handle, ptr = self._device_buffer(tensor, raw.nbytes)
@@ -828,59 +899,95 @@ class TensorRTBackend(Backend):
         for tensor, shape in out_shapes.items():
             _, host = self._host_buffer(tensor, sizes[tensor])
             # Copy out of the reused pinned buffer so the caller's array survives the next run.
-            result[tensor] = host[: sizes[tensor]].view(self._dtypes[tensor]).reshape(shape).copy()
+            value = host[: sizes[tensor]].view(self._dtypes[tensor]).reshape(shape)
+            result[tensor] = value.astype(self._host_dtypes[tensor]) if self._host_dtypes[tensor] != value.dtype \
+                else value.copy()
         return result
 
     def run_device(self, device_inputs, stream=None):
         """Device buffers in, device buffers out, asynchronously on ``stream``; no host copy, no sync.
 
         ``device_inputs``: dict input name -> torch CUDA tensor, CuPy array, :class:`DeviceArray`,
-        any ``__cuda_array_interface__`` object, or ``(pointer, shape)``. They must stay alive
-        until the work on ``stream`` has run. ``stream``: int cudaStream_t or a pycuda/torch/CuPy
-        stream; None uses the backend's own stream. Returns dict output name -> :class:`DeviceArray`
-        (backend-owned, reused by the next call), ready for the CUDA tokenizer on the same stream.
+        any ``__cuda_array_interface__`` object, or ``(pointer, shape)``. Their producer streams
+        (the interface's ``stream``, torch's current stream) are waited on, on the device, before the
+        engine reads them; torch tensors are also marked used on ``stream`` (``record_stream``).
+        Other objects must stay alive until the work on ``stream`` has run (the backend keeps a
+        reference until its next call). ``stream``: int cudaStream_t or a pycuda/torch/CuPy stream;
+        None uses the backend's own stream. Returns dict output name -> :class:`DeviceArray` on
+        that stream (backend-owned memory, overwritten by the next call), ready for the CUDA
+        tokenizer. On TensorRT 8.x, int64 inputs must be given as int32 device arrays.
         """
         import numpy as np
 
-        self._check_open()
-        if not isinstance(device_inputs, dict):
-            raise InvalidInputError(f"{self.model_name} device inputs must be a dict name -> device array")
-        expected = {spec.name: spec for spec in self._inputs}
-        missing, unexpected = sorted(set(expected) - set(device_inputs)), sorted(set(device_inputs) - set(expected))
-        if missing or unexpected:
-            raise InvalidInputError(f"{self.model_name} expects inputs {sorted(expected)}; missing {missing}, unexpected {unexpected}")
-        handle = self._stream_handle if stream is None else stream_handle(stream)
-        pointers, shapes = {}, {}
-        for tensor, obj in device_inputs.items():
-            ptr, shape, dtype = describe_device_array(obj, name=f"{self.model_name} input {tensor!r}")
-            spec = expected[tensor]
-            if dtype is not None and dtype != spec.dtype:
-                raise InvalidInputError(f"{self.model_name} input {tensor!r} must be {spec.dtype}, got {dtype}")
-            if len(shape) != len(spec.shape) or any(isinstance(w, int) and w != g for w, g in zip(spec.shape, shape)):
-                raise InvalidInputError(f"{self.model_name} input {tensor!r} must have shape {spec.shape}, got {shape}")
-            pointers[tensor], shapes[tensor] = ptr, shape
-        out_shapes = self._set_input_shapes(shapes)
-        for tensor, ptr in pointers.items():
-            self._bind(tensor, ptr)
-        outputs = {}
-        for tensor, shape in out_shapes.items():
-            nbytes = int(np.prod(shape, dtype=np.int64)) * self._dtypes[tensor].itemsize
-            _, ptr = self._device_buffer(tensor, nbytes)
-            self._bind(tensor, ptr)
-            outputs[tensor] = DeviceArray(ptr, shape, self._dtypes[tensor], handle)
-        self._execute(handle)
-        return outputs
+        with self._lock:
+            self._check_open()
+            if not isinstance(device_inputs, dict):
+                raise InvalidInputError(f"{self.model_name} device inputs must be a dict name -> device array")
+            expected = {spec.name: spec for spec in self._inputs}
+            missing, unexpected = sorted(set(expected) - set(device_inputs)), sorted(set(device_inputs) - set(expected))
+            if missing or unexpected:
+                raise InvalidInputError(
+                    f"{self.model_name} expects inputs {sorted(expected)}; missing {missing}, unexpected {unexpected}")
+            handle = self._stream_handle if stream is None else stream_handle(stream)
+            views, shapes = {}, {}
+            for tensor, obj in device_inputs.items():
+                label = f"{self.model_name} input {tensor!r}"
+                view = view_device_array(obj, name=label)
+                if not view.is_c_contiguous():
+                    raise InvalidInputError(f"{label} must be C-contiguous, got strides {view.strides} for shape {view.shape}")
+                spec, binding = expected[tensor], self._dtypes[tensor]
+                if view.dtype is not None and view.dtype != binding.name:
+                    hint = " (TensorRT 8.x binds int64 as int32: pass int32 device arrays)" if binding == np.int32 \
+                        and view.dtype == "int64" else ""
+                    raise InvalidInputError(f"{label} must be {binding.name}, got {view.dtype}{hint}")
+                if len(view.shape) != len(spec.shape) or any(isinstance(w, int) and w != g
+                                                             for w, g in zip(spec.shape, view.shape)):
+                    raise InvalidInputError(f"{label} must have shape {spec.shape}, got {view.shape}")
+                views[tensor], shapes[tensor] = view, view.shape
+            with self._buffers.activate():
+                for view in views.values():
+                    # Protocol v3: wait for the producer's queued work before the engine reads.
+                    wait_for_producer(handle, view.stream, self.device)
+                    if is_torch_tensor(view.owner) and stream is not None:
+                        import torch
+
+                        view.owner.record_stream(torch.cuda.ExternalStream(handle, device=view.owner.device)
+                                                 if handle not in (0, 1) else torch.cuda.default_stream(view.owner.device))
+                out_shapes = self._set_input_shapes(shapes, handle)
+                for tensor, view in views.items():
+                    self._bind(tensor, view.ptr)
+                outputs = {}
+                for tensor, shape in out_shapes.items():
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * self._dtypes[tensor].itemsize
+                    owner, ptr = self._device_buffer(tensor, nbytes)
+                    self._bind(tensor, ptr)
+                    outputs[tensor] = DeviceArray(ptr, shape, self._dtypes[tensor], handle, owner=owner,
+                                                  device=self.device)
+                self._execute(handle)
+            self._keepalive = [view.owner for view in views.values()]
+            return outputs
 
     def close(self):
-        if self._context is None:
-            return
-        # Release in dependency order: context before engine before runtime, then memory.
-        self._context = None
-        self._engine = None
-        self._runtime = None
-        self._device_mem.clear()
-        self._host_mem.clear()
-        self._buffers.close()
+        with self._lock:
+            if self._context is None:
+                return
+            with self._buffers.activate():
+                # Queued work (run_device on other streams) may still use the buffers.
+                self._buffers.synchronize_device()
+                # Release in dependency order: context before engine before runtime, then memory.
+                self._context = None
+                self._engine = None
+                self._runtime = None
+                for handle, _, _ in self._device_mem.values():
+                    self._buffers.free(handle)
+                for handle in self._retired:
+                    self._buffers.free(handle)
+                self._device_mem.clear()
+                self._retired.clear()
+                self._host_mem.clear()
+                self._keepalive = []
+                self._stream = None
+            self._buffers.close()
 
 
 def engine_key(onnx_path, tensorrt_version, gpu_name, compute_capability, precision, canonical_profiles,
