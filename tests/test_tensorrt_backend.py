@@ -550,3 +550,34 @@ def test_real_tensorrt_run_device_with_torch(tmp_path):
     y = torch.as_tensor(out["y"], device="cuda")
     stream.synchronize()
     assert torch.equal(y.cpu(), (x * 2).cpu())
+
+
+def _reduce_mean_opset18(path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)], "mean", [x], [y],
+                              [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fake_trt8_build_refuses_an_opset18_graph_and_from_onnx_builds_from_the_checked_rewrite(tmp_path, fake_trt,
+                                                                                                caplog):
+    fake = fake_trt(version="8.6.1")
+    path = _reduce_mean_opset18(tmp_path / "mean.onnx")
+    profile = {"x": ((1, 4, 3), (2, 4, 3), (4, 4, 3))}
+    with pytest.raises(FormatError, match="would misread mean.onnx: .*ReduceMean.*reduces over every axis"):
+        trtb.build_engine(path, "fp32", profile, 1 << 28, None, None, "auto")
+    with caplog.at_level(logging.INFO, logger="vbedge"):
+        backend = trtb.TensorRTBackend.from_onnx(path, profiles=profile, buffers="pycuda")
+    parsed = [c[1] for c in fake.calls if c[0] == "parse_from_file"][-1]
+    assert "mean.trt8.6-v1-" in parsed and parsed.endswith(".onnx")
+    assert "outputs match the original in ONNX Runtime" in caplog.text
+    x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(backend.run({"x": x})["y"], x.mean(axis=2), rtol=1e-5)
+    key_file = next((tmp_path / "engines").glob("mean-*.engine"))
+    assert EngineKey.from_dict(read_engine_file(key_file)[0]["key"]).to_dict()["builder_options"][-1] == \
+        ["trt8_rewrite", 1]

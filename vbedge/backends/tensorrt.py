@@ -30,6 +30,8 @@ from ..cuda_interop import DeviceArray, is_torch_tensor, stream_handle, view_dev
 from ..engine_cache import PRECISIONS, EngineCache, EngineKey, _canonical_profiles, atomic_write_bytes, file_sha256
 from ..errors import FormatError, InvalidInputError, VbedgeError
 from .base import Backend, BackendUnavailableError, TensorSpec, validate_inputs
+from .trt_onnx import CONVERSION_VERSION, parser_problems
+from .trt_policy import parse_version
 
 log = logging.getLogger("vbedge")
 
@@ -53,14 +55,6 @@ def _import_tensorrt():
 
         raise BackendUnavailableError(f"TensorRT's Python package cannot be imported ({exc}); {TENSORRT_HINT}") from exc
     return tensorrt
-
-
-def parse_version(version):
-    """'10.3.0.26' -> (10, 3). Raises InvalidInputError for a string without major.minor."""
-    match = re.match(r"^\s*(\d+)\.(\d+)", str(version))
-    if not match:
-        raise InvalidInputError(f"cannot read a TensorRT version from {version!r} (expected 'major.minor...')")
-    return int(match.group(1)), int(match.group(2))
 
 
 # ---- ONNX inspection and profiles (pure Python) ---------------------------------------------------
@@ -367,6 +361,14 @@ def build_engine(onnx_path, precision="fp32", profiles=None, workspace_bytes=DEF
     trt = _import_tensorrt()
     plan = plan_build(trt.__version__, precision, strongly_typed, info, dla_core)
     major, _ = parse_version(trt.__version__)
+    if major < 10:
+        problems = _tensorrt8_problems(onnx_path, trt.__version__)
+        if problems:
+            raise FormatError(
+                f"TensorRT {trt.__version__} would misread {onnx_path.name}: " + "; ".join(problems)
+                + ". Convert it first (vbedge.export.trt8.convert_for_tensorrt8; TensorRTBackend.from_onnx does "
+                "that automatically into the engine cache)"
+            )
     log.info("building TensorRT %s engine for %s: %s", precision, onnx_path.name, plan.reason)
 
     logger = _make_logger(trt)
@@ -427,6 +429,57 @@ def build_engine(onnx_path, precision="fp32", profiles=None, workspace_bytes=DEF
     if timing_cache_path is not None and timing_cache is not None:
         _save_timing_cache(config, timing_cache_path)
     return bytes(memoryview(serialized))
+
+
+def _tensorrt8_problems(onnx_path, tensorrt_version):
+    """parser_problems of the file for TensorRT 8.x; [] when onnx is missing is not an option: refuse."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"TensorRT {tensorrt_version} misreads opset-18 graphs, and checking one needs the onnx package: "
+            "pip install onnx"
+        ) from exc
+    return parser_problems(onnx.load(str(onnx_path), load_external_data=False), tensorrt_version)
+
+
+def prepare_onnx_for(onnx_path, tensorrt_version, folder, profiles=None):
+    """The ONNX file to build from for ``tensorrt_version``: ``onnx_path`` itself on TensorRT 10+, or
+    its TensorRT 8.x rewrite (:mod:`vbedge.export.trt8`) stored in ``folder`` and checked against the
+    original with ONNX Runtime (at the first profile's min shapes, or batch 1). Returns ``(path, notes)``.
+    """
+    major, _ = parse_version(tensorrt_version)
+    onnx_path = Path(onnx_path)
+    if major >= 10 or not _tensorrt8_problems(onnx_path, tensorrt_version):
+        return onnx_path, []
+    import numpy as np
+
+    from ..export.trt8 import check_same_outputs, convert_for_tensorrt8
+
+    target = Path(folder) / f"{onnx_path.stem}.trt{_major_minor(tensorrt_version)}-v{CONVERSION_VERSION}-" \
+                            f"{file_sha256(onnx_path)[:12]}.onnx"
+    if target.is_file():
+        return target, [f"using the TensorRT 8.x rewrite {target.name}"]
+    converted, notes = convert_for_tensorrt8(onnx_path, tensorrt_version)
+    specs = inspect_onnx(onnx_path).inputs
+    first = validate_profiles(specs, profiles)[0] if profiles is not None else ()
+    low = {name: rng[0] for name, rng in first}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in specs:
+        shape = low.get(spec.name, tuple(d if isinstance(d, int) else 1 for d in spec.shape))
+        feeds[spec.name] = (rng.normal(size=shape).astype(spec.dtype) if spec.dtype.startswith("float")
+                            else np.zeros(shape, dtype=spec.dtype))
+    check_same_outputs(onnx_path, converted, feeds)
+    atomic_write_bytes(target, [converted.SerializeToString()])
+    log.info("TensorRT %s: %s rewritten as %s (%s); outputs match the original in ONNX Runtime",
+             tensorrt_version, onnx_path.name, target.name, "; ".join(notes))
+    return target, notes
+
+
+def _major_minor(version):
+    major, minor = parse_version(version)
+    return f"{major}.{minor}"
 
 
 def _load_timing_cache(config, path):
@@ -754,7 +807,9 @@ class TensorRTBackend(Backend):
         timing = cache.timing_cache_path(trt.__version__, gpu_name, capability)
 
         def build():
-            return build_engine(onnx_path, precision, profiles, workspace_bytes, timing, dla_core, plan.strongly_typed)
+            # TensorRT 8.x misreads opset-18 graphs: build from a checked rewrite kept in the cache.
+            source, _ = prepare_onnx_for(onnx_path, trt.__version__, cache.directory, profiles)
+            return build_engine(source, precision, profiles, workspace_bytes, timing, dla_core, plan.strongly_typed)
 
         engine, path, built = cache.get_or_build(key, build, rebuild=rebuild)
         log.info("TensorRT engine %s %s", path.name, "built" if built else "loaded from cache")
@@ -1003,5 +1058,7 @@ def engine_key(onnx_path, tensorrt_version, gpu_name, compute_capability, precis
         profiles=canonical_profiles,
         dla_core=dla_core,
         strongly_typed=plan.strongly_typed,
-        builder_options={"workspace_bytes": int(workspace_bytes), "builder_flags": list(plan.builder_flags)},
+        builder_options=dict({"workspace_bytes": int(workspace_bytes), "builder_flags": list(plan.builder_flags)},
+                             # 8.x engines are built from vbedge's rewrite of the graph (vbedge.export.trt8).
+                             **({"trt8_rewrite": CONVERSION_VERSION} if parse_version(tensorrt_version)[0] < 10 else {})),
     )

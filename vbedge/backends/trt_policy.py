@@ -11,8 +11,18 @@ exactly the shapes the pipeline will feed.
 
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidInputError
 from .base import TensorSpec
+
+def parse_version(version):
+    """'10.3.0.26' -> (10, 3). Raises InvalidInputError for a string without major.minor."""
+    match = re.match(r"^\s*(\d+)\.(\d+)", str(version))
+    if not match:
+        raise InvalidInputError(f"cannot read a TensorRT version from {version!r} (expected 'major.minor...')")
+    return int(match.group(1)), int(match.group(2))
+
 
 #: Bounds used when the caller gives none (a direct ``create_bundle_backend`` call): axis name -> max.
 DEFAULT_AXIS_LIMITS = {"batch": 4, "sequence": 128, "positions": 8}
