@@ -579,5 +579,4 @@ def test_fake_trt8_build_refuses_an_opset18_graph_and_from_onnx_builds_from_the_
     x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(backend.run({"x": x})["y"], x.mean(axis=2), rtol=1e-5)
     key_file = next((tmp_path / "engines").glob("mean-*.engine"))
-    assert EngineKey.from_dict(read_engine_file(key_file)[0]["key"]).to_dict()["builder_options"][-1] == \
-        ["trt8_rewrite", 1]
+    assert ["trt8_rewrite", 1] in EngineKey.from_dict(read_engine_file(key_file)[0]["key"]).to_dict()["builder_options"]
