@@ -12,6 +12,7 @@ Three kinds of tests, clearly separated:
 """
 
 import importlib.util
+import json
 import logging
 import sys
 import types
@@ -580,3 +581,63 @@ def test_fake_trt8_build_refuses_an_opset18_graph_and_from_onnx_builds_from_the_
     np.testing.assert_allclose(backend.run({"x": x})["y"], x.mean(axis=2), rtol=1e-5)
     key_file = next((tmp_path / "engines").glob("mean-*.engine"))
     assert ["trt8_rewrite", 1] in EngineKey.from_dict(read_engine_file(key_file)[0]["key"]).to_dict()["builder_options"]
+
+
+# ---- layer precisions, build progress, DLA (fake TensorRT for the engine side) -----------------------------
+
+
+def test_layer_precision_reads_tensorrt_datatype_strings():
+    from vbedge.backends.trt_inspect import format_precisions, layer_precision, layer_precisions
+
+    def layer(*datatypes):
+        return {"Name": "l", "Inputs": [{"Format/Datatype": d} for d in datatypes], "Outputs": []}
+
+    assert layer_precision(layer("Row major linear Int8 format")) == "INT8"
+    assert layer_precision(layer("Channel major FP16 format where channel % 8 == 0")) == "FP16"
+    assert layer_precision(layer("Half")) == "FP16" and layer_precision(layer("Float")) == "FP32"
+    assert layer_precision(layer("Row major linear FP32")) == "FP32"
+    assert layer_precision(layer("Int32")) == "other" and layer_precision(layer()) == "other"
+    assert layer_precision("conv1 + relu1") == "unknown"  # built without detailed verbosity
+    info = {"Layers": [layer("Int8"), layer("Int8"), layer("Half"), "bare", layer("Int32")]}
+    counts = layer_precisions(json.dumps(info))
+    assert counts == {"INT8": 2, "FP16": 1, "other": 1, "unknown": 1}
+    assert format_precisions(counts) == "INT8 2, FP16 1, other 1, unknown 1"
+
+
+def test_fake_build_reports_layer_precisions_and_warns_on_a_quietly_fp32_int8_engine(tmp_path, fake_trt, caplog):
+    from vbedge.backends.trt_inspect import read_report
+
+    fake_trt(layer_precisions={"Row major linear Int8 format": 1, "Float": 6})
+    path = save_model(tmp_path / "q.onnx", "int8")
+    with caplog.at_level(logging.INFO, logger="vbedge"):
+        backend = trtb.TensorRTBackend.from_onnx(path, precision="int8", profiles=PROFILE, buffers="pycuda")
+    assert backend.layer_precisions() == {"INT8": 1, "FP32": 6, "other": 1}
+    assert "layers: INT8 1, FP32 6, other 1" in caplog.text
+    assert "runs only 1 of 7 compute layers in INT8" in caplog.text
+    assert read_report(backend.engine_path) == {"precision": "int8", "layers": {"INT8": 1, "FP32": 6, "other": 1}}
+
+
+def test_fake_build_progress_reaches_the_callback_on_trt10_only(tmp_path, monkeypatch):
+    import fake_tensorrt
+
+    steps = []
+    fake_tensorrt.install(monkeypatch, version="10.3.0")
+    trtb.build_engine(save_model(tmp_path / "m.onnx"), "fp32", PROFILE, 1 << 28, None, None, "auto",
+                      progress=lambda *a: steps.append(a))
+    assert steps == [("Building", 0, 2), ("Building", 1, 2), ("Building", 2, 2), ("Building", 2, 2)]
+    fake = fake_tensorrt.install(monkeypatch, version="8.6.1")  # no IProgressMonitor before 10
+    steps.clear()
+    trtb.build_engine(save_model(tmp_path / "m.onnx"), "fp32", PROFILE, 1 << 28, None, None, "auto",
+                      progress=lambda *a: steps.append(a))
+    assert steps == [] and "config.progress_monitor" not in fake.names()
+
+
+def test_dla_is_refused_for_dynamic_shapes_and_warned_otherwise(caplog):
+    dynamic = trtb.validate_profiles(SPECS, GOOD)
+    with pytest.raises(InvalidInputError, match="DLA supports no dynamic shapes.*'mask', 'video'"):
+        trtb.check_dla(0, dynamic, "s3d.onnx")
+    static = trtb.validate_profiles([TensorSpec("x", "float32", ("b", 4))], {"x": ((2, 4), (2, 4), (2, 4))})
+    with caplog.at_level(logging.WARNING, logger="vbedge"):
+        trtb.check_dla(0, static, "m.onnx")
+    assert "fall back to the GPU" in caplog.text
+    trtb.check_dla(None, dynamic)  # no DLA: nothing to say

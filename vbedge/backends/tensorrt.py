@@ -30,6 +30,7 @@ from ..cuda_interop import DeviceArray, is_torch_tensor, stream_handle, view_dev
 from ..engine_cache import PRECISIONS, EngineCache, EngineKey, _canonical_profiles, atomic_write_bytes, file_sha256
 from ..errors import FormatError, InvalidInputError, VbedgeError
 from .base import Backend, BackendUnavailableError, TensorSpec, validate_inputs
+from .trt_inspect import format_precisions, layer_precisions, precision_warning, read_report, write_report
 from .trt_onnx import CONVERSION_VERSION, parser_problems
 from .trt_policy import parse_version
 
@@ -327,6 +328,29 @@ def _make_logger(trt):
     return _Logger()
 
 
+def _make_progress_monitor(trt, report):
+    """A trt.IProgressMonitor (TensorRT 10+) that calls ``report(phase, step, steps)``; never cancels."""
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.steps = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.steps[phase_name] = int(num_steps)
+            report(phase_name, 0, int(num_steps))
+
+        def step_complete(self, phase_name, step):
+            report(phase_name, int(step), self.steps.get(phase_name, 0))
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            total = self.steps.pop(phase_name, 0)
+            report(phase_name, total, total)
+
+    return _Monitor()
+
+
 def _trt_errors(logger):
     return f" TensorRT said: {' | '.join(logger.errors)}" if getattr(logger, "errors", None) else ""
 
@@ -345,13 +369,16 @@ def _parser_errors(parser):
 
 
 def build_engine(onnx_path, precision="fp32", profiles=None, workspace_bytes=DEFAULT_WORKSPACE_BYTES,
-                 timing_cache_path=None, dla_core=None, strongly_typed="auto"):
+                 timing_cache_path=None, dla_core=None, strongly_typed="auto", progress=None):
     """Build a serialized TensorRT engine (bytes) from an ONNX file.
 
     Profiles and the precision/typing plan are validated in pure Python first (see
     :func:`validate_profiles`, :func:`plan_build`). Every TensorRT call that reports failure
     (None/False/negative) raises TensorRTError naming the step. The timing cache at
-    ``timing_cache_path`` is loaded when present and written back after the build.
+    ``timing_cache_path`` is loaded when present and written back after the build. ``progress``:
+    None, or a callable ``(phase, step, steps)`` that TensorRT's progress monitor reports to
+    (TensorRT 10+; older versions build without progress reports). The engine is built with
+    detailed layer information so :meth:`TensorRTBackend.layer_precisions` can read it.
     """
     onnx_path = Path(onnx_path)
     if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int) or workspace_bytes <= 0:
@@ -397,6 +424,11 @@ def build_engine(onnx_path, precision="fp32", profiles=None, workspace_bytes=DEF
     if not config:
         raise TensorRTError(f"builder.create_builder_config() failed.{_trt_errors(logger)}")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if hasattr(trt, "ProfilingVerbosity"):
+        # Per-layer precisions in the engine inspector (does not change the kernels chosen).
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if progress is not None and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _make_progress_monitor(trt, progress)
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if dla_core is not None:
@@ -788,17 +820,22 @@ class TensorRTBackend(Backend):
     @classmethod
     def from_onnx(cls, onnx_path, precision="fp32", profiles=None, cache_dir=None,
                   workspace_bytes=DEFAULT_WORKSPACE_BYTES, dla_core=None, strongly_typed="auto", device=0,
-                  buffers="auto", rebuild=False):
+                  buffers="auto", rebuild=False, progress=None):
         """Load the cached engine for this ONNX/precision/GPU/TensorRT, or build and cache it.
 
         ``cache_dir`` defaults to ``<onnx folder>/engines``. A cached engine whose key differs
         (other TensorRT, GPU, ONNX hash, profiles...) or whose file is damaged is rebuilt with a
-        log message, never loaded.
+        log message, never loaded. After a build the engine's per-layer precisions are logged and
+        stored beside it (``<engine>.layers.json``), with a warning when an fp16/int8 engine runs
+        most layers in another precision. ``progress``: see :func:`build_engine`. ``dla_core``:
+        refused for graphs with dynamic shapes (DLA has none, and no MatMul/TopK/Gather: every
+        layer of vbedge's models would fall back to the GPU); a warning otherwise.
         """
         onnx_path = Path(onnx_path)
         trt = _import_tensorrt()
         info = inspect_onnx(onnx_path)
         canonical_profiles = validate_profiles(info.inputs, profiles)
+        check_dla(dla_core, canonical_profiles, onnx_path.name)
         plan = plan_build(trt.__version__, precision, strongly_typed, info, dla_core)
         gpu_name, capability = gpu_identity(device)
         key = engine_key(onnx_path, trt.__version__, gpu_name, capability, precision, canonical_profiles,
@@ -809,12 +846,34 @@ class TensorRTBackend(Backend):
         def build():
             # TensorRT 8.x misreads opset-18 graphs: build from a checked rewrite kept in the cache.
             source, _ = prepare_onnx_for(onnx_path, trt.__version__, cache.directory, profiles)
-            return build_engine(source, precision, profiles, workspace_bytes, timing, dla_core, plan.strongly_typed)
+            return build_engine(source, precision, profiles, workspace_bytes, timing, dla_core, plan.strongly_typed,
+                                progress=progress)
 
         engine, path, built = cache.get_or_build(key, build, rebuild=rebuild)
         log.info("TensorRT engine %s %s", path.name, "built" if built else "loaded from cache")
-        return cls(engine, device=device, buffers=buffers, name=onnx_path.stem,
-                   model_specs=info.inputs + info.outputs)
+        backend = cls(engine, device=device, buffers=buffers, name=onnx_path.stem,
+                      model_specs=info.inputs + info.outputs)
+        backend.engine_path = path
+        if built or read_report(path) is None:
+            counts = backend.layer_precisions()
+            try:
+                write_report(path, precision, counts)
+            except OSError as exc:  # a read-only cache still runs; the report is only missing
+                log.warning("cannot store the layer report of %s: %s", path.name, exc)
+            log.info("TensorRT engine %s layers: %s", path.name, format_precisions(counts))
+            warning = precision_warning(precision, counts)
+            if warning:
+                log.warning("TensorRT engine %s: %s", path.name, warning)
+        return backend
+
+    def layer_precisions(self):
+        """Layers per precision ({'INT8': n, 'FP16': n, 'FP32': n, 'other': n, ...}) from the engine inspector."""
+        with self._lock, self._buffers.activate():
+            self._check_open()
+            inspector = self._engine.create_engine_inspector()
+            if not inspector:
+                raise TensorRTError(f"{self.model_name}: create_engine_inspector() failed.{_trt_errors(self._logger)}")
+            return layer_precisions(inspector.get_engine_information(self._trt.LayerInformationFormat.JSON))
 
     # -- shapes, profiles and memory --
 
@@ -1045,6 +1104,21 @@ class TensorRTBackend(Backend):
             self._buffers.close()
 
 
+def check_dla(dla_core, canonical_profiles, label="model"):
+    """Refuse DLA for dynamic shapes (DLA has none); warn that it is rarely worth it otherwise."""
+    if dla_core is None:
+        return
+    dynamic = [name for profile in canonical_profiles for name, (low, _, high) in profile if low != high]
+    if dynamic:
+        raise InvalidInputError(
+            f"dla_core={dla_core}: DLA supports no dynamic shapes, and {label} has dynamic inputs {sorted(set(dynamic))}; "
+            "it also has no MatMul, TopK or Gather, so every layer of vbedge's S3D and VideoBERT would fall back to "
+            "the GPU. Build for the GPU (leave dla_core unset)"
+        )
+    log.warning("dla_core=%s for %s: DLA runs 2-D convolution and pooling only; other layers fall back to the GPU "
+                "(check the engine's layer report)", dla_core, label)
+
+
 def engine_key(onnx_path, tensorrt_version, gpu_name, compute_capability, precision, canonical_profiles,
                dla_core, plan, workspace_bytes):
     """The :class:`EngineKey` for building ``onnx_path`` with these settings (pure Python)."""
@@ -1060,5 +1134,7 @@ def engine_key(onnx_path, tensorrt_version, gpu_name, compute_capability, precis
         strongly_typed=plan.strongly_typed,
         builder_options=dict({"workspace_bytes": int(workspace_bytes), "builder_flags": list(plan.builder_flags)},
                              # 8.x engines are built from vbedge's rewrite of the graph (vbedge.export.trt8).
+                             # Detailed layer information, for the layer-precision report.
+                             profiling_verbosity="detailed",
                              **({"trt8_rewrite": CONVERSION_VERSION} if parse_version(tensorrt_version)[0] < 10 else {})),
     )
