@@ -142,3 +142,32 @@ def test_user_profiles_override_and_their_mistakes_are_errors_not_fallbacks(smal
 def test_per_model_options_must_be_dicts(small_bundle):
     with pytest.raises(InvalidInputError, match="s3d_options must be a dict"):
         Pipeline.load(small_bundle, backend="onnxruntime", s3d_options=[1])
+
+
+def test_engines_build_list_verify(small_bundle, tmp_path, monkeypatch):
+    """vbedge.engines over the FAKE TensorRT: pre-build what a pipeline needs, then list and verify the cache."""
+    from vbedge.engines import build_engines, list_engines, verify_engines
+
+    fake = fake_tensorrt.install(monkeypatch, layer_precisions={"Half": 4, "Float": 1})
+    cache = tmp_path / "cache"
+    steps = []
+    built = build_engines(small_bundle, precision="fp16", cache_dir=cache, max_batch=3,
+                          progress=lambda *a: steps.append(a))
+    assert [b["model"] for b in built] == ["s3d", "videobert"]
+    assert all(b["layers"] == {"FP16": 4, "FP32": 1, "other": 1} for b in built)
+    assert ("s3d", "Building", 2, 2) in steps and ("videobert", "Building", 2, 2) in steps
+    # The pipeline with the same options finds them in the cache: no new build.
+    fake.calls.clear()
+    with Pipeline.load(small_bundle, backend="tensorrt", precision="fp16", max_batch=3,
+                       backend_options={"cache_dir": cache}):
+        pass
+    assert "build_serialized_network" not in fake.names()
+    entries = list_engines(small_bundle, cache_dir=cache)
+    assert [e.key.model for e in entries] == ["s3d.fp16", "videobert.fp16"]
+    assert all(e.problem is None and e.current for e in entries)
+    assert "FP16 4, FP32 1, other 1; ok" in entries[0].describe()
+    raw = bytearray(entries[0].path.read_bytes())
+    raw[-1] ^= 1
+    entries[0].path.write_bytes(bytes(raw))
+    _, bad = verify_engines(small_bundle, cache_dir=cache)
+    assert [e.path for e in bad] == [entries[0].path] and "sha256" in bad[0].problem

@@ -133,7 +133,7 @@ def choose_backend(backend="auto", status=None):
 BACKEND_OPTIONS = {
     "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options"}),
     "tensorrt": frozenset({"cache_dir", "profiles", "workspace_bytes", "dla_core", "strongly_typed", "device",
-                           "buffers", "rebuild"}),
+                           "buffers", "rebuild", "progress"}),
     "torch": frozenset({"device", "intra_op_threads", "dtype"}),
 }
 
