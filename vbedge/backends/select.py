@@ -128,13 +128,13 @@ def choose_backend(backend="auto", status=None):
     return backend, f"{backend} requested: {why}"
 
 
-#: Options each backend takes (see create_backend). ``device`` is a CUDA index (int) for TensorRT and
-#: torch, a device name (str: 'cpu', 'cuda', 'tensorrt') for ONNX Runtime.
+#: Options each backend takes (see create_backend). ``device`` is a CUDA index (int) for TensorRT, a
+#: device name (str: 'cpu', 'cuda', 'tensorrt') for ONNX Runtime, either for torch ('cuda:0' or 0).
 BACKEND_OPTIONS = {
     "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options"}),
     "tensorrt": frozenset({"cache_dir", "profiles", "workspace_bytes", "dla_core", "strongly_typed", "device",
                            "buffers", "rebuild", "progress"}),
-    "torch": frozenset({"device", "intra_op_threads", "dtype"}),
+    "torch": frozenset({"device", "intra_op_threads"}),
 }
 
 #: Environment variable naming the folder TensorRT engines are cached in (instead of ``BUNDLE/engines``),
@@ -154,8 +154,8 @@ def options_for(name, options, requested):
     kept, dropped = {}, []
     for key, value in options.items():
         fits = key in known
-        if fits and key == "device":
-            # ONNX Runtime names devices; TensorRT and torch number them.
+        if fits and key == "device" and name != "torch":
+            # ONNX Runtime names devices ('cpu', 'cuda'); TensorRT numbers them; torch takes either.
             fits = isinstance(value, str) if name == "onnxruntime" else not isinstance(value, str)
         if fits:
             kept[key] = value
@@ -261,7 +261,8 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
 def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limits=None, **options):
     """A backend running ``model`` ('s3d' or 'videobert') of a loaded :class:`vbedge.bundle.Bundle`.
 
-    'torch' runs the bundle's PyTorch reference weights (bundles built with --reference-weights);
+    'torch' runs the bundle's PyTorch reference weights (bundles built with --reference-weights), on
+    the CPU or, with ``device='cuda'``, on the GPU (``precision='fp16'`` there runs under autocast);
     every other choice goes through the bundle's ONNX file at ``precision`` (see
     :func:`create_backend` for ``options`` and the 'auto' fallback). For TensorRT, engines are
     cached in :func:`engine_cache_dir` and, unless ``profiles`` is given, the optimisation profile
@@ -273,7 +274,10 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
 
         log.info("backend for %s: torch requested (PyTorch reference weights)", model)
         torch_options = options_for("torch", options, "torch")
-        return TorchBackend.from_bundle(bundle, model, threads=torch_options.pop("intra_op_threads", None))
+        opened = TorchBackend.from_bundle(bundle, model, threads=torch_options.get("intra_op_threads"),
+                                          device=torch_options.get("device", "cpu"), precision=precision)
+        opened.selection = f"torch requested on {opened.device} at {precision}"
+        return opened
     onnx_path = bundle.onnx_path(model, precision)
     name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")))
     log.info("backend for %s (%s): %s", model, precision, why)
