@@ -641,3 +641,13 @@ def test_dla_is_refused_for_dynamic_shapes_and_warned_otherwise(caplog):
         trtb.check_dla(0, static, "m.onnx")
     assert "fall back to the GPU" in caplog.text
     trtb.check_dla(None, dynamic)  # no DLA: nothing to say
+
+
+def test_fake_run_to_device_leaves_outputs_on_the_device_on_the_backends_stream(tmp_path, fake_trt):
+    fake = fake_trt()
+    backend = _backend(tmp_path, fake)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    out = backend.run_to_device({"x": x})["y"]
+    assert isinstance(out, trtb.DeviceArray) and out.stream == backend._stream_handle
+    assert backend._stream.synchronized == 0  # nothing waited on the host
+    np.testing.assert_array_equal(np.frombuffer(bytes(fake.state.memory[out.ptr][:32]), np.float32), x.ravel() * 2)

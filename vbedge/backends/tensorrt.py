@@ -987,7 +987,24 @@ class TensorRTBackend(Backend):
             with self._buffers.activate():
                 return self._run_locked(arrays, np)
 
-    def _run_locked(self, arrays, np):
+    def run_to_device(self, inputs):
+        """Host arrays in (validated, copied through pinned buffers), :class:`DeviceArray` outputs out.
+
+        Nothing is synchronised: the outputs are produced on the backend's own stream, which their
+        ``__cuda_array_interface__`` names, so the CUDA tokenizer waits for it. The memory is the
+        backend's and is overwritten by its next call: consume it (on any stream) before then.
+        On TensorRT 8.x, int64 outputs come back as int32 device arrays.
+        """
+        import numpy as np
+
+        with self._lock:
+            self._check_open()
+            arrays = validate_inputs(self._inputs, inputs, model=self.model_name)
+            arrays = {name: self._to_binding(name, a) for name, a in arrays.items()}
+            with self._buffers.activate():
+                return self._run_locked(arrays, np, to_host=False)
+
+    def _run_locked(self, arrays, np, to_host=True):
         stream = self._stream
         out_shapes = self._set_input_shapes({name: a.shape for name, a in arrays.items()}, self._stream_handle)
         for tensor, array in arrays.items():
@@ -1004,6 +1021,13 @@ class TensorRTBackend(Backend):
             _, ptr = self._device_buffer(tensor, nbytes)
             self._bind(tensor, ptr)
         self._execute(self._stream_handle)
+        if not to_host:
+            outputs = {}
+            for tensor, shape in out_shapes.items():
+                owner, ptr = self._device_buffer(tensor, sizes[tensor])
+                outputs[tensor] = DeviceArray(ptr, shape, self._dtypes[tensor], self._stream_handle, owner=owner,
+                                              device=self.device)
+            return outputs
         for tensor, nbytes in sizes.items():
             dev_handle, _ = self._device_buffer(tensor, nbytes)
             host_handle, _ = self._host_buffer(tensor, nbytes)
