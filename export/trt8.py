@@ -26,7 +26,7 @@ from vbedge.errors import FormatError
 
 log = logging.getLogger("vbedge")
 
-from vbedge.backends.trt_onnx import CONVERSION_VERSION  # noqa: E402,F401 - re-exported: the rewrite's version
+from vbedge.backends.trt_policy import CONVERSION_VERSION  # noqa: E402,F401 - re-exported: the rewrite's version
 
 
 def _decompose_layernorm(model):

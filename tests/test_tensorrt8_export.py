@@ -125,7 +125,6 @@ def test_maxpool_ceil_mode_output_shape_against_pytorch():
 @pytest.mark.parametrize("version", ["8.5.3", "8.6.1"])
 def test_bundle_graphs_rewritten_for_tensorrt8_read_correctly_and_match(small_bundle, version):
     """The small bundle's real S3D and VideoBERT graphs, as the 8.x parser would read their rewrites."""
-    from vbedge.backends.select import create_bundle_backend  # noqa: F401 - bundle helpers
 
     s3d_path, vb_path = small_bundle.onnx_path("s3d"), small_bundle.onnx_path("videobert")
     s3d = onnx.load(str(s3d_path))

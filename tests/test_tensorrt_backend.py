@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import sys
-import types
 
 import numpy as np
 import pytest

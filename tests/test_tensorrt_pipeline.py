@@ -171,3 +171,22 @@ def test_engines_build_list_verify(small_bundle, tmp_path, monkeypatch):
     entries[0].path.write_bytes(bytes(raw))
     _, bad = verify_engines(small_bundle, cache_dir=cache)
     assert [e.path for e in bad] == [entries[0].path] and "sha256" in bad[0].problem
+
+
+def test_cli_engines_build_list_verify(small_bundle, tmp_path, monkeypatch, capsys):
+    """``vbedge engines`` over the FAKE TensorRT: exit codes and what it prints."""
+    from vbedge.cli import main
+
+    fake_tensorrt.install(monkeypatch, layer_precisions={"Float": 2})
+    cache = tmp_path / "cli-cache"
+    bundle = str(small_bundle.root)
+    assert main(["engines", "build", "--bundle", bundle, "--engine-cache", str(cache), "--max-batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "s3d: " in out and "videobert: " in out and "layers: FP32 2, other 1" in out
+    assert main(["engines", "list", "--bundle", bundle, "--engine-cache", str(cache)]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 2 and all("; ok" in line for line in listed)
+    engine = next(cache.glob("s3d*.engine"))
+    engine.write_bytes(engine.read_bytes()[:-1])
+    assert main(["engines", "verify", "--bundle", bundle, "--engine-cache", str(cache)]) == 1
+    assert "1 damaged or stale" in capsys.readouterr().out

@@ -1,4 +1,8 @@
-"""What a TensorRT generation's ONNX parser will make of a graph, read without TensorRT.
+"""ONNX inspection for the TensorRT builder, without TensorRT: inputs/outputs, precision, and what
+each TensorRT generation's ONNX parser will make of a graph.
+
+:func:`inspect_onnx` reads a file's inputs and outputs (as TensorSpec) and whether it carries FP16
+tensors or Q/DQ nodes (what decides strong typing, see :mod:`vbedge.backends.trt_policy`).
 
 The bundle's graphs are opset 18. Read version by version against onnx-tensorrt's operator docs
 and importers (8.5-GA, 8.6-GA, 10.x), three things differ on TensorRT 8.5/8.6 (JetPack 5.1 / 6.0),
@@ -21,14 +25,96 @@ parser reads it as meant.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
+from ..errors import FormatError
+from .base import TensorSpec
 from .trt_policy import parse_version
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the builder needs to know about an ONNX file before TensorRT sees it.
+
+    ``has_fp16``: the graph holds FP16 tensors (an FP16 export). ``has_qdq``: it has
+    QuantizeLinear/DequantizeLinear nodes (an explicitly quantized INT8 export). Either is None
+    when unknown (the ``onnx`` package is not installed and only ONNX Runtime could be asked).
+    """
+
+    inputs: tuple
+    has_fp16: bool | None
+    has_qdq: bool | None
+    outputs: tuple = ()
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool",
+                16: "bfloat16"}
+
+
+def _walk_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g is not None and len(attr.g.node):
+                yield from _walk_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _walk_nodes(sub)
+
+
+def inspect_onnx(onnx_path):
+    """Read inputs (as TensorSpec), FP16-ness and Q/DQ-ness of an ONNX file, without TensorRT."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FormatError(f"ONNX model not found: {path}")
+    try:
+        import onnx
+    except ImportError:
+        return _inspect_with_onnxruntime(path)
+    try:
+        # External weights are not needed to read the graph structure.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError types
+        raise FormatError(f"cannot read ONNX model {path}: {exc}") from exc
+    graph = model.graph
+    initializer_names = {init.name for init in graph.initializer}
+    inputs = tuple(_spec(value) for value in graph.input if value.name not in initializer_names)
+    outputs = tuple(_spec(value) for value in graph.output)
+    fp16 = 10
+    has_fp16 = any(init.data_type == fp16 for init in graph.initializer) or any(
+        v.type.tensor_type.elem_type == fp16 for v in list(graph.input) + list(graph.output)
+    )
+    has_qdq = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in _walk_nodes(graph))
+    return OnnxInfo(inputs, has_fp16, has_qdq, outputs)
+
+
+def _spec(value):
+    """TensorSpec of an ONNX ValueInfo (dynamic dimensions by their name)."""
+    tensor_type = value.type.tensor_type
+    shape = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value"):
+            shape.append(int(dim.dim_value))
+        else:
+            shape.append(dim.dim_param or f"{value.name}_dim{axis}")
+    dtype = _ONNX_DTYPES.get(tensor_type.elem_type, f"onnx_type_{tensor_type.elem_type}")
+    return TensorSpec(value.name, dtype, tuple(shape))
+
+
+def _inspect_with_onnxruntime(path):
+    from .onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(path)
+    inputs, outputs = tuple(backend.inputs), tuple(backend.outputs)
+    backend.close()
+    has_fp16 = True if any(spec.dtype == "float16" for spec in inputs) else None
+    return OnnxInfo(inputs, has_fp16, None, outputs)
+
+
+# ---- what TensorRT 8.x parsers read -------------------------------------------------------------
 
 #: Ops whose ``axes`` became an input at opset 18 (ReduceSum did so at 13, which 8.x parses).
 AXES_INPUT_AT_18 = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"})
-#: Version of vbedge's TensorRT 8.x rewrite (vbedge.export.trt8); part of the engine key of 8.x engines.
-CONVERSION_VERSION = 1
 #: Highest opset the TensorRT 8.5 / 8.6 ONNX parsers import.
 TENSORRT8_MAX_OPSET = 17
 
