@@ -650,3 +650,10 @@ def test_fake_run_to_device_leaves_outputs_on_the_device_on_the_backends_stream(
     assert isinstance(out, trtb.DeviceArray) and out.stream == backend._stream_handle
     assert backend._stream.synchronized == 0  # nothing waited on the host
     np.testing.assert_array_equal(np.frombuffer(bytes(fake.state.memory[out.ptr][:32]), np.float32), x.ravel() * 2)
+
+
+def test_fake_failed_open_releases_the_retained_primary_context(fake_trt):
+    fake = fake_trt()
+    with pytest.raises(trtb.TensorRTError, match="could not deserialize"):
+        trtb.TensorRTBackend(b"garbage", buffers="pycuda")
+    assert fake.state.primary_retained == 0 and fake.state.stack() == []

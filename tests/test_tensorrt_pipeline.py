@@ -99,6 +99,7 @@ def test_pipeline_over_fake_tensorrt_matches_onnxruntime(small_bundle, videos, e
     assert not small_bundle.engine_dir.exists() or not list(small_bundle.engine_dir.glob("*.engine"))
 
 
+@pytest.mark.slow
 def test_trt8_pipeline_feeds_int32_bindings(small_bundle, videos, engine_cache, monkeypatch):
     """TensorRT 8.6 (JetPack 6.0) binds VideoBERT's int64 ids as INT32: the pipeline must still run."""
     fake_tensorrt.install(monkeypatch, version="8.6.1")

@@ -65,17 +65,28 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, engine, device=0, buffers="auto", name="engine", model_specs=None):
-        import numpy as np
-
         trt = _import_tensorrt()
         self._trt = trt
         self.model_name = name
         self.device = int(device)
         self._lock = threading.RLock()
+        self._model_specs = model_specs
         self._buffers = make_buffers(buffers, device) if isinstance(buffers, str) else buffers
         self._logger = _make_logger(trt)
         self._runtime = None
         self._context = None
+        try:
+            self._open(engine, name)
+        except BaseException:
+            # Release the primary context retained for us (an injected provider stays the caller's).
+            if isinstance(buffers, str):
+                self._buffers.close()
+            raise
+
+    def _open(self, engine, name):
+        import numpy as np
+
+        trt = self._trt
         with self._buffers.activate():
             if isinstance(engine, (bytes, bytearray, memoryview)):
                 self._runtime = trt.Runtime(self._logger)
@@ -93,7 +104,7 @@ class TensorRTBackend(Backend):
                 raise TensorRTError(
                     f"could not create an execution context for {name} (out of GPU memory?).{_trt_errors(self._logger)}")
             self._stream, self._stream_handle = self._buffers.stream()
-        declared = {spec.name: spec for spec in (model_specs or ())}
+        declared = {spec.name: spec for spec in (self._model_specs or ())}
         self._inputs, self._outputs = [], []
         self._dtypes = {}  # tensor -> NumPy dtype of the binding (what TensorRT reads/writes)
         self._host_dtypes = {}  # tensor -> NumPy dtype the caller sees (int64 where 8.x binds INT32)
