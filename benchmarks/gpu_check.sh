@@ -130,7 +130,7 @@ TAIL_LINES=25 step bench 60 "$PY" benchmarks/bench_tokenizer_gpu.py --json "$LOG
 
 # 5. the pipeline end to end on the GPU beside the CPU path (synthetic weights and video; goal:
 # clip->caption < 20 ms at FP16, tokens equal to the CPU path on >= 99% of clips)
-TAIL_LINES=20 step pipeline_gpu 100 "$PY" benchmarks/bench_pipeline_gpu.py --clips "${PIPELINE_CLIPS:-16}" --json "$LOG/bench_pipeline_gpu.json"
+TAIL_LINES=20 step pipeline_gpu 100 "$PY" benchmarks/bench_pipeline_gpu.py --clips "${PIPELINE_CLIPS:-12}" --json "$LOG/bench_pipeline_gpu.json"
 
 # 6. real TensorRT, where it is installed (the lent machines' image has none so far)
 if $PY -c "import tensorrt" > /dev/null 2>&1; then
