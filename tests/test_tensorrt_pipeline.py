@@ -191,3 +191,18 @@ def test_cli_engines_build_list_verify(small_bundle, tmp_path, monkeypatch, caps
     engine.write_bytes(engine.read_bytes()[:-1])
     assert main(["engines", "verify", "--bundle", bundle, "--engine-cache", str(cache)]) == 1
     assert "1 damaged or stale" in capsys.readouterr().out
+
+
+def test_unwritable_engine_cache_is_a_clear_error_and_auto_falls_back(small_bundle, tmp_path, monkeypatch):
+    import os
+
+    fake_tensorrt.install(monkeypatch)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    if os.name != "posix":
+        pytest.skip("posix paths")
+    with pytest.raises(TensorRTError, match="cannot use the engine cache.*VBEDGE_ENGINE_CACHE"):
+        Pipeline.load(small_bundle, backend="tensorrt", backend_options={"cache_dir": blocked / "engines"})
+    with Pipeline.load(small_bundle, backend="auto", captions=False,
+                       backend_options={"cache_dir": blocked / "engines"}) as pipe:
+        assert isinstance(pipe._s3d, OnnxRuntimeBackend) and "cannot use the engine cache" in pipe._s3d.selection

@@ -230,7 +230,14 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
             # The caller's own profiles: a mistake in them is theirs to see, not a reason to fall back.
             trt_backend.validate_profiles(trt_backend.inspect_onnx(onnx_path).inputs, trt_options["profiles"])
         try:
-            opened = trt_backend.TensorRTBackend.from_onnx(onnx_path, precision=precision, **trt_options)
+            try:
+                opened = trt_backend.TensorRTBackend.from_onnx(onnx_path, precision=precision, **trt_options)
+            except OSError as exc:
+                # Typically a read-only bundle: the engine cannot be stored beside it.
+                raise trt_backend.TensorRTError(
+                    f"cannot use the engine cache ({exc}); point ${ENGINE_CACHE_ENV} or cache_dir at a writable "
+                    "folder"
+                ) from exc
         except VbedgeError as exc:
             if requested != "auto":
                 raise
