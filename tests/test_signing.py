@@ -666,13 +666,23 @@ def test_engine_owned_by_another_user_is_not_loaded(signed, caplog):
 def test_bundle_backends_bind_tensorrt_engines_to_the_manifest(signed, monkeypatch):
     # The wiring only (no TensorRT here): a bundle's TensorRT backend gets its cache folder and digest.
     from vbedge.backends import select
+    from vbedge.backends import tensorrt as trt_backend
 
     bundle = Bundle.load(signed, trusted_keys=False)
     seen = {}
+
+    class Opened:
+        selection = None
+
+    def from_onnx(path, precision="fp32", **options):
+        seen.update(options)
+        return Opened()
+
     monkeypatch.setattr(select, "choose_backend", lambda backend, status: ("tensorrt", "test"))
-    monkeypatch.setattr(select, "_instantiate", lambda name, path, precision, options: seen.update(options))
-    select.create_bundle_backend(bundle, "s3d", backend="tensorrt")
-    assert seen == {"cache_dir": bundle.engine_dir, "manifest_sha256": bundle.manifest_sha256}
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "from_onnx", staticmethod(from_onnx))
+    select.create_bundle_backend(bundle, "s3d", backend="tensorrt", profiles=[{"x": [(1, 6), (1, 6), (1, 6)]}])
+    assert seen["manifest_sha256"] == bundle.manifest_sha256 == sha256_file(signed / MANIFEST_NAME)
+    assert Path(seen["cache_dir"]) == bundle.engine_dir
 
 
 # ---------------------------------------------------------------------- a real bundle
@@ -767,7 +777,7 @@ def test_cli_keys_new_show_and_sign(tmp_path, capsys, monkeypatch):
     assert Bundle.load(root, trusted_keys=[tmp_path / "enc.pub.pem"]).signature is not None
 
 
-@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate", "features"])
+@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate", "features", "engines"])
 def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, other_keys, capsys, runtime_spy,
                                                               command):
     root = make_bundle(tmp_path / "bundle")
@@ -778,6 +788,7 @@ def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, ot
         "tokenize": ["tokenize", video, "--bundle", root, "--backend", "onnxruntime", "-o", tmp_path / "t.jsonl"],
         "calibrate": ["calibrate", root, "--videos", video, "-o", tmp_path / "int8"],
         "features": ["features", video, "--bundle", root, "--backend", "onnxruntime", "-o", tmp_path / "feats"],
+        "engines": ["engines", "list", "--bundle", root],
     }[command]
     runtime_spy.clear()
     assert cli(*argv, "--trusted-key", other_keys[1]) == 2
