@@ -23,7 +23,8 @@ def register(subparsers):
     p.add_argument("--seconds", type=float, default=20.0,
                    help="measured seconds per configuration (default 20)")
     p.add_argument("--warmup", type=float, default=5.0,
-                   help="seconds run before measuring, not counted (default 5)")
+                   help="seconds run before measuring, not counted (default 5); with "
+                        "--model: untimed calls")
     p.add_argument("--source", default="synthetic",
                    help="'synthetic' (a live camera made up in real time; default), a video "
                         "file (offline: read as fast as possible) or a URI (camera, rtsp://)")
