@@ -193,6 +193,7 @@ def plot_report(report, path):
             ax.plot([r["streams"] for r in group],
                     [(r["stages"]["end_to_end"]["p99_ms"] or 0) for r in group],
                     marker="o", label=f"{backend} {precision} p99 end to end")
+        ax.set_xticks(sorted({r["streams"] for r in sweep}))
         clip_ms = sweep[0]["clip_seconds"] * 1000.0
         ax.axhline(clip_ms, color="k", linestyle="--", label="one clip (real-time limit)")
         ax.set_xlabel("live streams")

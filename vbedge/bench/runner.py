@@ -15,8 +15,11 @@ from .stats import summarize
 
 log = logging.getLogger("vbedge.bench")
 
-#: Report stage name -> the pipeline's ``ClipEvent.latency_ms`` key. ``decode`` is reading the
-#: frame that completed the clip and assembling the clip (the pipeline's ``capture``);
+#: Report stage name -> the pipeline's ``ClipEvent.latency_ms`` key. ``decode`` is the
+#: pipeline's ``capture``: reading the frame that completed the clip and assembling the clip. For
+#: a file that read decodes the frame; a live source decodes in its own reader thread, so there
+#: it is mostly the wait for the frame to arrive (up to one frame interval). Either way it covers
+#: one frame, not the clip's 30, so the real-time factor leaves it out.
 #: ``end_to_end`` runs from reading a clip's last frame until its event is delivered.
 BENCH_STAGES = {"decode": "capture", "preprocess": "preprocess", "s3d": "s3d",
                 "tokenize": "tokenize", "videobert": "videobert", "end_to_end": "total"}
@@ -127,8 +130,11 @@ def summarize_events(events, clip_seconds):
 
     Returns ``(stages, queue_wait, rtf, batch_mean)``: ``stages`` maps each name of
     :data:`BENCH_STAGES` to a :func:`~vbedge.bench.stats.summarize` dict; ``queue_wait`` the same
-    for each queue of :data:`QUEUE_STAGES`; ``rtf`` is the pipeline's stage time per clip (the
-    batched stages' time shared out over the batch) over ``clip_seconds`` (``None`` without
+    for each queue of :data:`QUEUE_STAGES`; ``rtf`` is the time per clip of preprocess, S3D,
+    tokenize and VideoBERT (the batched stages' time shared out over the batch) over
+    ``clip_seconds``: the compute share of real time. Stages run in parallel threads, so
+    ``rtf`` above 1 need not mean falling behind on several cores, and on a loaded machine
+    the stage times include time the threads waited for a core (``None`` without
     events); ``batch_mean`` the mean batch size per batched stage.
     """
     events = list(events)
@@ -146,7 +152,7 @@ def summarize_events(events, clip_seconds):
         busy_ms = 0.0
         for e in events:
             for name, key in BENCH_STAGES.items():
-                if name == "end_to_end" or key not in e.latency_ms:
+                if name in ("decode", "end_to_end") or key not in e.latency_ms:
                     continue
                 share = e.timings.get("batch", {}).get(name, 1) if name in _BATCHED else 1
                 busy_ms += e.latency_ms[key] / max(1, share)
