@@ -317,6 +317,10 @@ def run_bench(bundle, backends=("onnxruntime",), precisions=("fp32",), streams=(
                                      clip_seconds, gpu, tick)
                     run = {"backend": backend, "precision": precision, **run}
                     report["runs"].append(run)
+                    if run["clips"] < 10:
+                        report["warnings"].append(
+                            f"{label}: only {run['clips']} clip(s) measured, so the percentiles "
+                            f"are rough; raise --seconds")
                     if run["realtime"]:
                         held = max(held, n)
             finally:
