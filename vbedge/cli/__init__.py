@@ -10,10 +10,11 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import bench, build, calibrate, caption, codebook, demo, export, info
+from . import bench, build, calibrate, caption, codebook, corpus, demo, export, features, info
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, codebook, export, build, caption, calibrate, demo, bench)
+COMMAND_MODULES = (info, features, codebook, export, build, caption, corpus, calibrate, demo,
+                   bench)
 
 
 def build_parser():
