@@ -191,7 +191,7 @@ def _bench_one(pipe, streams, seconds, warmup, source, fps, frame_size, clip_sec
     measured = []
     t_begin = time.monotonic()
     t_measure = t_begin + warmup
-    t_stop = t_measure + seconds
+    t_stop = None
     window_start = cpu_start = None
     with _Sampler(gpu) as sampler:
         events = pipe.stream(sources)
@@ -206,6 +206,7 @@ def _bench_one(pipe, streams, seconds, warmup, source, fps, frame_size, clip_sec
                     # The window opens at the first event after warm-up, so that CPU time and
                     # wall time cover the same span as the counted clips.
                     window_start, cpu_start = now, _cpu_seconds()
+                    t_stop = now + seconds
                     sampler.peak_rss_mb = _rss_mb()
                     continue
                 measured.append(event)
