@@ -53,7 +53,8 @@ def format_report(report):
                 f"{_num(run['clips_per_s'])} clips/s, rtf {_num(run['rtf'], 3)}, dropped "
                 f"{run['dropped_clips']}, real time: {'yes' if run['realtime'] else 'no'}, CPU "
                 f"{_num((run['cpu_utilization'] or 0) * 100, 0)}% of {run['cores']} cores, peak "
-                f"RSS {_num(run['peak_rss_mb'], 0)} MB")
+                f"RSS {_num(run['peak_rss_mb'], 0)} MB, mean S3D batch "
+                f"{_num((run.get('batch_mean') or {}).get('s3d'))}")
         else:
             lines.append(f"{_run_label(run)}: {_num(run['calls_per_s'])} calls/s, peak RSS "
                          f"{_num(run['peak_rss_mb'], 0)} MB, {run['split']}")
