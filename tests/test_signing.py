@@ -777,7 +777,7 @@ def test_cli_keys_new_show_and_sign(tmp_path, capsys, monkeypatch):
     assert Bundle.load(root, trusted_keys=[tmp_path / "enc.pub.pem"]).signature is not None
 
 
-@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate", "features", "engines"])
+@pytest.mark.parametrize("command", ["caption", "tokenize", "calibrate", "features", "engines", "bench"])
 def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, other_keys, capsys, runtime_spy,
                                                               command):
     root = make_bundle(tmp_path / "bundle")
@@ -789,6 +789,7 @@ def test_cli_commands_that_load_bundles_refuse_untrusted_ones(tmp_path, keys, ot
         "calibrate": ["calibrate", root, "--videos", video, "-o", tmp_path / "int8"],
         "features": ["features", video, "--bundle", root, "--backend", "onnxruntime", "-o", tmp_path / "feats"],
         "engines": ["engines", "list", "--bundle", root],
+        "bench": ["bench", "--bundle", root, "-q"],
     }[command]
     runtime_spy.clear()
     assert cli(*argv, "--trusted-key", other_keys[1]) == 2
