@@ -220,7 +220,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 right_v += int((out_v.argmax(1) == verbs[idx]).sum())
                 right_n += int((out_n.argmax(1) == nouns[idx]).sum())
             epoch += 1

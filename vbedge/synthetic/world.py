@@ -229,9 +229,9 @@ class _StepLook:
 def _step_look(rng, noun, size):
     base = np.asarray(_NOUN_COLOURS[noun], dtype=np.float64)
     colour = np.clip(base * rng.uniform(0.75, 1.15) + rng.uniform(-18, 18, size=3), 0, 255)
-    return _StepLook(colour=tuple(colour), radius=size * rng.uniform(0.11, 0.16),
-                     cx=size / 2 + rng.uniform(-0.08, 0.08) * size,
-                     cy=size / 2 + rng.uniform(-0.06, 0.08) * size,
+    return _StepLook(colour=tuple(colour), radius=size * rng.uniform(0.17, 0.23),
+                     cx=size / 2 + rng.uniform(-0.06, 0.06) * size,
+                     cy=size / 2 + rng.uniform(-0.04, 0.08) * size,
                      speed=rng.uniform(0.75, 1.3), direction=float(rng.choice([-1.0, 1.0])),
                      phase=rng.uniform(0.0, 1.0))
 
