@@ -86,3 +86,21 @@ def test_ridge_probe_separates_separable_and_not_noise():
     assert ridge_probe_accuracy(x[:80], labels[:80], x[80:], labels[80:]) > 0.9
     noise = rng.normal(size=(120, 20))
     assert ridge_probe_accuracy(noise[:80], labels[:80], noise[80:], labels[80:]) < 0.6
+
+
+@pytest.mark.slow
+def test_zero_shot_runs_through_the_runtime(small_bundle, tmp_path):
+    """Plumbing on the shared random-S3D test bundle: every narrated step is scored, the prior is one answer."""
+    pytest.importorskip("cv2")
+    from vbedge.synthetic.evaluate import zero_shot
+    from vbedge.synthetic.world import render_world
+
+    render_world(tmp_path / "w", 2, seed=3, steps=2, step_seconds=1.6, size=64, split="test", progress=False)
+    result, steps = zero_shot(small_bundle, tmp_path / "w", progress=False)
+    assert result["steps"] == 4 == len(steps) and result["videos"] == 2 and result["synthetic"] is True
+    for key in ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "prior_verb_top1", "prior_noun_top1"):
+        assert 0.0 <= result[key] <= 1.0
+    assert len({tuple(s.prior_verbs) for s in steps}) == 1  # the prior sees no video
+    assert all(len(s.leaves) == 2 for s in steps)  # 1.6 s steps hold two 0.8 s clips of the bundle's spec
+    assert [s.next_leaf for s in steps] == [steps[1].leaves[0], None, steps[3].leaves[0], None]
+    assert result["verb_top1"] == topk_accuracy([s.verbs for s in steps], [s.verb for s in steps], 1)

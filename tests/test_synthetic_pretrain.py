@@ -31,13 +31,14 @@ def test_world_clips_are_labelled_like_the_narration(tiny_world):
         assert (VERBS[verb], NOUNS[noun]) == (step["verb"], step["noun"])
 
 
+@pytest.mark.slow
 def test_pretraining_learns_and_writes_loadable_weights(tiny_world, tmp_path):
     from vbedge.models.s3d import build_s3d_feature_extractor, check_s3d_state_dict, load_s3d_state_dict
 
     data = world_clips(tiny_world, progress=False)
-    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=8, batch=6, data=data,
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=5, batch=6, data=data,
                           progress=False)
-    assert result.epochs == 8 and result.clips == 12
+    assert result.epochs == 5 and result.clips == 12
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     state = load_s3d_state_dict(tmp_path / "s3d.pth")
     check_s3d_state_dict(state)  # the layout export/s3d.py --weights takes
@@ -49,4 +50,4 @@ def test_pretraining_learns_and_writes_loadable_weights(tiny_world, tmp_path):
     feats = clip_features(trained, data["clips"][:4])
     assert feats.shape == (4, 1024) and np.isfinite(feats).all()
     meta = json.loads((tmp_path / "s3d.pth.json").read_text())
-    assert meta["synthetic"] is True and meta["epochs"] == 8
+    assert meta["synthetic"] is True and meta["epochs"] == 5

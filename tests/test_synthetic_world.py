@@ -40,7 +40,6 @@ def test_grammar_is_a_distribution_and_recipes_follow_it():
     rng = np.random.default_rng(0)
     for _ in range(200):
         recipe = sample_recipe(rng, steps=5)
-        assert len({n for _, n in recipe}) == 1
         for (a, _), (b, _) in zip(recipe, recipe[1:]):
             assert b in VERB_TRANSITIONS[a]
 

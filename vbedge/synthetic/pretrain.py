@@ -30,7 +30,12 @@ import numpy as np
 from ..errors import FormatError, InvalidInputError
 from .world import NOUNS, VERBS
 
-__all__ = ["PretrainResult", "WORLD_SPEC", "clip_features", "pretrain_s3d", "world_clips"]
+__all__ = ["PretrainResult", "WORLD_SPEC", "clip_features", "pretrain_s3d", "stem_activations", "top_features",
+           "world_clips"]
+
+
+#: First block of S3D.features that pretraining trains (14 = Mixed_5b); the blocks before stay random.
+DEFAULT_TRAINABLE_FROM = 14
 
 
 def _world_spec():
@@ -128,11 +133,33 @@ class PretrainResult:
     epochs: int
     clips: int
     history: list = field(default_factory=list)
+    extractor: object = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON form (the weights' side file)."""
         return {"weights": str(self.weights), "seconds": round(self.seconds, 2), "epochs": self.epochs,
                 "clips": self.clips, "history": self.history}
+
+
+def stem_activations(extractor, clips, trainable_from, batch=16, progress=False):
+    """Output of ``extractor.features[:trainable_from]`` (the frozen stem) for ``clips``, as a tensor."""
+    import torch
+    from tqdm.auto import tqdm
+
+    stem = extractor.features[:trainable_from].eval()
+    with torch.no_grad():
+        return torch.cat([stem(torch.from_numpy(np.ascontiguousarray(clips[i:i + batch])))
+                          for i in tqdm(range(0, len(clips), batch), desc="S3D stem (frozen)", disable=not progress)])
+
+
+def top_features(extractor, stem_output, trainable_from, batch=64):
+    """1024-d features from :func:`stem_activations` output through the rest of ``extractor``."""
+    import torch
+
+    top = extractor.features[trainable_from:].eval()
+    with torch.no_grad():
+        return torch.cat([top(stem_output[i:i + batch]).mean(dim=(2, 3, 4))
+                          for i in range(0, len(stem_output), batch)]).numpy().astype(np.float32)
 
 
 def clip_features(extractor, clips, batch=16):
@@ -147,8 +174,8 @@ def clip_features(extractor, clips, batch=16):
     return np.concatenate(feats).astype(np.float32)
 
 
-def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=8,
-                 batch=32, lr=2e-3, seed=0, data=None, progress=True):
+def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=DEFAULT_TRAINABLE_FROM,
+                 batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, progress=True):
     """Pretrain S3D with verb and noun heads on a world's clips; save its state dict at ``out_path``.
 
     Args:
@@ -161,6 +188,8 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             the blocks before stay at their seeded random initialisation.
         batch, lr, seed: optimisation (AdamW, cosine decay over ``max_epochs``).
         data: the :func:`world_clips` output, when already decoded.
+        stem_cache: :func:`stem_activations` of ``data["clips"]`` for the same ``seed`` and
+            ``trainable_from``, when already computed.
         progress: show progress bars.
 
     Returns:
@@ -181,11 +210,10 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     blocks = extractor.features
     if not 1 <= trainable_from < len(blocks):
         raise InvalidInputError(f"trainable_from must be in [1, {len(blocks) - 1}], got {trainable_from}")
-    stem, top = blocks[:trainable_from].eval(), blocks[trainable_from:]
-    with torch.no_grad():
-        cached = [stem(torch.from_numpy(data["clips"][i:i + 16]))
-                  for i in tqdm(range(0, len(data["clips"]), 16), desc="S3D stem (frozen)", disable=not progress)]
-    cached = torch.cat(cached)
+    top = blocks[trainable_from:]
+    if stem_cache is None:
+        stem_cache = stem_activations(extractor, data["clips"], trainable_from, progress=progress)
+    cached = torch.as_tensor(stem_cache)
     verbs = torch.from_numpy(data["verb"].astype(np.int64))
     nouns = torch.from_numpy(data["noun"].astype(np.int64))
     heads = nn.ModuleDict({"verb": nn.Linear(1024, len(VERBS)), "noun": nn.Linear(1024, len(NOUNS))})
@@ -250,7 +278,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     tmp = out_path.with_name(out_path.name + ".partial")
     torch.save(extractor.state_dict(), str(tmp))
     tmp.replace(out_path)
-    result = PretrainResult(out_path, time.perf_counter() - started, epoch, int(len(cached)), history)
+    result = PretrainResult(out_path, time.perf_counter() - started, epoch, int(len(cached)), history, extractor)
     meta = {**result.to_dict(), "synthetic": True, "spec": spec.to_dict(), "trainable_from": trainable_from,
             "seed": seed, "world": str(world_dir),
             "note": "S3D pretrained (supervised, verb + noun heads) on a synthetic world; blocks before "

@@ -1,8 +1,8 @@
 """The synthetic kitchen: verbs are motions, nouns are shapes, videos are short recipes.
 
 Each video is a recipe of ``steps`` steps drawn from a small grammar over verbs (wash -> peel or
-cut, cut -> pour or stir, ...), all on one ingredient (the noun), so the next step is
-predictable from the current one. Every step lasts ``step_seconds`` and is narrated by one
+cut, cut -> pour or stir, ...), so the next step is predictable from the current one; a step
+keeps the previous step's ingredient (the noun) half of the time. Every step lasts ``step_seconds`` and is narrated by one
 sentence in one of several phrasings ("now cut the tomato", "let's cut the tomato into
 pieces"); the narration line records the step's ``verb`` and ``noun`` beside its text.
 
@@ -58,6 +58,8 @@ VERB_TRANSITIONS = {
     "shake": {"pour": 0.5, "flip": 0.5},
     "flip": {"stir": 0.5, "shake": 0.5},
 }
+#: Probability that a step keeps the previous step's ingredient (else a new one is drawn).
+NOUN_KEEP = 0.5
 #: Verb-noun pairs a ``split="train"`` world never shows (the compositional split).
 HELD_OUT_PAIRS = (("cut", "fish"), ("stir", "egg"), ("roll", "tomato"), ("peel", "bread"),
                   ("shake", "carrot"), ("pour", "banana"))
@@ -108,7 +110,7 @@ def _choice(rng, table):
 
 
 def sample_recipe(rng, steps=4, split="train"):
-    """A recipe: ``steps`` (verb, noun) pairs on one noun, verbs drawn from the grammar.
+    """A recipe: ``steps`` (verb, noun) pairs, verbs drawn from the grammar, the noun kept with :data:`NOUN_KEEP`.
 
     A ``"train"`` recipe never contains a pair of :data:`HELD_OUT_PAIRS` (it is redrawn).
     """
@@ -117,11 +119,14 @@ def sample_recipe(rng, steps=4, split="train"):
         raise InvalidInputError(f"split must be 'train' or 'test', got {split!r}")
     held_out = set(HELD_OUT_PAIRS) if split == "train" else set()
     for _ in range(1000):
-        noun = NOUNS[int(rng.integers(len(NOUNS)))]
+        nouns = [NOUNS[int(rng.integers(len(NOUNS)))]]
         verbs = [_choice(rng, START_VERBS)]
         while len(verbs) < steps:
             verbs.append(_choice(rng, VERB_TRANSITIONS[verbs[-1]]))
-        recipe = [(v, noun) for v in verbs]
+            # Half the time the cook moves on to another ingredient: each noun then meets many
+            # backgrounds (a noun fixed per video met only a handful, and a classifier learned those).
+            nouns.append(nouns[-1] if rng.random() < NOUN_KEEP else NOUNS[int(rng.integers(len(NOUNS)))])
+        recipe = list(zip(verbs, nouns))
         if not held_out.intersection(recipe):
             return recipe
     raise InvalidInputError("could not draw a recipe without held-out pairs")  # pragma: no cover
