@@ -124,3 +124,17 @@ def test_bad_options_are_refused(tmp_path, kwargs):
     kwargs = {"seed": 0, **kwargs}
     with pytest.raises(InvalidInputError):
         render_world(tmp_path, progress=False, **kwargs)
+
+
+def test_cli_synth(tmp_path, capsys):
+    pytest.importorskip("cv2")
+    from vbedge.cli import main
+
+    code = main(["synth", "-o", str(tmp_path / "w"), "--videos", "2", "--seed", "4", "--steps", "1",
+                 "--step-seconds", "0.5", "--size", "48", "--split", "test"])
+    assert code == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    lines = (tmp_path / "w" / "narration.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["video"] == "synth-s4-0000.mp4"
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["split"] == "test"
+    assert main(["synth", "-o", str(tmp_path / "x"), "--videos", "0"]) == 2  # a clear error, exit 2
