@@ -13,7 +13,7 @@ makes a world where a caption can be judged (:mod:`vbedge.synthetic`) and trains
    :func:`vbedge.training.train` (the paper's objectives) on the tokenized corpus;
 5. builds a verified bundle at ``W/bundle``;
 6. captions a held-out video through :meth:`vbedge.Pipeline.stream`, each caption beside the
-   true narration, and scores the zero-shot table on the held-out world
+   true narration (``W/events.jsonl``, ``W/held-out-captioned.mp4``), and scores the zero-shot table on the held-out world
    (:mod:`vbedge.synthetic.evaluate`).
 
 Every stage caches its output in the work folder, so a second run reuses them. The figures it
@@ -233,15 +233,20 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
         stage(5, f"bundle (cached: {bundle_dir})")
         bundle = Bundle.load(bundle_dir)
     stage(6, "captioning a held-out video through Pipeline.stream, then the zero-shot table on the held-out world")
-    from .pipeline import Pipeline
     from .synthetic.pretrain import read_world_narration
 
+    from .event_files import caption_to_files
+
     record = read_world_narration(test_dir)[0]
-    with Pipeline.load(bundle, backend=backend, stable_clips=1) as pipe:
-        for event in pipe.stream(str(test_dir / record["video"])):
-            truth = _truth_at(record["narration"], event.start, event.end)
-            say(f"      {event.start:5.1f}-{event.end:4.1f} s  {event.clip_caption!s:45s} | true: "
-                f"{truth['text'] if truth else '-'}")
+    say(f"      {record['video']} (held-out, never trained on); caption of each clip | true narration")
+
+    def show(event):
+        truth = _truth_at(record["narration"], event.start, event.end)
+        say(f"      {event.start:5.1f}-{event.end:4.1f} s  {event.clip_caption!s:45s} | true: "
+            f"{truth['text'] if truth else '-'}")
+
+    caption_to_files(bundle.root, str(test_dir / record["video"]), backend=backend, jsonl=work / "events.jsonl",
+                     video=work / "held-out-captioned.mp4", on_event=show, stable_clips=1)
     result, steps = zero_shot(bundle, test_dir, backend=backend, train_world=train_dir, progress=False)
     write_json(work / "zero_shot.json", {**result, "predictions": [s.to_dict() for s in steps]})
     for line in format_zero_shot_table(result).splitlines():
