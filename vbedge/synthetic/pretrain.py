@@ -7,11 +7,14 @@ clips with two linear heads (verb and noun) for a short time on the CPU, then di
 heads: what is kept is a torchvision-layout S3D state dict (``features.*`` keys) that
 ``vbedge export s3d --weights`` and ``vbedge build --s3d`` take like any other.
 
-Budget (the demo must fit in minutes on 2 CPU cores): full S3D backpropagation through all ~60
-convolutions costs about 2 s per 12 x 64 x 64 clip there, so only the top of the network is
-trained: the stem up to and including the pool after Mixed_3c stays as randomly initialised
-(``trainable_from`` = 8, Mixed_4b), its output is computed once per clip and cached, and
-Mixed_4b..Mixed_5c plus the heads are trained on the cached activations for several epochs.
+Budget (the demo must fit in minutes on 2 CPU cores): a full S3D training step (forward and
+backward through all ~60 convolutions) measured 2.1 s per clip at 15 x 112 x 112 and 1.4 s at
+15 x 80 x 80 on the shared 2-core machine, so only the top of the network is trained: the stem
+(``S3D.features[:trainable_from]``, by default everything before Mixed_5b) keeps its seeded
+random initialisation, its output is computed once per clip and cached, and the blocks from
+``trainable_from`` on plus the heads are trained on the cached activations for several epochs
+(an epoch over 384 clips took 10-20 s from Mixed_5b and 13-20 s from Mixed_4e on that loaded
+machine, 60-90 s from Mixed_4b).
 Random low-level filters keep the motion and shape information (a ridge probe finds it in a
 random S3D's features); the trained top makes the pooled 1024-d feature *group* by label, which
 is what a k-means codebook needs.
