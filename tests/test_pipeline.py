@@ -182,7 +182,10 @@ def test_live_source_with_slow_consumer_drops_oldest_and_stays_recent(small_bund
     assert summary.delivered + summary.dropped_clips == summary.clips
     indices = [e.clip_index for e in events]
     assert indices == sorted(set(indices))
-    assert events[-1].dropped_clips == summary.dropped_clips or indices[-1] < summary.clips
+    # Drop-oldest never drops the newest clip: the camera's last clip is delivered, and nothing is
+    # dropped after it (the last event carries the source's final drop count).
+    assert indices[-1] == summary.clips - 1, (indices, summary)
+    assert events[-1].dropped_clips == summary.dropped_clips
     # Recent: when a clip is delivered, the clips already complete at the source that are still
     # delivered later are at most the pending + in-flight slots (plus the one being assembled).
     for k, (event, yielded) in enumerate(seen):
