@@ -228,7 +228,8 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
         stage(5, "building and verifying the bundle (S3D + VideoBERT, fp32)")
         videobert = VideoBert.load(train_out / "model", codebook=codebook)
         bundle = build_bundle(bundle_dir, videobert=videobert, codebook=codebook, s3d_weights=weights,
-                              precisions=("fp32",), spec=WORLD_SPEC, top_k=10, overwrite=True, progress=False)
+                              precisions=("fp32",), spec=WORLD_SPEC, top_k=min(10, codebook.num_leaves),
+                              overwrite=True, progress=False)
     else:
         stage(5, f"bundle (cached: {bundle_dir})")
         bundle = Bundle.load(bundle_dir)
