@@ -231,7 +231,9 @@ def zero_shot(bundle, videos, *, backend="onnxruntime", precision="fp32", train_
             raise InvalidInputError("the zero-shot template must have a verb slot then a noun slot")
         videobert = create_bundle_backend(pipe.bundle, "videobert", backend=backend, precision=precision)
         try:
-            prior = captioner.decode(videobert.run(pad_rows([_prior_row(vocab, captioner)], vocab.pad_id)), 1)[0]
+            # Decoded without forecast rows: the prior batch has only the text-only row.
+            text_only = Captioner(vocab, template=TEMPLATE, context_clips=0, forecast_step=0)
+            prior = text_only.decode(videobert.run(pad_rows([_prior_row(vocab, text_only)], vocab.pad_id)), 1)[0]
             top_k = None
             for i in tqdm(range(0, len(steps), batch), desc="VideoBERT", disable=not progress):
                 chunk = steps[i:i + batch]
