@@ -10,10 +10,11 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, demo, evaluate, export, info, synth
+from . import build, calibrate, caption, codebook, corpus, demo, engines, evaluate, export, features, info, synth
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, codebook, export, build, caption, calibrate, synth, evaluate, demo)
+COMMAND_MODULES = (info, features, codebook, export, build, engines, caption, corpus, calibrate, synth, evaluate,
+                   demo)
 
 
 def build_parser():
