@@ -104,3 +104,12 @@ def test_zero_shot_runs_through_the_runtime(small_bundle, tmp_path):
     assert all(len(s.leaves) == 2 for s in steps)  # 1.6 s steps hold two 0.8 s clips of the bundle's spec
     assert [s.next_leaf for s in steps] == [steps[1].leaves[0], None, steps[3].leaves[0], None]
     assert result["verb_top1"] == topk_accuracy([s.verbs for s in steps], [s.verb for s in steps], 1)
+
+
+def test_cli_eval_zero_shot_reports_a_missing_narration(tmp_path, capsys):
+    from vbedge.cli import main
+
+    (tmp_path / "videos").mkdir()
+    code = main(["eval", "zero-shot", "--bundle", str(tmp_path / "no-bundle"), "--videos", str(tmp_path / "videos")])
+    assert code == 2
+    assert "narration.jsonl" in capsys.readouterr().err
