@@ -31,7 +31,6 @@ def test_world_clips_are_labelled_like_the_narration(tiny_world):
         assert (VERBS[verb], NOUNS[noun]) == (step["verb"], step["noun"])
 
 
-@pytest.mark.slow
 def test_pretraining_learns_and_writes_loadable_weights(tiny_world, tmp_path):
     from vbedge.models.s3d import build_s3d_feature_extractor, check_s3d_state_dict, load_s3d_state_dict
 
