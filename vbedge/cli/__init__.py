@@ -10,11 +10,12 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, corpus, demo, engines, evaluate, export, features, info, synth
+from . import (bench, build, calibrate, caption, codebook, corpus, demo, engines, evaluate, export, features, info,
+               synth)
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
 COMMAND_MODULES = (info, features, codebook, export, build, engines, caption, corpus, calibrate, synth, evaluate,
-                   demo)
+                   demo, bench)
 
 
 def build_parser():
