@@ -10,11 +10,12 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import bench, build, calibrate, caption, codebook, corpus, demo, engines, export, features, info, keys
+from . import (bench, build, calibrate, caption, codebook, corpus, demo, engines, evaluate, export, features, info,
+               keys, synth)
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, features, codebook, export, build, engines, keys, caption, corpus, calibrate, demo,
-                   bench)
+COMMAND_MODULES = (info, features, codebook, export, build, engines, keys, caption, corpus, calibrate, synth,
+                   evaluate, demo, bench)
 
 
 def build_parser():
