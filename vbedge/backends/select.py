@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 
 from ..errors import InvalidInputError
 from .base import BackendUnavailableError
@@ -17,7 +18,9 @@ from .install_hints import TENSORRT_HINT
 
 log = logging.getLogger("vbedge")
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino", "torch")
+# Processors where auto prefers OpenVINO over ONNX Runtime (OpenVINO's CPU plugin targets x86).
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Device nodes that exist when an NVIDIA driver is loaded: discrete GPUs, and Jetson's integrated GPU.
 _GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0")
@@ -85,6 +88,12 @@ def _tensorrt_status():
     return True, f"TensorRT {version}, device buffers via {buffers}, GPU: {gpu}"
 
 
+def _openvino_status():
+    if not _has_module("openvino"):
+        return False, "OpenVINO is not installed: pip install 'vbedge[openvino]'"
+    return True, f"OpenVINO {_version('openvino') or 'unknown version'} (CPU)"
+
+
 def _torch_status():
     if not _has_module("torch"):
         return False, "torch is not installed: pip install 'vbedge[export]' (the torch backend is the reference, not for deployment)"
@@ -96,14 +105,16 @@ def available_backends():
     return {
         "onnxruntime": _onnxruntime_status(),
         "tensorrt": _tensorrt_status(),
+        "openvino": _openvino_status(),
         "torch": _torch_status(),
     }
 
 
-def choose_backend(backend="auto", status=None):
+def choose_backend(backend="auto", status=None, precision="fp32", device="cpu"):
     """Resolve ``backend`` ('auto' or a name) to a concrete name; return ``(name, why)``.
 
-    'auto' prefers TensorRT (when importable with a GPU and a buffer library), else ONNX Runtime.
+    'auto' prefers TensorRT (when importable with a GPU and a buffer library), else OpenVINO (when
+    installed, on an x86 CPU, for precision fp32/bf16/int8 on device 'cpu'), else ONNX Runtime.
     Raises BackendUnavailableError for an explicit backend that cannot run here.
     """
     status = status or available_backends()
@@ -111,9 +122,13 @@ def choose_backend(backend="auto", status=None):
         trt_ok, trt_why = status["tensorrt"]
         if trt_ok:
             return "tensorrt", f"auto chose tensorrt: {trt_why}"
+        ov_ok, ov_why = _openvino_fits(status.get("openvino", (False, "not probed")), precision, device)
+        if ov_ok:
+            return "openvino", f"auto chose openvino ({ov_why}) because tensorrt is unavailable: {trt_why}"
         ort_ok, ort_why = status["onnxruntime"]
         if ort_ok:
-            return "onnxruntime", f"auto chose onnxruntime ({ort_why}) because tensorrt is unavailable: {trt_why}"
+            return "onnxruntime", (f"auto chose onnxruntime ({ort_why}) because tensorrt is unavailable: {trt_why}; "
+                                   f"openvino not chosen: {ov_why}")
         raise BackendUnavailableError(f"no backend can run here: tensorrt: {trt_why}; onnxruntime: {ort_why}")
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
@@ -123,18 +138,31 @@ def choose_backend(backend="auto", status=None):
     return backend, f"{backend} requested: {why}"
 
 
+def _openvino_fits(status, precision, device):
+    """``(ok, why)``: whether auto should take OpenVINO for this request."""
+    ok, why = status
+    if not ok:
+        return False, why
+    if platform.machine().lower() not in _X86:
+        return False, f"{why} is installed but this is a {platform.machine()} CPU, where ONNX Runtime is the default"
+    if precision not in ("fp32", "bf16", "int8") or device != "cpu":
+        return False, f"{why} does not run precision {precision!r} on device {device!r}"
+    return True, why
+
+
 def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     """Create a backend for an ONNX model; 'auto' picks the best available one and logs why.
 
     Args:
         onnx_path: the model's ``.onnx`` file (from the bundle).
-        backend: 'auto', 'tensorrt' or 'onnxruntime'. ('torch' runs from checkpoints, not ONNX:
+        backend: 'auto', 'tensorrt', 'openvino' or 'onnxruntime'. ('torch' runs from checkpoints, not ONNX:
             use :class:`vbedge.backends.torch_eager.TorchBackend`.)
         precision: 'fp32', 'fp16' or 'int8'; for TensorRT it selects how the engine is built
             (see docs/tensorrt.md), for ONNX Runtime it describes the given file.
         options: passed to the backend: for TensorRT ``cache_dir``, ``profiles``,
             ``workspace_bytes``, ``dla_core``, ``strongly_typed``, ``device``; for ONNX Runtime
-            ``device`` ('cpu', 'cuda', 'tensorrt'), ``intra_op_threads``, ``provider_options``.
+            ``device`` ('cpu', 'cuda', 'tensorrt'), ``intra_op_threads``, ``provider_options``; for
+            OpenVINO ``intra_op_threads``, ``cache_dir`` (default ``$VBEDGE_OPENVINO_CACHE``, else none).
     """
     if backend == "torch":
         raise InvalidInputError(
@@ -143,7 +171,7 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
         )
     status = available_backends()
     status["torch"] = (False, "not selectable from an ONNX file")
-    name, why = choose_backend(backend, status)
+    name, why = choose_backend(backend, status, precision, options.get("device", "cpu"))
     log.info("backend for %s: %s", os.path.basename(str(onnx_path)), why)
     return _instantiate(name, onnx_path, precision, options)
 
@@ -153,6 +181,12 @@ def _instantiate(name, onnx_path, precision, options):
         from .tensorrt import TensorRTBackend
 
         return TensorRTBackend.from_onnx(onnx_path, precision=precision, **options)
+    if name == "openvino":
+        from ..openvino_cache import CACHE_ENV
+        from .openvino import OpenVinoBackend
+
+        options.setdefault("cache_dir", os.environ.get(CACHE_ENV) or None)
+        return OpenVinoBackend(onnx_path, precision=precision, **options)
     from .onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(onnx_path, precision=precision, **options)
@@ -170,11 +204,18 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", **opt
 
         log.info("backend for %s: torch requested (PyTorch reference weights)", model)
         return TorchBackend.from_bundle(bundle, model, threads=options.pop("intra_op_threads", None))
-    onnx_path = bundle.onnx_path(model, precision)
-    name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")))
+    name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")),
+                               precision, options.get("device", "cpu"))
     log.info("backend for %s (%s): %s", model, precision, why)
+    # OpenVINO's bf16 is a compile-time hint on the FP32 graph (docs/openvino.md).
+    onnx_path = bundle.onnx_path(model, "fp32" if (name, precision) == ("openvino", "bf16") else precision)
     if name == "tensorrt":
         options.setdefault("cache_dir", bundle.engine_dir)
+    if name == "openvino":
+        from ..openvino_cache import default_cache_dir
+
+        options.setdefault("cache_dir", default_cache_dir(bundle.engine_dir))
+        options.setdefault("model_name", model)
     cpu_form = bundle.manifest["models"][model].get("int8_cpu")
     if name == "onnxruntime" and precision == "int8" and cpu_form and options.get("device", "cpu") == "cpu":
         # The Q/DQ graph is laid out for TensorRT; ONNX Runtime's CPU kernels run the same
