@@ -156,8 +156,8 @@ class OpenVinoBackend(Backend):
             raise FormatError(f"openvino cannot compile {self.onnx_path.name} with {config}: {exc}") from exc
 
     def _precision_report(self):
-        hint = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        hint = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(hint, hint)
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.to_string() if hasattr(hint, "to_string") else str(hint).lower()
         layers, compute = Counter(), Counter()
         for op in self._compiled.get_runtime_model().get_ordered_ops():
             rt_info = op.get_rt_info()
