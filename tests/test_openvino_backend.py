@@ -367,9 +367,10 @@ def test_small_bundle_bf16_where_the_cpu_has_it(small_bundle):
         pytest.skip("this CPU has no native BF16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks 'BF16')")
     result = _agreement(small_bundle, "bf16")
     assert all(r["compute_layers"].get("bf16", 0) > 0 for r in result["report"]), result
-    # Recorded, not asserted against the bars: see docs/openvino.md for whether BF16 holds them.
+    # BF16 is recorded, not held to the bars: on the AMD EPYC (Zen 4, AVX512_BF16) it measured 81%
+    # token agreement and 96% top-1 (docs/openvino.md), which is why it is opt-in, never the default.
     print(json.dumps({k: v for k, v in result.items() if k != "report"}))
-    assert result["min_cosine"] > 0.99, result
+    assert result["min_cosine"] > 0.999, result
 
 
 @needs_openvino
@@ -377,6 +378,8 @@ def test_create_bundle_backend_openvino_caches_beside_the_bundle(small_bundle, m
     monkeypatch.delenv(CACHE_ENV, raising=False)
     backend = select.create_bundle_backend(small_bundle, "videobert", backend="openvino", intra_op_threads=2)
     assert backend.name == "openvino"
+    # fp32 even where OpenVINO's own default would be BF16 (it is on BF16-capable CPUs).
+    assert backend.actual_precision == "fp32", backend.precision_report
     assert backend.cache_path.parent == small_bundle.engine_dir / "openvino"
     assert backend.cache_path.name.startswith("videobert-fp32-ov")
     with pytest.raises(InvalidInputError, match="fp16"):

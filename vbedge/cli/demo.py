@@ -7,7 +7,7 @@ def register(subparsers):
                                            "vbedge[opencv,export,demo])")
     p.add_argument("--workdir", default="vbedge-demo", help="folder for the video, bundle and outputs")
     p.add_argument("--full", action="store_true", help="full-size S3D input (30 frames, 224x224): slower")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch")
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt, openvino or torch")
     p.set_defaults(func=run_demo)
 
 
