@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import platform
 from collections import Counter
 from pathlib import Path
 
@@ -129,14 +130,14 @@ class OpenVinoBackend(Backend):
         try:
             if cache_dir is None:
                 return core.compile_model(model, "CPU", config)
-            from .. import info
             from ..engine_cache import file_sha256
             from ..openvino_cache import CompiledModelCache, CompiledModelKey
 
             cache = CompiledModelCache(cache_dir)
             key = CompiledModelKey(
                 model=model_name, openvino_version=ov.get_version(),
-                cpu=f"{info.cpu_model()} | {core.get_property('CPU', 'FULL_DEVICE_NAME')} | {','.join(self.capabilities)}",
+                # OpenVINO's device name is the CPUID brand string (what /proc/cpuinfo shows).
+                cpu=f"{core.get_property('CPU', 'FULL_DEVICE_NAME')} | {platform.machine()} | {','.join(self.capabilities)}",
                 precision=self.precision, onnx_sha256=file_sha256(self.onnx_path), options=config,
             )
             self.cache_path = cache.path_for(key)
