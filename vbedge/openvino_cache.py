@@ -127,7 +127,8 @@ def _writable(folder):
         if folder.parent == folder:
             return False
         folder = folder.parent
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    # (two calls rather than W_OK | X_OK, which vermin mistakes for a 3.10 union type)
+    return folder.is_dir() and os.access(folder, os.W_OK) and os.access(folder, os.X_OK)
 
 
 def encode(key: CompiledModelKey, blob):
