@@ -222,6 +222,21 @@ def test_openvino_matches_onnxruntime_and_validates_inputs(model_path):
 
 
 @needs_openvino
+def test_runs_from_several_threads_each_get_their_own_answer(model_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vbedge.backends.openvino import OpenVinoBackend
+
+    backend = OpenVinoBackend(model_path, intra_op_threads=1)
+    feeds = [{"x": RNG.normal(size=(4, 8)).astype(np.float32), "ids": np.full(4, i, np.int64)} for i in range(32)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(backend.run, feeds))
+    for f, r in zip(feeds, results):
+        np.testing.assert_allclose(r["y"], f["x"] @ W + B, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(r["ids_next"], f["ids"] + 1)
+
+
+@needs_openvino
 def test_create_backend_auto_picks_openvino_on_x86_and_logs_why(model_path, monkeypatch, caplog):
     from vbedge.backends.openvino import OpenVinoBackend
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import platform
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -119,6 +120,9 @@ class OpenVinoBackend(Backend):
         self.cache_hit = False
         self._compiled = self._compile(ov, core, model, config, cache_dir, model_name or self.onnx_path.stem)
         self._request = self._compiled.create_infer_request()
+        # One infer request holds its input/output buffers: runs from several threads (the
+        # pipeline's S3D stage) take turns on it, as ONNX Runtime's session.run may be shared.
+        self._lock = threading.Lock()
         self.precision_report = self._precision_report()
         if precision == "int8" and self.precision_report["compute_layers"].get("int8", 0) == 0:
             log.warning("openvino backend: %s was asked for int8 but no compute layer runs in INT8 "
@@ -184,14 +188,19 @@ class OpenVinoBackend(Backend):
         if self._compiled is None:
             raise InvalidInputError(f"{self.onnx_path.name}: backend is closed")
         feeds = validate_inputs(self._inputs, inputs, model=self.onnx_path.name)
-        try:
-            self._request.infer(feeds)
-        except RuntimeError as exc:  # shape mismatch inside the graph, ...
-            shapes = {name: tuple(a.shape) for name, a in feeds.items()}
-            raise InvalidInputError(f"openvino failed on {self.onnx_path.name} with input shapes {shapes}: {exc}") from exc
-        # The request reuses its output buffers on the next run: hand out copies.
-        return {spec.name: self._request.get_tensor(spec.name).data.copy() for spec in self._outputs}
+        with self._lock:
+            request = self._request
+            if request is None:
+                raise InvalidInputError(f"{self.onnx_path.name}: backend is closed")
+            try:
+                request.infer(feeds)
+            except RuntimeError as exc:  # shape mismatch inside the graph, ...
+                shapes = {name: tuple(a.shape) for name, a in feeds.items()}
+                raise InvalidInputError(f"openvino failed on {self.onnx_path.name} with input shapes {shapes}: {exc}") from exc
+            # The request reuses its output buffers on the next run: hand out copies.
+            return {spec.name: request.get_tensor(spec.name).data.copy() for spec in self._outputs}
 
     def close(self):
-        self._request = None
-        self._compiled = None
+        with self._lock:  # not while a run is using the request
+            self._request = None
+            self._compiled = None
