@@ -240,6 +240,9 @@ _DEFAULTS = {
     "keep_frames": False,
     "source_options": None,
     "backend_options": None,
+    "s3d_options": None,
+    "videobert_options": None,
+    "device_features": "auto",
 }
 
 
@@ -259,7 +262,9 @@ def _check_options(options):
                 or not math.isfinite(value) or value < 0 or (name == "live_max_gap" and value == 0):
             raise InvalidInputError(f"{name} must be a {'positive' if name == 'live_max_gap' else 'non-negative'} "
                                     f"number of seconds, got {value!r}")
-    for name in ("source_options", "backend_options"):
+    if merged["device_features"] not in ("auto", True, False):
+        raise InvalidInputError(f"device_features must be 'auto', True or False, got {merged['device_features']!r}")
+    for name in ("source_options", "backend_options", "s3d_options", "videobert_options"):
         if merged[name] is not None and not isinstance(merged[name], dict):
             raise InvalidInputError(f"{name} must be a dict, got {type(merged[name]).__name__}")
     return merged
@@ -300,7 +305,12 @@ class Pipeline:
         from .captioner import CaptionStabilizer
 
         CaptionStabilizer(opts["stable_clips"], opts["min_confidence"])
-        self._backend_options = dict(opts["backend_options"] or {})
+        # Per model: the shared backend options, then that model's own (which win), so S3D's
+        # TensorRT profiles never reach VideoBERT.
+        self._backend_options = {
+            model: {**(opts["backend_options"] or {}), **(opts[f"{model}_options"] or {})}
+            for model in ("s3d", "videobert")
+        }
         self._s3d = None
         self._videobert = None
         self._model_lock = threading.Lock()
@@ -308,7 +318,13 @@ class Pipeline:
         self._runs_lock = threading.Lock()
         self._closed = False
         self.last_summary = []
-        self._s3d_backend()  # fail at load, not in a thread, when the backend cannot run
+        from .device_path import device_path_status
+
+        # Fail at load, not in a thread, when the backend cannot run.
+        self.device_features, why = device_path_status(self._s3d_backend(), self.codebook, opts["device_features"])
+        if opts["device_features"] is True and not self.device_features:
+            raise InvalidInputError(f"device_features=True, but {why}")
+        log.info("pipeline: %s", why if self.device_features else f"S3D features go through the host ({why})")
 
     @classmethod
     def load(cls, bundle, backend="auto", precision="fp32", **options) -> "Pipeline":
@@ -328,7 +344,13 @@ class Pipeline:
                 ``live_pending_clips`` (1), ``live_in_flight`` (2), ``queue_size`` (2);
                 tokenization: ``tokenize_mode`` ("tree"), ``beam`` (1); ``keep_frames`` (False);
                 ``source_options`` (dict for :func:`vbedge.sources.open_source`),
-                ``backend_options`` (dict for the backends, e.g. ``intra_op_threads``).
+                ``device_features`` ("auto": with a GPU backend and the CUDA tokenizer, S3D
+                features stay on the GPU and are tokenized there; True: require it; False: never),
+                ``backend_options`` (dict for both models' backends, e.g. ``intra_op_threads``),
+                ``s3d_options`` / ``videobert_options`` (dicts for one model, over
+                ``backend_options``: e.g. TensorRT ``profiles``; by default TensorRT profiles
+                follow ``max_batch``, ``queue_size`` and the captioner, see
+                :func:`vbedge.backends.trt_policy.pipeline_limits`).
         """
         return cls(bundle, backend=backend, precision=precision, **options)
 
@@ -337,8 +359,11 @@ class Pipeline:
     def _make_backend(self, model):
         from .backends.select import create_bundle_backend
 
-        return create_bundle_backend(self.bundle, model, backend=self.backend,
-                                     precision=self.precision, **dict(self._backend_options))
+        from .backends.trt_policy import pipeline_limits
+
+        limits = pipeline_limits(self.options["max_batch"], self.options["queue_size"], self.captioner)[model]
+        return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
+                                     limits=limits, **dict(self._backend_options[model]))
 
     def _s3d_backend(self):
         with self._model_lock:
@@ -652,12 +677,24 @@ class _Run:
                 continue
             work = [w for w in items if isinstance(w, _Work)]
             if work:
-                t0 = time.monotonic()
-                features = backend.run({"clip": np.stack([w.array for w in work])})["feature"]
-                ms = (time.monotonic() - t0) * 1000.0
-                for w, feature in zip(work, features):
-                    w.feature, w.array = feature, None
-                    w.latency["s3d"], w.batch_size = ms, len(work)
+                clips = np.stack([w.array for w in work])
+                if self.pipe.device_features:
+                    # GPU backend: features stay on the device and are tokenized there, right
+                    # away (the backend reuses its output buffers on the next batch).
+                    from .device_path import s3d_leaves_on_device
+
+                    leaves, ms = s3d_leaves_on_device(backend, self.pipe.codebook, clips,
+                                                      self.options["tokenize_mode"], self.options["beam"])
+                    for w, leaf in zip(work, leaves):
+                        w.leaf, w.array = int(leaf), None
+                        w.latency["s3d+tokenize"], w.batch_size = ms, len(work)
+                else:
+                    t0 = time.monotonic()
+                    features = backend.run({"clip": clips})["feature"]
+                    ms = (time.monotonic() - t0) * 1000.0
+                    for w, feature in zip(work, features):
+                        w.feature, w.array = feature, None
+                        w.latency["s3d"], w.batch_size = ms, len(work)
             for item in items:
                 if not self.to_tokenize.put(item):
                     return
@@ -667,7 +704,7 @@ class _Run:
         mode, beam = self.options["tokenize_mode"], self.options["beam"]
         while not self.stop.is_set():
             items = self.to_tokenize.get_all()
-            work = [w for w in items if isinstance(w, _Work)]
+            work = [w for w in items if isinstance(w, _Work) and w.feature is not None]
             if work:
                 t0 = time.monotonic()
                 leaves = codebook.tokenize(np.stack([w.feature for w in work]).astype(np.float32),

@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, corpus, demo, export, features, info
+from . import build, calibrate, caption, codebook, corpus, demo, engines, export, features, info
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, features, codebook, export, build, caption, corpus, calibrate, demo)
+COMMAND_MODULES = (info, features, codebook, export, build, engines, caption, corpus, calibrate, demo)
 
 
 def build_parser():
