@@ -251,6 +251,32 @@ def test_create_backend_auto_picks_openvino_on_x86_and_logs_why(model_path, monk
 
 
 @needs_openvino
+def test_auto_falls_back_to_onnxruntime_when_openvino_fails_but_explicit_raises(model_path, monkeypatch, caplog):
+    import vbedge.backends.openvino as ov_backend
+
+    def broken(*args, **kwargs):
+        raise FormatError("openvino cannot compile mm.onnx: unsupported op")
+
+    monkeypatch.setattr(select, "_tensorrt_status", lambda: (False, "no GPU"))
+    monkeypatch.setattr(select.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(ov_backend, "OpenVinoBackend", broken)
+    with caplog.at_level(logging.WARNING, logger="vbedge"):
+        backend = select.create_backend(model_path)
+    assert isinstance(backend, OnnxRuntimeBackend) and "auto fell back to onnxruntime" in backend.selection
+    assert "unsupported op" in caplog.text
+    with pytest.raises(FormatError, match="unsupported op"):
+        select.create_backend(model_path, backend="openvino")
+
+
+@needs_openvino
+def test_explicit_openvino_refuses_options_it_does_not_take(model_path):
+    with pytest.raises(InvalidInputError, match="does not take option"):
+        select.create_backend(model_path, backend="openvino", provider_options={})
+    backend = select.create_backend(model_path, backend="openvino", intra_op_threads=1, device="cpu")
+    assert backend.selection.startswith("openvino requested")
+
+
+@needs_openvino
 def test_compiled_model_cache_hit_and_corrupt_entry_is_rebuilt(model_path, tmp_path, caplog):
     from vbedge.backends.openvino import OpenVinoBackend
 
