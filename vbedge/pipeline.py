@@ -107,6 +107,10 @@ class ClipEvent:
         dropped_frames: frames the live source overwrote so far (its ``stats.frames_dropped``).
         s3d_batch_size: clips (of any source) in the S3D batch this clip ran in.
         padded_frames: repeated frames completing the last clip of a file.
+        timings: where the clip waited, for ``vbedge bench``: ``queue_ms`` (stage name ->
+            milliseconds the clip waited in the queue before ``s3d``, ``tokenize``,
+            ``videobert`` and the ``consumer``) and ``batch`` (stage name -> clips in the batch
+            it ran in). Not in :meth:`to_dict`.
         frames: the clip's sampled frames (``keep_frames=True`` only; not in :meth:`to_dict`).
         result: the full :class:`vbedge.captioner.CaptionResult` (not in :meth:`to_dict`).
     """
@@ -130,6 +134,7 @@ class ClipEvent:
     dropped_frames: int = 0
     s3d_batch_size: int = 1
     padded_frames: int = 0
+    timings: dict = field(default_factory=dict, repr=False)
     frames: list | None = field(default=None, repr=False)
     result: object = field(default=None, repr=False)
 
@@ -188,6 +193,13 @@ class _Work:
     feature: np.ndarray | None = None
     leaf: int = -1
     batch_size: int = 1
+    # For the bench: when the clip entered its current queue, and its waits and batch sizes.
+    t_queued: float = 0.0
+    timings: dict = field(default_factory=lambda: {"queue_ms": {}, "batch": {}})
+
+    def dequeued(self, stage, now):
+        """Record the wait before ``stage`` (the clip left its queue at ``now``)."""
+        self.timings["queue_ms"][stage] = (now - self.t_queued) * 1000.0
 
 
 @dataclass
@@ -614,7 +626,9 @@ class _Run:
                                             item.slot.delivered)
                 continue
             event, work = item
-            event.latency_ms["total"] = (time.monotonic() - work.t_read) * 1000.0
+            now = time.monotonic()
+            work.dequeued("consumer", now)
+            event.latency_ms["total"] = (now - work.t_read) * 1000.0
             work.slot.delivered += 1
             if work.slot.live:
                 self.clips.release(work.slot)
@@ -640,7 +654,8 @@ class _Run:
             if not keep:
                 clip.frames = None  # the preprocessed array is all later stages need
             slot.clips += 1
-            self.clips.put(slot, _Work(slot, clip, array, t_read, latency))
+            self.clips.put(slot, _Work(slot, clip, array, t_read, latency,
+                                       t_queued=time.monotonic()))
 
         try:
             while not self.stop.is_set():
@@ -677,6 +692,9 @@ class _Run:
                 continue
             work = [w for w in items if isinstance(w, _Work)]
             if work:
+                t0 = time.monotonic()
+                for w in work:
+                    w.dequeued("s3d", t0)
                 clips = np.stack([w.array for w in work])
                 if self.pipe.device_features:
                     # GPU backend: features stay on the device and are tokenized there, right
@@ -685,16 +703,19 @@ class _Run:
 
                     leaves, ms = s3d_leaves_on_device(backend, self.pipe.codebook, clips,
                                                       self.options["tokenize_mode"], self.options["beam"])
+                    t1 = time.monotonic()
                     for w, leaf in zip(work, leaves):
                         w.leaf, w.array = int(leaf), None
                         w.latency["s3d+tokenize"], w.batch_size = ms, len(work)
+                        w.timings["batch"]["s3d"], w.t_queued = len(work), t1
                 else:
-                    t0 = time.monotonic()
                     features = backend.run({"clip": clips})["feature"]
-                    ms = (time.monotonic() - t0) * 1000.0
+                    t1 = time.monotonic()
+                    ms = (t1 - t0) * 1000.0
                     for w, feature in zip(work, features):
                         w.feature, w.array = feature, None
                         w.latency["s3d"], w.batch_size = ms, len(work)
+                        w.timings["batch"]["s3d"], w.t_queued = len(work), t1
             for item in items:
                 if not self.to_tokenize.put(item):
                     return
@@ -707,12 +728,16 @@ class _Run:
             work = [w for w in items if isinstance(w, _Work) and w.feature is not None]
             if work:
                 t0 = time.monotonic()
+                for w in work:
+                    w.dequeued("tokenize", t0)
                 leaves = codebook.tokenize(np.stack([w.feature for w in work]).astype(np.float32),
                                            mode=mode, beam=beam)
-                ms = (time.monotonic() - t0) * 1000.0
+                t1 = time.monotonic()
+                ms = (t1 - t0) * 1000.0
                 for w, leaf in zip(work, np.asarray(leaves).tolist()):
                     w.leaf, w.feature = int(leaf), None
                     w.latency["tokenize"] = ms
+                    w.timings["batch"]["tokenize"], w.t_queued = len(work), t1
             for item in items:
                 if not self.to_videobert.put(item):
                     return
@@ -726,6 +751,9 @@ class _Run:
             items = self.to_videobert.get_all()
             work = [w for w in items if isinstance(w, _Work)]
             results = {}
+            t0 = time.monotonic()
+            for w in work:
+                w.dequeued("videobert", t0)
             if work and captions:
                 contexts = []
                 for w in work:
@@ -736,9 +764,12 @@ class _Run:
                 ms = (time.monotonic() - t0) * 1000.0
                 for w, result in zip(work, decoded):
                     w.latency["videobert"] = ms
+                    w.timings["batch"]["videobert"] = len(work)
                     results[id(w)] = result
+            t1 = time.monotonic()
             for item in items:
                 if isinstance(item, _Work):
+                    item.t_queued = t1
                     item = (self._event(item, results.get(id(item))), item)
                 if not self.out.put(item):
                     return
@@ -752,7 +783,7 @@ class _Run:
             leaf=work.leaf, token_id=token_id, token=vocab.token_string(token_id),
             latency_ms=work.latency, dropped_clips=slot.dropped,
             dropped_frames=slot.dropped_frames(), s3d_batch_size=work.batch_size,
-            padded_frames=clip.padded, frames=clip.frames)
+            padded_frames=clip.padded, timings=work.timings, frames=clip.frames)
         if result is not None:
             shown, changed = slot.stabilizer.update(result.text, result.confidence)
             event.caption, event.caption_changed = shown, changed

@@ -10,10 +10,11 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, corpus, demo, engines, export, features, info
+from . import bench, build, calibrate, caption, codebook, corpus, demo, engines, export, features, info
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, features, codebook, export, build, engines, caption, corpus, calibrate, demo)
+COMMAND_MODULES = (info, features, codebook, export, build, engines, caption, corpus, calibrate, demo,
+                   bench)
 
 
 def build_parser():
