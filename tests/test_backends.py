@@ -145,7 +145,7 @@ def test_onnxruntime_cuda_device_unavailable_here_names_the_fix(model_path):
 
 def test_available_backends_reports_every_backend_with_a_reason():
     status = select.available_backends()
-    assert set(status) == {"onnxruntime", "tensorrt", "torch"}
+    assert set(status) == {"onnxruntime", "tensorrt", "openvino", "torch"}
     for name, (ok, reason) in status.items():
         assert isinstance(ok, bool) and reason, name
     assert status["onnxruntime"][0] and "CPU" in status["onnxruntime"][1]
@@ -201,6 +201,7 @@ def test_explicit_unavailable_backend_names_what_is_missing():
 
 def test_create_backend_auto_logs_and_falls_back_to_onnxruntime(model_path, monkeypatch, caplog):
     monkeypatch.setattr(select, "_tensorrt_status", lambda: (False, "TensorRT's Python package is not installed"))
+    monkeypatch.setattr(select, "_openvino_status", lambda: (False, "OpenVINO is not installed"))
     with caplog.at_level(logging.INFO, logger="vbedge"):
         backend = select.create_backend(model_path)
     assert isinstance(backend, OnnxRuntimeBackend)

@@ -70,17 +70,17 @@ def test_summarize_events_shares_batched_stage_time_for_the_rtf():
 
 
 def test_unknown_backend_or_precision_names_the_valid_ones(capsys):
-    with pytest.raises(InvalidInputError, match="onnxruntime, tensorrt, torch"):
-        check_choices(["onnxruntime", "openvino"], ["fp32"])
+    with pytest.raises(InvalidInputError, match="onnxruntime, tensorrt, openvino, torch"):
+        check_choices(["onnxruntime", "tflite"], ["fp32"])
     with pytest.raises(InvalidInputError, match="fp32, fp16, int8"):
         check_choices(["onnxruntime"], ["fp8"])
     with pytest.raises(InvalidInputError, match="positive integers"):
         check_choices(["onnxruntime"], ["fp32"], [0])
     # The command says the same, before loading anything.
     assert main(["bench", "--bundle", "nowhere", "--backend", "cuda"]) == 2
-    assert "valid backends are onnxruntime, tensorrt, torch" in capsys.readouterr().err
-    assert main(["bench", "--bundle", "nowhere", "--precision", "bf16"]) == 2
-    assert "valid precisions are fp32, fp16, int8" in capsys.readouterr().err
+    assert "valid backends are onnxruntime, tensorrt, openvino, torch" in capsys.readouterr().err
+    assert main(["bench", "--bundle", "nowhere", "--precision", "fp8"]) == 2
+    assert "valid precisions are fp32, fp16, int8, bf16" in capsys.readouterr().err
 
 
 # -- --compare on hand-made reports ------------------------------------------------------------

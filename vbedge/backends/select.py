@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 
 from ..errors import InvalidInputError
 from .base import BackendUnavailableError
@@ -17,7 +18,9 @@ from .install_hints import TENSORRT_HINT
 
 log = logging.getLogger("vbedge")
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino", "torch")
+# Processors where auto prefers OpenVINO over ONNX Runtime (OpenVINO's CPU plugin targets x86).
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Device nodes that exist when an NVIDIA driver is loaded: discrete GPUs, and Jetson's integrated GPU.
 _GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0")
@@ -85,6 +88,12 @@ def _tensorrt_status():
     return True, f"TensorRT {version}, device buffers via {buffers}, GPU: {gpu}"
 
 
+def _openvino_status():
+    if not _has_module("openvino"):
+        return False, "OpenVINO is not installed: pip install 'vbedge[openvino]'"
+    return True, f"OpenVINO {_version('openvino') or 'unknown version'} (CPU)"
+
+
 def _torch_status():
     if not _has_module("torch"):
         return False, "torch is not installed: pip install 'vbedge[export]' (the torch backend is the reference, not for deployment)"
@@ -96,14 +105,16 @@ def available_backends():
     return {
         "onnxruntime": _onnxruntime_status(),
         "tensorrt": _tensorrt_status(),
+        "openvino": _openvino_status(),
         "torch": _torch_status(),
     }
 
 
-def choose_backend(backend="auto", status=None):
+def choose_backend(backend="auto", status=None, precision="fp32", device="cpu"):
     """Resolve ``backend`` ('auto' or a name) to a concrete name; return ``(name, why)``.
 
-    'auto' prefers TensorRT (when importable with a GPU and a buffer library), else ONNX Runtime.
+    'auto' prefers TensorRT (when importable with a GPU and a buffer library), else OpenVINO (when
+    installed, on an x86 CPU, for precision fp32/bf16/int8 on device 'cpu'), else ONNX Runtime.
     Raises BackendUnavailableError for an explicit backend that cannot run here.
     """
     status = status or available_backends()
@@ -111,9 +122,13 @@ def choose_backend(backend="auto", status=None):
         trt_ok, trt_why = status["tensorrt"]
         if trt_ok:
             return "tensorrt", f"auto chose tensorrt: {trt_why}"
+        ov_ok, ov_why = _openvino_fits(status.get("openvino", (False, "not probed")), precision, device)
+        if ov_ok:
+            return "openvino", f"auto chose openvino ({ov_why}) because tensorrt is unavailable: {trt_why}"
         ort_ok, ort_why = status["onnxruntime"]
         if ort_ok:
-            return "onnxruntime", f"auto chose onnxruntime ({ort_why}) because tensorrt is unavailable: {trt_why}"
+            return "onnxruntime", (f"auto chose onnxruntime ({ort_why}) because tensorrt is unavailable: {trt_why}; "
+                                   f"openvino not chosen: {ov_why}")
         raise BackendUnavailableError(f"no backend can run here: tensorrt: {trt_why}; onnxruntime: {ort_why}")
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
@@ -123,12 +138,26 @@ def choose_backend(backend="auto", status=None):
     return backend, f"{backend} requested: {why}"
 
 
+def _openvino_fits(status, precision, device):
+    """``(ok, why)``: whether auto should take OpenVINO for this request."""
+    ok, why = status
+    if not ok:
+        return False, why
+    if platform.machine().lower() not in _X86:
+        return False, f"{why} is installed but this is a {platform.machine()} CPU, where ONNX Runtime is the default"
+    # A numbered device is TensorRT's CUDA index: not a request OpenVINO must refuse.
+    if precision not in ("fp32", "bf16", "int8") or (isinstance(device, str) and device != "cpu"):
+        return False, f"{why} does not run precision {precision!r} on device {device!r}"
+    return True, why
+
+
 #: Options each backend takes (see create_backend). ``device`` is a CUDA index (int) for TensorRT, a
 #: device name (str: 'cpu', 'cuda', 'tensorrt') for ONNX Runtime, either for torch ('cuda:0' or 0).
 BACKEND_OPTIONS = {
     "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options"}),
     "tensorrt": frozenset({"cache_dir", "profiles", "workspace_bytes", "dla_core", "strongly_typed", "device",
                            "buffers", "rebuild", "progress", "manifest_sha256"}),
+    "openvino": frozenset({"device", "intra_op_threads", "cache_dir", "model_name"}),
     "torch": frozenset({"device", "intra_op_threads"}),
 }
 
@@ -151,7 +180,7 @@ def options_for(name, options, requested):
         fits = key in known
         if fits and key == "device" and name != "torch":
             # ONNX Runtime names devices ('cpu', 'cuda'); TensorRT numbers them; torch takes either.
-            fits = isinstance(value, str) if name == "onnxruntime" else not isinstance(value, str)
+            fits = isinstance(value, str) if name in ("onnxruntime", "openvino") else not isinstance(value, str)
         if fits:
             kept[key] = value
         else:
@@ -192,14 +221,15 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
 
     Args:
         onnx_path: the model's ``.onnx`` file (from the bundle).
-        backend: 'auto', 'tensorrt' or 'onnxruntime'. ('torch' runs from checkpoints, not ONNX:
+        backend: 'auto', 'tensorrt', 'openvino' or 'onnxruntime'. ('torch' runs from checkpoints, not ONNX:
             use :class:`vbedge.backends.torch_eager.TorchBackend`.)
         precision: 'fp32', 'fp16' or 'int8'; for TensorRT it selects how the engine is built
             (see docs/tensorrt.md), for ONNX Runtime it describes the given file.
         options: passed to the backend: for TensorRT ``cache_dir``, ``profiles``,
             ``workspace_bytes``, ``dla_core``, ``strongly_typed``, ``device``, ``buffers``,
             ``rebuild``; for ONNX Runtime ``device`` ('cpu', 'cuda', 'tensorrt'),
-            ``intra_op_threads``, ``provider_options``. With 'auto', options of the backend not
+            ``intra_op_threads``, ``provider_options``; for OpenVINO ``intra_op_threads``,
+            ``cache_dir`` (default ``$VBEDGE_OPENVINO_CACHE``, else none). With 'auto', options of the backend not
             chosen are left out (logged); with an explicit backend they are an error.
 
     With 'auto', a TensorRT engine that cannot be built or loaded (TensorRT too old, parser or
@@ -213,7 +243,7 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
         )
     status = available_backends()
     status["torch"] = (False, "not selectable from an ONNX file")
-    name, why = choose_backend(backend, status)
+    name, why = choose_backend(backend, status, precision, options.get("device", "cpu"))
     log.info("backend for %s: %s", os.path.basename(str(onnx_path)), why)
     return _open(name, why, backend, onnx_path, precision, options, os.path.basename(str(onnx_path)))
 
@@ -242,6 +272,23 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
             if requested != "auto":
                 raise
             reason = f"TensorRT failed for {label} ({type(exc).__name__}: {exc})"
+            log.warning("backend for %s: %s; falling back to ONNX Runtime", label, reason)
+            name, why = "onnxruntime", f"auto fell back to onnxruntime: {reason}"
+        else:
+            opened.selection = why
+            return opened
+    if name == "openvino":
+        from ..openvino_cache import CACHE_ENV
+        from .openvino import OpenVinoBackend
+
+        ov_options = options_for("openvino", options, requested)
+        ov_options.setdefault("cache_dir", os.environ.get(CACHE_ENV) or None)
+        try:
+            opened = OpenVinoBackend(onnx_path, precision=precision, **ov_options)
+        except VbedgeError as exc:
+            if requested != "auto":
+                raise
+            reason = f"OpenVINO failed for {label} ({type(exc).__name__}: {exc})"
             log.warning("backend for %s: %s; falling back to ONNX Runtime", label, reason)
             name, why = "onnxruntime", f"auto fell back to onnxruntime: {reason}"
         else:
@@ -280,10 +327,18 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
                                           device=torch_options.get("device", "cpu"), precision=precision)
         opened.selection = f"torch requested on {opened.device} at {precision}"
         return opened
-    onnx_path = bundle.onnx_path(model, precision)
-    name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")))
+    name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")),
+                               precision, options.get("device", "cpu"))
     log.info("backend for %s (%s): %s", model, precision, why)
+    # OpenVINO's bf16 is a compile-time hint on the FP32 graph (docs/openvino.md).
+    onnx_path = bundle.onnx_path(model, "fp32" if (name, precision) == ("openvino", "bf16") else precision)
     options = dict(options)
+    if name == "openvino":
+        from ..openvino_cache import default_cache_dir
+
+        options.setdefault("model_name", model)
+        if options.get("cache_dir") is None:
+            options["cache_dir"] = default_cache_dir(bundle.engine_dir)
     if name == "tensorrt":
         from .trt_policy import bundle_profiles
 

@@ -187,6 +187,7 @@ def machine_info():
             "python": sys.version.split()[0],
             "numpy": _version("numpy"),
             "onnxruntime": _version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+            "openvino": _version("openvino"),
             "tensorrt": _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13",
                                  "tensorrt_cu12"),
             "torch": _version("torch"),

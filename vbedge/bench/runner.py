@@ -28,8 +28,8 @@ QUEUE_STAGES = ("s3d", "tokenize", "videobert", "consumer")
 #: Stages whose time is shared by the clips of one batch (for the real-time factor).
 _BATCHED = ("s3d", "tokenize", "videobert")
 
-BACKEND_CHOICES = ("onnxruntime", "tensorrt", "torch")
-PRECISION_CHOICES = ("fp32", "fp16", "int8")
+BACKEND_CHOICES = ("onnxruntime", "tensorrt", "openvino", "torch")
+PRECISION_CHOICES = ("fp32", "fp16", "int8", "bf16")  # bf16: openvino on BF16 CPUs
 MODEL_CHOICES = ("s3d", "videobert")
 
 

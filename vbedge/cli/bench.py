@@ -17,9 +17,9 @@ def register(subparsers):
                     "backend call alone; --compare A.json B.json prints the ratios B / A.")
     p.add_argument("--bundle", help="bundle folder (needed unless --compare)")
     p.add_argument("--backend", default="onnxruntime",
-                   help="comma-separated: onnxruntime, tensorrt, torch (default onnxruntime)")
+                   help="comma-separated: onnxruntime, tensorrt, openvino, torch (default onnxruntime)")
     p.add_argument("--precision", default="fp32",
-                   help="comma-separated: fp32, fp16, int8 (default fp32)")
+                   help="comma-separated: fp32, fp16, int8, bf16 (openvino) (default fp32)")
     p.add_argument("--streams", default="1", help="comma-separated live stream counts (default 1)")
     p.add_argument("--seconds", type=float, default=20.0,
                    help="measured seconds per configuration (default 20)")

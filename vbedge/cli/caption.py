@@ -41,8 +41,8 @@ def register(subparsers):
 def _add_pipeline_options(parser):
     parser.add_argument("--bundle", required=True, help="bundle folder")
     parser.add_argument("--backend", default="auto",
-                        help="auto, onnxruntime, tensorrt or torch (default auto)")
-    parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+                        help="auto, onnxruntime, tensorrt, openvino or torch (default auto)")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8; bf16 with openvino on BF16 CPUs")
     add_trusted_key_option(parser)
 
 

@@ -12,7 +12,7 @@ def register(subparsers):
                                                "on the synthetic world")
     p.add_argument("--size", default="default", choices=("default", "tiny"),
                    help="tiny: a small world trained in a short time (tests)")
-    p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt or torch")
+    p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt, openvino or torch")
     p.set_defaults(func=run_demo)
 
 
