@@ -678,7 +678,7 @@ def test_bundle_backends_bind_tensorrt_engines_to_the_manifest(signed, monkeypat
         seen.update(options)
         return Opened()
 
-    monkeypatch.setattr(select, "choose_backend", lambda backend, status: ("tensorrt", "test"))
+    monkeypatch.setattr(select, "choose_backend", lambda backend, status, *rest, **kw: ("tensorrt", "test"))
     monkeypatch.setattr(trt_backend.TensorRTBackend, "from_onnx", staticmethod(from_onnx))
     select.create_bundle_backend(bundle, "s3d", backend="tensorrt", profiles=[{"x": [(1, 6), (1, 6), (1, 6)]}])
     assert seen["manifest_sha256"] == bundle.manifest_sha256 == sha256_file(signed / MANIFEST_NAME)
