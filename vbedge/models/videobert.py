@@ -39,6 +39,7 @@ import numpy as np
 
 from vbedge.errors import FormatError, InvalidInputError, MissingDependencyError
 from vbedge.jsonfile import read_json_object
+from vbedge.sequence_layout import layout_row
 from vbedge.vocab import VOCAB_FILENAME, VideoBertVocab
 
 log = logging.getLogger(__name__)
@@ -390,11 +391,11 @@ class VideoBert:
         return out.prediction_logits, out.seq_relationship_logits
 
     def caption_inputs(self, leaves, text: str, max_length: int = 512):
-        """The paper's captioning input: ``[CLS] <visual tokens> [>] <text> [SEP]``.
+        """The captioning input in vbedge's one layout: ``[CLS] <text> [>] <visual tokens> [SEP]``.
 
         ``leaves`` are codebook leaf ids of consecutive clips, ``text`` a template with
-        ``[MASK]`` slots (e.g. "now let me show you how to [MASK] the [MASK]."). Token types are 1
-        for the visual part and ``[>]``, 0 for ``[CLS]``, the text and the final ``[SEP]``.
+        ``[MASK]`` slots (e.g. "now let me show you how to [MASK] the [MASK]."). Token types are 0
+        for ``[CLS]`` and the text, 1 from ``[>]`` to the end (:mod:`vbedge.sequence_layout`).
         Returns int64 arrays with a batch axis of 1: ``input_ids``, ``attention_mask``,
         ``token_type_ids`` and ``predict_positions`` (the positions of the ``[MASK]`` tokens).
         """
@@ -406,18 +407,15 @@ def caption_inputs(vocab: VideoBertVocab, leaves, text: str, max_length: int = 5
     leaves = np.atleast_1d(np.asarray(leaves))
     visual = np.asarray(vocab.visual_token_id(leaves), dtype=np.int64).reshape(-1)
     text_ids = np.asarray(vocab.encode_text(text), dtype=np.int64)
-    ids = np.concatenate([[vocab.cls_id], visual, [vocab.separator_id], text_ids, [vocab.sep_id]]).astype(np.int64)
-    if ids.size > max_length:
-        raise InvalidInputError(f"caption input has {ids.size} tokens; expected at most {max_length}")
-    types = np.zeros_like(ids)
-    types[1: 2 + visual.size] = 1
+    row = layout_row(vocab, text_ids, visual, max_length=max_length)
+    ids = row.input_ids
     positions = np.flatnonzero(ids == vocab.mask_id).astype(np.int64)
     if positions.size == 0:
         raise InvalidInputError(f"text {text!r} has no [MASK] to predict")
     return {
         "input_ids": ids[None],
         "attention_mask": np.ones_like(ids)[None],
-        "token_type_ids": types[None],
+        "token_type_ids": row.token_type_ids[None],
         "predict_positions": positions[None],
     }
 
