@@ -51,7 +51,8 @@ from .data import IGNORE, KINDS, ExampleBuilder, encode_videos
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainOptions", "TrainResult", "OBJECTIVES", "train", "compute_losses", "split_held_out",
+__all__ = ["TrainOptions", "TrainResult", "OBJECTIVES", "train", "checkpoint_options", "compute_losses",
+           "split_held_out",
            "TRAINING_STATE_VERSION"]
 
 #: The objectives, by the names the log and the weights use.
@@ -425,6 +426,14 @@ def _read_checkpoint_state(directory):
         raise FormatError(f"{str(path)!r} has format_version {state.get('format_version')!r}; "
                           f"expected {TRAINING_STATE_VERSION}")
     return state
+
+
+def checkpoint_options(out) -> TrainOptions:
+    """The :class:`TrainOptions` of the checkpoint in ``out`` (what ``resume`` will use)."""
+    ckpt = _find_checkpoint(Path(out))
+    if ckpt is None:
+        raise InvalidInputError(f"nothing to resume: {str(Path(out) / 'checkpoint')!r} holds no checkpoint")
+    return TrainOptions.from_dict(_read_checkpoint_state(ckpt)["options"])
 
 
 def _find_checkpoint(out):
