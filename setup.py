@@ -151,7 +151,8 @@ class BuildExtWithCuda(build_ext):
             subprocess.run(cmd, check=True)
             objects.append(obj)
         cuda_home = _cuda_home(nvcc)
-        lib_dirs = [os.path.join(cuda_home, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")]
+        lib_dirs = [os.path.join(cuda_home, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib",
+                                                           "targets/aarch64-linux/lib")]  # the last: JetPack
         lib_dirs = [d for d in lib_dirs if os.path.isdir(d)]
         ext.sources = cpp_sources
         ext.extra_objects = objects

@@ -195,17 +195,48 @@ def _quantization_plan(model, kind, keep_float):
     return op_types, sorted(set(exclude))
 
 
+#: Calibration inputs whose activations are held in memory at once (see _CountingReader).
+CALIBRATION_CHUNK = 4
+
+
+def calibration_stride(count, chunk=CALIBRATION_CHUNK) -> int:
+    """The largest stride <= ``chunk`` that divides ``count`` (ONNX Runtime's strided
+    calibration requires ``count % stride == 0``); 1 for a prime count above ``chunk``."""
+    return max(d for d in range(1, min(chunk, max(count, 1)) + 1) if count % d == 0)
+
+
 class _CountingReader:
-    """Wrap a calibration reader: count inputs and show progress."""
+    """Wrap a calibration reader: count inputs, show progress, and calibrate in chunks.
+
+    ONNX Runtime's calibrators keep every intermediate output of every calibration input in
+    memory until the end (``MinMaxCalibrater`` and the histogram calibrators alike;
+    ``CalibMaxIntermediateOutputs`` is ignored by the histogram calibrators and makes
+    ``MinMaxCalibrater`` drop the data it clears). A VideoBERT calibration set took over 20 GB that
+    way. Readers with a length therefore take ONNX Runtime's strided path (``CalibStridedMinMax``:
+    ``set_range`` + one ``collect_data`` per chunk), which folds each chunk into the running
+    ranges or histograms and frees it: memory is bounded by ``stride`` inputs.
+    """
 
     def __init__(self, reader, progress, total=None):
         from tqdm.auto import tqdm
 
         self._reader = reader
         self.count = 0
+        self._remaining = None  # inputs left in the current chunk; None: no chunking
         self._bar = tqdm(total=total, desc="calibrate", unit="input", disable=not progress)
 
+    def __len__(self):
+        return len(self._reader)
+
+    def set_range(self, start_index, end_index):
+        # ONNX Runtime asks for consecutive ranges in order; the wrapped reader is sequential.
+        self._remaining = end_index - start_index
+
     def get_next(self):
+        if self._remaining is not None:
+            if self._remaining <= 0:
+                return None
+            self._remaining -= 1
         item = self._reader.get_next()
         if item is None:
             self._bar.close()
@@ -217,6 +248,9 @@ class _CountingReader:
     def rewind(self):
         if hasattr(self._reader, "rewind"):
             self._reader.rewind()
+
+    def close(self):
+        self._bar.close()
 
 
 def strip_conv_relu_qdq(model) -> int:
@@ -528,12 +562,12 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
              "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
-    if method != "minmax":
-        # Histogram calibrators keep every intermediate output of every input in memory until the
-        # end: 256 VideoBERT sequences took 24 GB and were OOM-killed here. Fold them into the
-        # histograms every 16 inputs instead (same histograms, bounded memory).
-        extra["CalibMaxIntermediateOutputs"] = 16
     counting = _CountingReader(reader, progress, expected_batches)
+    if hasattr(reader, "__len__"):
+        if len(reader) == 0:
+            raise InvalidInputError("the calibration reader gave no inputs")
+        # Bounded memory: see _CountingReader.
+        extra["CalibStridedMinMax"] = calibration_stride(len(reader))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vbedge-quant-") as tmp:
         raw = Path(tmp) / "qdq.onnx"

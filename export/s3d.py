@@ -271,23 +271,6 @@ def _metadata(spec, weights, random_init, seed, opset, final, fp16, feature_dim,
     }
 
 
-def _cmd_export_s3d(args):
-    """Handler of ``vbedge export s3d``; imports torch only here."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    spec = PreprocessSpec(fps=args.fps, clip_frames=args.frames, short_side=args.short_side,
-                          crop=args.size)
-    if args.weights is None and not args.random_init:
-        raise InvalidInputError("vbedge export s3d needs --weights W.pth (a torchvision S3D state "
-                                "dict), or --random-init for a random model")
-    if args.weights is not None and args.random_init:
-        raise InvalidInputError("give either --weights or --random-init, not both")
-    result = export_s3d(args.output, args.weights, random_init=args.random_init, seed=args.seed,
-                        spec=spec, fp16=not args.no_fp16, check_batches=args.check_batches,
-                        opset=args.opset, progress=not args.quiet)
-    print(format_summary(result))
-    return 0
-
-
 def format_summary(result):
     """Readable summary of an :class:`S3DExportResult`: files written and checks passed."""
     meta = result.metadata
@@ -306,28 +289,3 @@ def format_summary(result):
         lines.append(f"  TensorRT readiness {name}: passed (opset {report['opset']}, "
                      f"{sum(report['ops'].values())} nodes)")
     return "\n".join(lines)
-
-
-def add_export_s3d_command(export_subparsers):
-    """Register ``vbedge export s3d`` on the ``export`` subparsers (no torch import here)."""
-    p = export_subparsers.add_parser(
-        "s3d", help="export the S3D feature extractor to ONNX (FP32 + FP16), checked vs PyTorch",
-        description="Export a torchvision S3D checkpoint to s3d.onnx, s3d.fp16.onnx and s3d.json, "
-                    "checked against PyTorch with ONNX Runtime and for TensorRT readiness.")
-    p.add_argument("--weights", metavar="W.pth", help="torchvision S3D state dict (.pth)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--random-init", action="store_true",
-                   help="export a seeded random model instead of a checkpoint (tests, demos)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
-    p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
-    p.add_argument("--frames", type=int, default=30, help="frames per clip T (default 30)")
-    p.add_argument("--size", type=int, default=224, help="crop size H = W (default 224)")
-    p.add_argument("--short-side", type=int, default=256,
-                   help="short side frames are resized to before cropping (default 256)")
-    p.add_argument("--fps", type=float, default=20.0, help="clip frame rate (default 20)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18..20)")
-    p.add_argument("--check-batches", type=int, nargs="+", default=[1, 3], metavar="N",
-                   help="batch sizes checked against PyTorch (default 1 3)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_export_s3d)
-    return p

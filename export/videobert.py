@@ -44,7 +44,6 @@ __all__ = [
     "export_videobert",
     "check_videobert_onnx",
     "random_videobert_inputs",
-    "add_export_videobert_command",
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "DEFAULT_TOP_K",
@@ -411,42 +410,6 @@ def load_videobert_checkpoint(checkpoint, codebook=None, seed=0):
             "to extend a plain BERT checkpoint"
         )
     return VideoBert.from_bert(checkpoint, codebook, seed=seed)
-
-
-# ---------------------------------------------------------------------- command line
-
-def add_export_videobert_command(export_subparsers):
-    """Register ``vbedge export videobert`` (imports nothing heavy; torch loads in the handler)."""
-    p = export_subparsers.add_parser(
-        "videobert", help="export VideoBERT to ONNX (fp32 + fp16), checked against PyTorch",
-        description="Export a VideoBERT checkpoint (a folder written by VideoBert.save, or a plain "
-                    "Hugging Face BERT folder together with --codebook) to videobert.onnx, "
-                    "videobert.fp16.onnx and videobert.json.",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="VideoBERT folder (videobert.json) or Hugging Face BERT folder (config.json, "
-                        "model.safetensors, vocab.txt)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--codebook", metavar="C.npz",
-                   help="codebook (.npz): required for a plain BERT folder, verified against a VideoBERT folder")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"k of the top-k outputs (default {DEFAULT_TOP_K})")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
-    p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
-    p.add_argument("--no-check", action="store_true", help="skip the PyTorch comparison and readiness check")
-    p.add_argument("--seed", type=int, default=0, help="seed of new embeddings/heads for a plain BERT folder")
-    p.set_defaults(func=_cmd_export_videobert)
-    return p
-
-
-def _cmd_export_videobert(args):
-    from vbedge.codebook import HierarchicalCodebook
-
-    codebook = HierarchicalCodebook.load(args.codebook) if args.codebook else None
-    videobert = load_videobert_checkpoint(args.checkpoint, codebook, seed=args.seed)
-    meta = export_videobert(videobert, args.output, top_k=args.top_k, opset=args.opset,
-                            fp16=not args.no_fp16, check=not args.no_check)
-    print(format_summary(meta, args.output))
-    return 0
 
 
 def format_summary(meta: dict, out_dir) -> str:

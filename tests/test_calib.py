@@ -220,7 +220,7 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     """The VideoBERT CPU form keeps the named parts in float, and refuses unknown ones."""
     import onnx
 
-    from vbedge.calib.calibrate import _parse_cpu_float
+    from vbedge.cli.calibrate import parse_cpu_float as _parse_cpu_float
     from vbedge.calib.quantize import transformer_cpu_form
 
     fp32 = small_bundle.onnx_path("videobert", "fp32")
@@ -312,3 +312,52 @@ def test_sentences_held_out_are_disjoint_and_masked(small_bundle):
         assert positions.size >= 1 and (ids[positions] == vocab.mask_id).all()
         # Text first ([CLS] sentence [>] 3 visual tokens [SEP]): masks fall in the sentence only.
         assert positions.min() >= 1 and positions.max() < ids.size - 5
+
+
+def _matmul_model(path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+class _UnsizedReader:
+    """A reader without __len__ (a user's generator): calibrated in one piece."""
+
+    def __init__(self, feeds):
+        self._items = iter(feeds)
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_chunked_calibration_keeps_every_input(tmp_path, sized):
+    """Calibration runs in chunks of a few inputs (bounded memory), and the ranges still cover
+    every input: the largest activation is in the FIRST input, so a chunked collector that
+    dropped earlier chunks (ONNX Runtime's MinMax with CalibMaxIntermediateOutputs does) would
+    give a scale ~50x too small."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vbedge.calib.quantize import calibration_stride, quantize_model
+    from vbedge.calib.readers import ArrayReader
+
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.uniform(-1, 1, size=(2, 8)).astype(np.float32)} for _ in range(9)]
+    feeds[0]["x"][0, 3] = 50.0
+    fp32 = _matmul_model(tmp_path / "mm.onnx")
+    reader = ArrayReader(feeds) if sized else _UnsizedReader(feeds)
+    result = quantize_model(fp32, tmp_path / "mm.int8.onnx", reader, method="minmax", progress=False)
+    assert result.calibration_batches == 9
+    model = onnx.load(str(tmp_path / "mm.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    (quant_x,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
+    assert float(inits[quant_x.input[1]]) == pytest.approx(50.0 / 127, rel=1e-3)
+    assert calibration_stride(9) == 3 and calibration_stride(16) == 4 and calibration_stride(13) == 1
+

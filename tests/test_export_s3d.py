@@ -168,8 +168,26 @@ class _NotATensor:
 
 def test_checkpoint_with_code_objects_is_refused(tmp_path):
     torch.save({"features.x": _NotATensor()}, tmp_path / "evil.pth")
-    with pytest.raises(FormatError):
+    with pytest.raises(FormatError, match="objects other than tensors.*_NotATensor") as info:
         build_s3d_feature_extractor(tmp_path / "evil.pth")
+    # torch's own advice (weights_only=False: run the file's code) must not reach the user.
+    assert "weights_only" not in str(info.value) and "documentation of torch.load" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file\n", bytes(range(256)) * 8, b"\x80\x02garbage"])
+def test_garbage_checkpoint_says_it_is_not_a_pytorch_checkpoint(tmp_path, content):
+    import subprocess
+    import sys
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(content)
+    with pytest.raises(FormatError, match="not a PyTorch checkpoint|not a readable PyTorch checkpoint|damaged"):
+        build_s3d_feature_extractor(garbage)
+    run = subprocess.run([sys.executable, "-m", "vbedge.cli", "export", "s3d", "--weights", str(garbage),
+                          "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "documentation of torch.load" not in run.stderr
+    assert "torchvision S3D state dict saved with torch.save" in run.stderr
 
 
 def test_options_are_explicit(tmp_path):

@@ -27,11 +27,36 @@ def test_import_vbedge_imports_nothing_heavy():
     assert _heavy_modules_after(code) == []
 
 
-def test_cli_info_runs():
+def test_cli_info_reports_what_is_installed():
+    """Each line of `vbedge info` against facts found independently in this interpreter."""
+    import importlib.util
+    import platform
+
+    import numpy
+    import onnxruntime
+
     out = subprocess.run([sys.executable, "-m", "vbedge.cli", "info"], capture_output=True, text=True, check=True)
-    assert "C++ kernel" in out.stdout and "onnxruntime" in out.stdout
-    assert "backend onnxruntime  yes" in out.stdout
-    assert "backend tensorrt     no" in out.stdout or "backend tensorrt     yes" in out.stdout
+    lines = {line.split()[0] if not line.startswith("backend") else " ".join(line.split()[:2]): line
+             for line in out.stdout.splitlines() if line.strip()}
+    assert f"Python {platform.python_version()}" in lines["vbedge"]
+    assert lines["numpy"].split()[1] == numpy.__version__
+    assert lines["onnxruntime"].split()[1] == onnxruntime.__version__
+    assert lines["backend onnxruntime"].split()[2] == "yes"
+    has_tensorrt = importlib.util.find_spec("tensorrt") is not None
+    assert ("not installed" in lines["tensorrt"]) == (not has_tensorrt)
+    if not has_tensorrt:
+        assert lines["backend tensorrt"].split()[2] == "no" and "not installed" in lines["backend tensorrt"]
+    kernel_built = importlib.util.find_spec("vbedge._kernels") is not None
+    assert lines["C++"].startswith("C++ kernel   built" if kernel_built else "C++ kernel   not built")
+    has_torch = importlib.util.find_spec("torch") is not None
+    assert lines["backend torch"].split()[2] == ("yes" if has_torch else "no")
+
+
+def test_bundle_is_public():
+    import vbedge
+    from vbedge.bundle import Bundle
+
+    assert vbedge.Bundle is Bundle and callable(vbedge.Bundle.load) and "Bundle" in vbedge.__all__
 
 
 def test_cli_parser_imports_nothing_heavy():

@@ -193,7 +193,6 @@ def test_small_run_lowers_each_objective(toy, tmp_path):
     result = _train(toy, tmp_path / "run", _options(steps=60, batch_size=16, eval_every=60))
     log = _log(result.log_path)
     assert [r["step"] for r in log] == list(range(1, 61))
-    print({name: [round(r[name], 3) for r in log[::5]] for name in ("text_mlm", "video_mlm", "joint_mlm", "alignment")})
     for name in ("text_mlm", "video_mlm", "joint_mlm", "alignment"):
         first = np.mean([r[name] for r in log[:5]])
         last = np.mean([r[name] for r in log[-5:]])
@@ -241,16 +240,39 @@ def test_resume_refusals(toy, tmp_path):
         train(toy["corpus"], toy["codebook"], tmp_path / "x", _options(), progress=False)
 
 
+def _word_codebook():
+    """A 2 x 3 codebook whose leaf i is MiniLM's embedding of WORDS[i] (hidden 384 = dim, so
+    ``from_bert`` uses the centroids as the visual words' embeddings): the toy's visual word for
+    "onion" starts out looking like the word "onion"."""
+    from safetensors.numpy import load_file
+
+    from vbedge.vocab import VideoBertVocab
+
+    emb = load_file(f"{MINILM}/model.safetensors")["embeddings.word_embeddings.weight"]
+    vocab = VideoBertVocab.from_wordpiece(BERT_DIR / "vocab.txt", levels=2, branching=3)
+    leaves = np.stack([emb[vocab.token_to_id(w)] for w in WORDS])
+    top = np.stack([leaves[3 * i:3 * i + 3].mean(axis=0) for i in range(3)])
+    return HierarchicalCodebook(np.concatenate([top, leaves]).astype(np.float32), levels=2, branching=3)
+
+
+@pytest.mark.slow
 def test_alignment_beats_chance_on_held_out_videos(toy, tmp_path):
-    """Where a sentence's word decides its clips' visual words, [CLS] learns to tell pairs apart."""
-    options = _options(steps=150, batch_size=32, lr=2e-3, mix=(0, 1, 3), text_mlm=0.0, max_concat=1,
-                       eval_every=150, eval_batches=4, held_out=0.25)
-    result = _train(toy, tmp_path / "align", options)
+    """Where a sentence's word decides its clips' visual words, the [CLS] head learns to tell
+    aligned pairs from a sentence of another video, on videos it never trained on.
+
+    From the real MiniLM checkpoint: the tiny model trained from scratch stays at chance for the
+    ~1,000 steps a test can afford (comparing two tokens is slow to learn from random weights).
+    """
+    cb = _word_codebook()
+    cb.save(tmp_path / "cbw.npz")
+    data = dict(toy, codebook=tmp_path / "cbw.npz")
+    options = _options(steps=120, batch_size=16, lr=3e-4, mix=(0, 0, 1), text_mlm=0.0, video_mlm=0.0,
+                       joint_mlm=0.0, max_concat=1, eval_every=120, eval_batches=8, held_out=0.25)
+    result = _train(data, tmp_path / "align", options, size=None, bert=MINILM)
     held = _log(result.log_path, "held_out")[-1]
-    print([round(r["alignment"], 3) for r in _log(result.log_path)[::10]], held)
-    assert held["alignment_rows"] >= 64
-    # Chance is 0.5; a misaligned sentence shares the word 1 time in 9, so ~0.94 is the ceiling.
-    assert held["alignment_accuracy"] >= 0.75, held
+    assert held["alignment_rows"] == 128
+    # Chance is 0.5 (sd 0.044 over 128 rows); a misaligned sentence shares the word 1 time in 9.
+    assert held["alignment_accuracy"] >= 0.65, held
 
 
 def test_checkpoint_is_a_videobert_folder_the_captioner_path_reads(toy, tmp_path):

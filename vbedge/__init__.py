@@ -9,6 +9,7 @@ from .errors import FormatError, InvalidInputError, MissingDependencyError, Vbed
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bundle",
     "HierarchicalCodebook",
     "Pipeline",
     "VideoBertVocab",
@@ -22,6 +23,10 @@ __all__ = [
 
 def __getattr__(name):
     # Lazy so that `import vbedge` stays cheap and optional parts load only when used.
+    if name == "Bundle":
+        from .bundle import Bundle
+
+        return Bundle
     if name == "HierarchicalCodebook":
         from .codebook import HierarchicalCodebook
 

@@ -385,60 +385,11 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="node", mininterval=0.5)
 
 
-# ---------------------------------------------------------------------- command line
-def add_codebook_commands(subparsers):
-    """Register ``vbedge codebook fit|info|tokenize``."""
-    p_fit = subparsers.add_parser("fit", help="fit a codebook on features (.npy, (N, D))")
-    p_fit.add_argument("features", help=".npy file of float32 features, shape (N, D)")
-    p_fit.add_argument("-o", "--output", required=True, help="codebook .npz to write")
-    p_fit.add_argument("--levels", type=int, default=4)
-    p_fit.add_argument("--branching", type=int, default=12)
-    p_fit.add_argument("--seed", type=int, default=0)
-    p_fit.set_defaults(func=_cmd_fit)
-
-    p_info = subparsers.add_parser("info", help="print a codebook's shape and hash")
-    p_info.add_argument("codebook")
-    p_info.set_defaults(func=_cmd_info)
-
-    p_tok = subparsers.add_parser("tokenize", help="tokenize features (.npy) into leaf ids")
-    p_tok.add_argument("codebook")
-    p_tok.add_argument("features", help=".npy file of float32/float16 features, shape (N, D)")
-    p_tok.add_argument("-o", "--output", help=".npy file for the int64 leaf ids (default: print)")
-    p_tok.add_argument("--mode", choices=_TOKENIZE_MODES, default="tree")
-    p_tok.add_argument("--beam", type=int, default=1)
-    p_tok.add_argument("--device", default="auto", help=_DEVICES_HELP)
-    p_tok.set_defaults(func=_cmd_tokenize)
-
-
-def _load_npy(path):
+def load_features_npy(path):
+    """A features array from a ``.npy`` file (never unpickles); clear errors for bad files."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"features file not found: {path}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise FormatError(f"{path} is not a readable .npy array: {exc}") from exc
-
-
-def _cmd_fit(args):
-    features = _load_npy(args.features)
-    codebook = HierarchicalCodebook.fit(features, args.levels, args.branching, seed=args.seed)
-    path = codebook.save(args.output)
-    print(f"wrote {path}: {codebook!r} sha256={codebook.sha256[:16]}")
-    return 0
-
-
-def _cmd_info(args):
-    codebook = HierarchicalCodebook.load(args.codebook)
-    print(f"{codebook!r}\nsha256: {codebook.sha256}")
-    return 0
-
-
-def _cmd_tokenize(args):
-    codebook = HierarchicalCodebook.load(args.codebook)
-    ids = codebook.tokenize(_load_npy(args.features), mode=args.mode, beam=args.beam, device=args.device)
-    if args.output:
-        np.save(args.output, ids)
-        print(f"wrote {len(ids)} leaf ids to {args.output}")
-    else:
-        print("\n".join(str(int(i)) for i in ids))
-    return 0

@@ -14,6 +14,7 @@ checkpoints for real captions.
 """
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -77,10 +78,10 @@ def _clip_features(s3d_onnx, video, spec, hop):
 
 
 def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
-    """Run the demo in ``workdir``; return the process exit code (0 on success)."""
+    """Run the demo in ``workdir``; returns 0 (the exit code), raises a VbedgeError on failure."""
     _require_demo_packages()
     from . import HierarchicalCodebook
-    from .cli import main as cli_main
+    from .event_files import caption_to_files, format_event_line
     from .export.bundle import build_bundle
     from .export.s3d import export_s3d
     from .models.videobert import VideoBert
@@ -110,18 +111,12 @@ def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
 
     print("[4/4] captioning the video through the streaming pipeline "
           "(random weights: the words are not meaningful)")
-    code = cli_main(["caption", str(video), "--bundle", str(bundle.root), "--backend", backend,
-                     "--jsonl", str(work / "events.jsonl"), "--out", str(work / "kitchen-captioned.mp4")])
+    written = caption_to_files(bundle.root, str(video), backend=backend, jsonl=work / "events.jsonl",
+                               video=work / "kitchen-captioned.mp4",
+                               on_event=lambda event: print(format_event_line(event), flush=True))
+    if not written:
+        print(f"vbedge: no clip was captioned, {work / 'kitchen-captioned.mp4'} was not written",
+              file=sys.stderr)
     print(f"done in {time.perf_counter() - started:.0f} s: {work / 'events.jsonl'}, "
           f"{work / 'kitchen-captioned.mp4'}, bundle in {bundle.root}")
-    return code
-
-
-def add_demo_command(subparsers):
-    """Register ``vbedge demo``."""
-    p = subparsers.add_parser("demo", help="build a demo bundle and caption a synthetic video (needs "
-                                           "vbedge[opencv,export,demo])")
-    p.add_argument("--workdir", default="vbedge-demo", help="folder for the video, bundle and outputs")
-    p.add_argument("--full", action="store_true", help="full-size S3D input (30 frames, 224x224): slower")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch")
-    p.set_defaults(func=lambda args: run_demo(args.workdir, full=args.full, backend=args.backend))
+    return 0

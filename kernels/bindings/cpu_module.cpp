@@ -104,7 +104,7 @@ PYBIND11_MODULE(_kernels, m) {
     m.doc() = "vbedge C++ CPU kernels: the hierarchical visual tokenizer (see docs/tokenizer.md).";
     m.def("version", []() { return std::string(kVersion); }, "Version of the compiled kernels.");
     m.def("simd_path", []() { return std::string(vbedge::CpuTokenizerCore::simd_path()); },
-          "Dot-product code path picked for this CPU at run time: 'avx2+fma[+f16c]' or 'portable'.");
+          "Dot-product code path picked for this CPU at run time: 'avx2+fma[+f16c]' (x86-64), 'neon' (aarch64) or 'portable'.");
     m.def("contract_version", []() { return vbedge::kTokenizerContractVersion; },
           "Version of the tokenizer contract (docs/tokenizer.md) these kernels implement.");
     m.def("tolerance_scale", [](int64_t dim) { return vbedge::tolerance_scale(dim); }, py::arg("dim"),

@@ -13,16 +13,11 @@ import os
 
 from ..errors import InvalidInputError
 from .base import BackendUnavailableError
+from .install_hints import TENSORRT_HINT
 
 log = logging.getLogger("vbedge")
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
-
-TENSORRT_HINT = (
-    "install it with pip install 'vbedge[tensorrt]' (x86_64/SBSA with a CUDA driver), "
-    "or on Jetson use the TensorRT that JetPack installs (JetPack 6 = TensorRT 10; "
-    "do not pip-install tensorrt there)"
-)
 
 # Device nodes that exist when an NVIDIA driver is loaded: discrete GPUs, and Jetson's integrated GPU.
 _GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0")

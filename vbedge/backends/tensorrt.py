@@ -44,7 +44,7 @@ def _import_tensorrt():
     try:
         import tensorrt
     except ImportError as exc:
-        from .select import TENSORRT_HINT
+        from .install_hints import TENSORRT_HINT
 
         raise BackendUnavailableError(f"TensorRT's Python package cannot be imported ({exc}); {TENSORRT_HINT}") from exc
     return tensorrt

@@ -9,6 +9,8 @@ random initialisation when asked (tests, demos); it never downloads weights.
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -63,11 +65,27 @@ def load_s3d_state_dict(path) -> dict:
                           "dict saved with torch.save)")
     if not path.is_file():
         raise FormatError(f"S3D checkpoint {path} is not a file")
+    expected = "a PyTorch checkpoint: a torchvision S3D state dict saved with torch.save"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive (PK\x03\x04) since PyTorch 1.6; older files are a pickle
+    # stream (protocol byte 0x80). Anything else is not a checkpoint at all: say so instead of
+    # letting the unpickler fail with its own words.
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise FormatError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}, neither a "
+                          f"zip archive nor a pickle stream); expected {expected}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise FormatError(f"S3D checkpoint {path} holds objects other than tensors (weights-only "
-                          f"loading refused them; vbedge never unpickles code): {exc}") from exc
+        # torch's own text suggests weights_only=False, which vbedge never does; keep only the
+        # line naming the refused object, if there is one.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        detail = f" (it pickles {refused.group(1)})" if refused else ""
+        raise FormatError(f"S3D checkpoint {path} holds objects other than tensors, or is damaged{detail}: "
+                          f"vbedge loads weights only and never unpickles code; expected {expected}") from exc
+    except (KeyError, IndexError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        raise FormatError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}); "
+                          f"expected {expected}") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise FormatError(f"cannot read S3D checkpoint {path}: truncated or not a torch.save "
                           f"file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

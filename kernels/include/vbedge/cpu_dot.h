@@ -1,9 +1,11 @@
 // Float32 dot-product kernels for the screening pass of the CPU tokenizer.
 //
-// Two implementations sit behind one set of function pointers: AVX2+FMA (x86-64, chosen at run time
-// with __builtin_cpu_supports so the same binary runs on CPUs without AVX2) and a portable one that
-// the compiler can auto-vectorise (aarch64 Jetson, old x86). Results only feed the screening
-// distance, whose error budget (docs/tokenizer.md) allows any summation order and FMA.
+// Three implementations sit behind one set of function pointers: AVX2+FMA (x86-64, chosen at run
+// time with __builtin_cpu_supports so the same binary runs on CPUs without AVX2), NEON (aarch64:
+// Jetson; always present in ARMv8-A, so chosen whenever the build targets aarch64) and a portable one
+// that the compiler can auto-vectorise (old x86, other CPUs; forced anywhere with
+// VBEDGE_CPU_SIMD=portable). Results only feed the screening distance, whose error budget
+// (docs/tokenizer.md) allows any summation order and FMA.
 #pragma once
 
 #include <cstdint>

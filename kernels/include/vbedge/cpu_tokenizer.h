@@ -38,7 +38,7 @@ public:
     void tokenize(const void* features, FeatureDType dtype, int64_t n, TokenizeMode mode, int64_t beam,
                   int num_threads, int64_t* out) const;
 
-    // Name of the dot-product code path picked at run time ("avx2+fma" or "portable").
+    // Name of the dot-product code path picked at run time ("avx2+fma[+f16c]", "neon" or "portable").
     static const char* simd_path();
 
 private:

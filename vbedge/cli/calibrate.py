@@ -1,0 +1,68 @@
+"""``vbedge calibrate``: INT8 calibration of a bundle's models, Q/DQ graphs and the accuracy report."""
+
+from pathlib import Path
+
+
+def register(subparsers):
+    """Register ``vbedge calibrate`` (nothing heavy imported until it runs)."""
+    p = subparsers.add_parser(
+        "calibrate", help="INT8: calibrate a bundle's models on videos, write Q/DQ graphs and an accuracy report",
+        description="Calibrate the bundle's FP32 S3D and VideoBERT on clips from VIDEOS (held-out clips are "
+                    "never calibrated on), write INT8 Q/DQ graphs into -o and print the accuracy/speed report "
+                    "(also written as int8_report.json).")
+    p.add_argument("bundle", help="bundle folder (its fp32 models, codebook, vocabulary, preprocessing)")
+    p.add_argument("--videos", nargs="+", required=True, metavar="CLIPS", help="video files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the INT8 graphs and the report")
+    p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy or percentile")
+    p.add_argument("--holdout", type=float, default=0.25, help="fraction of videos held out for the report")
+    p.add_argument("--max-clips", type=int, default=64, help="clips decoded in total (default 64)")
+    p.add_argument("--clips-per-video", type=int, help="at most this many clips per video")
+    p.add_argument("--corpus", metavar="JSONL", help="tokenized VideoBERT corpus instead of templates")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per model (median)")
+    p.add_argument("--s3d-only", action="store_true", help="skip VideoBERT")
+    p.add_argument("--cpu-float", metavar="PARTS",
+                   help="VideoBERT CPU form: comma-separated parts kept in float, from mlm_transform, pooler, "
+                        "ffn_out, or 'none' (default all three; mlm_transform,pooler is ~25%% faster and less "
+                        "accurate, docs/int8.md)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_calibrate)
+    return p
+
+
+def parse_cpu_float(text):
+    """``--cpu-float``: None (the default), () for 'none', else the named parts (checked)."""
+    from vbedge.calib.quantize import CPU_FORM_FLOAT_PARTS
+    from vbedge.errors import InvalidInputError
+
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in parts if p not in CPU_FORM_FLOAT_PARTS]
+    if unknown or not parts:
+        raise InvalidInputError(f"--cpu-float: unknown part(s) {unknown or [text]}; expected a comma-separated list "
+                                f"of {', '.join(CPU_FORM_FLOAT_PARTS)} or 'none'")
+    return parts
+
+
+def run_calibrate(args):
+    """Handler of ``vbedge calibrate``."""
+    from vbedge.bundle import Bundle
+    from vbedge.calib.calibrate import calibrate_models
+    from vbedge.calib.report import format_report
+    from vbedge.errors import InvalidInputError
+    from vbedge.preprocess import PreprocessSpec
+
+    if not 0.0 < args.holdout < 1.0:
+        raise InvalidInputError(f"--holdout must be in (0, 1), got {args.holdout}")
+    bundle = Bundle.load(args.bundle)
+    report = calibrate_models(
+        args.output, videos=args.videos, spec=PreprocessSpec.from_dict(bundle.preprocessing),
+        codebook=bundle.codebook, vocab=bundle.vocab, s3d_fp32=bundle.onnx_path("s3d", "fp32"),
+        videobert_fp32=None if args.s3d_only else bundle.onnx_path("videobert", "fp32"), method=args.method,
+        holdout=args.holdout, max_clips=args.max_clips, clips_per_video=args.clips_per_video, corpus=args.corpus,
+        repeats=args.repeats, progress=not args.quiet, videobert_cpu_float=parse_cpu_float(args.cpu_float))
+    print(format_report(report))
+    print(f"wrote {Path(args.output) / 'int8_report.json'}")
+    return 0
