@@ -48,7 +48,7 @@ def test_every_command_module_registers_its_commands_in_order():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert list(sub.choices) == ["info", "codebook", "export", "build", "caption", "tokenize",
-                                 "calibrate", "demo"]
+                                 "calibrate", "demo", "train"]
     for module in cli.COMMAND_MODULES:
         assert callable(module.register) and module.__name__.startswith("vbedge.cli.")
     for name, command in sub.choices.items():

@@ -319,3 +319,25 @@ def test_from_minilm_checkpoint(tmp_path, toy):
     assert vb.init_info["training"]["steps"] == 2
     with pytest.raises(FormatError, match="codebook does not match"):
         VideoBert.load(result.model_dir, codebook=_codebook(dim=384, seed=5))
+
+
+def test_cli_train_and_resume(toy, tmp_path, capsys):
+    from vbedge.cli import main
+
+    out = tmp_path / "cli"
+    common = ["train", "--corpus", str(toy["corpus"]), "--codebook", str(toy["codebook"]), "-o", str(out), "-q"]
+    assert main(common) == 2
+    assert "give --bert DIR" in capsys.readouterr().err
+    start = ["--config", "tiny", "--vocab", str(BERT_DIR / "vocab.txt"), "--steps", "3", "--batch-size", "4",
+             "--max-length", "24", "--log-every", "1", "--mix", "1,1,2", "--threads", "1"]
+    assert main(common + start + ["--stop-after", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 1/3" in printed and "sequences/s" in printed and "checkpoint:" in printed
+    assert main(common + ["--resume", "--lr", "0.5"]) == 2
+    assert "lr: 0.0001 vs 0.5" in capsys.readouterr().err
+    assert main(common + ["--resume", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 3/3" in printed and f"model: {out / 'model'}" in printed
+    steps = [json.loads(line)["step"] for line in open(out / "train_log.jsonl")
+             if json.loads(line)["split"] == "train"]
+    assert steps == [1, 2, 3]

@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, demo, export, info
+from . import build, calibrate, caption, codebook, demo, export, info, train
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, codebook, export, build, caption, calibrate, demo)
+COMMAND_MODULES = (info, codebook, export, build, caption, calibrate, demo, train)
 
 
 def build_parser():
