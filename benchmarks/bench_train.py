@@ -97,16 +97,21 @@ def main():
     lengths = {int(b["input_ids"].shape[1]) for b in batches}
     optimizer = _optimizer(model, options)
 
+    cpu_rates = {}
+
     def model_only():
-        start = None
+        start = cpu = None
         for i, t in enumerate(batches):
             if i == 1:
-                start = time.perf_counter()  # the first step warms up allocators
+                start, cpu = time.perf_counter(), time.process_time()  # step 0 warms up allocators
             losses, _ = compute_losses(model, t)
             optimizer.zero_grad(set_to_none=True)
             _weighted(losses, options).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+        # Sequences per CPU-second of this process: what the steps cost, whoever else runs.
+        cpu_rates.setdefault(torch.get_num_threads(), []).append(
+            args.steps * args.batch / (time.process_time() - cpu))
         return args.steps * args.batch / (time.perf_counter() - start)
 
     def trainer(round_index):
@@ -141,6 +146,10 @@ def main():
     print(f"{'contender':<22} {'median seq/s':>13} {'min':>8} {'max':>8}")
     for name, values in results.items():
         print(f"{name:<22} {statistics.median(values):13.1f} {min(values):8.1f} {max(values):8.1f}")
+    for n, rates in cpu_rates.items():
+        print(f"model only, {n} thr: {statistics.median(rates):.2f} sequences per CPU-second of this process "
+              f"(x {os.cpu_count()} cores = {statistics.median(rates) * os.cpu_count():.1f} seq/s if the cores "
+              "were all this run's and scaled perfectly: an estimate, not a measurement)")
     for n in thread_counts:
         ratio = statistics.median(results[f"trainer, {n} thr"]) / statistics.median(results[f"model only, {n} thr"])
         print(f"trainer / model only at {n} threads: {ratio:.2f}")
