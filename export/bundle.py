@@ -35,7 +35,8 @@ def _check_precisions(precisions):
 
 def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_random_init=False, seed=0,
                  precisions=("fp32", "fp16"), spec=None, top_k=None, reference_weights=False,
-                 overwrite=False, progress=True, calib_videos=None, calib_method="minmax"):
+                 overwrite=False, progress=True, calib_videos=None, calib_method="minmax",
+                 spec_reason=None):
     """Export both models into a new bundle folder ``output_dir`` and return the verified :class:`Bundle`.
 
     Args:
@@ -43,7 +44,10 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         codebook: the :class:`~vbedge.HierarchicalCodebook` (or the path of its .npz).
         s3d_weights: torchvision S3D state dict (.pth); or ``s3d_random_init=True`` (tests, demo).
         precisions: subset of ('fp32', 'fp16'); fp32 is required (int8 is not available yet).
-        spec: :class:`~vbedge.preprocess.PreprocessSpec` for S3D (default: 20 fps, 30 frames, 224).
+        spec: :class:`~vbedge.preprocess.PreprocessSpec` for S3D; when None, the recipe of the
+            weights (:func:`vbedge.export.s3d.spec_for_weights`: torchvision weights get
+            torchvision's 256 x 256 resize and 224 crop, random weights the short-side rule),
+            logged and recorded in the manifest (``models.s3d.preprocessing_recipe``).
         top_k: k of the VideoBERT top-k outputs (default: the exporter's).
         reference_weights: also store the PyTorch weights under ``reference/`` so the torch
             backend can run the bundle (larger bundle; not needed on a device).
@@ -51,12 +55,11 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         calib_videos: video files/folders to calibrate INT8 on (required with 'int8'); the INT8
             Q/DQ graphs, the ONNX Runtime CPU forms of S3D and VideoBERT and ``int8_report.json`` join the bundle.
         calib_method: 'minmax', 'entropy' or 'percentile'.
+        spec_reason: why ``spec`` is what it is (recorded as ``preprocessing_recipe``).
     """
     from vbedge.codebook import HierarchicalCodebook
-    from vbedge.export.s3d import export_s3d
+    from vbedge.export.s3d import export_s3d, spec_for_weights
     from vbedge.export.videobert import DEFAULT_TOP_K, export_videobert
-    from vbedge.preprocess import PreprocessSpec
-
     precisions = _check_precisions(precisions)
     if "int8" in precisions and not calib_videos:
         raise InvalidInputError("int8 needs calibration videos: pass calib_videos (--calib CLIPS)")
@@ -64,7 +67,11 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         codebook = HierarchicalCodebook.load(codebook)
     if videobert.codebook_ref.get("sha256") != codebook.sha256:
         raise FormatError("the VideoBERT model was built for another codebook (sha256 differs)")
-    spec = spec or PreprocessSpec()
+    if spec is None:
+        spec, recipe = spec_for_weights(s3d_weights, s3d_random_init)
+    else:
+        recipe = spec_reason or "the spec given"
+    log.info("bundle: preprocessing: %s (%s)", spec.describe_resize(), recipe)
     out = Path(output_dir)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -99,6 +106,7 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
                 "inputs": s3d.metadata["inputs"],
                 "outputs": s3d.metadata["outputs"],
                 "feature_dim": feature_dim,
+                "preprocessing_recipe": recipe,
             },
             "videobert": {
                 "onnx": {p: vb_meta["files"][p]["path"] for p in precisions},

@@ -75,6 +75,32 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+def spec_for_weights(weights=None, random_init=False, resize=None, **changes):
+    """The preprocessing spec for S3D weights, following the recipe they were trained with.
+
+    Returns ``(spec, why)``. With ``resize=None`` the rule is the weights' recipe: a torchvision
+    S3D state dict (the only checkpoint format vbedge loads: ``torchvision.models.video.s3d``'s
+    weights, ``S3D_Weights.KINETICS400_V1``) gets torchvision's recipe, a 256 x 256 resize
+    (aspect ratio not kept) and a 224 centre crop
+    (:meth:`~vbedge.preprocess.PreprocessSpec.torchvision_kinetics`); random weights have no
+    recipe and keep vbedge's default rule (short side to 256, aspect ratio kept), which is also
+    what bundles made before the option existed use. ``resize`` (``"short_side"`` or
+    ``"square"``) chooses the rule explicitly; ``changes`` set other fields (``clip_frames``,
+    ``crop``, ``short_side``, ``fps``).
+    """
+    if resize is None and weights is not None and not random_init:
+        spec = PreprocessSpec.torchvision_kinetics(**changes)
+        why = ("the torchvision recipe (S3D_Weights.KINETICS400_V1.transforms()), chosen for a "
+               "torchvision S3D state dict")
+    elif resize is None:
+        spec = PreprocessSpec(**changes)
+        why = "vbedge's default rule, chosen because random weights have no training recipe"
+    else:
+        spec = PreprocessSpec(resize=resize, **changes)
+        why = f"resize={resize!r} requested"
+    return spec, why
+
+
 def _check_against_torch(session_path, references, tolerance, what):
     """Run ``session_path`` on each reference input; raise on a tolerance miss."""
     from vbedge.export.verify import check_features, make_session
@@ -99,7 +125,8 @@ def _check_against_torch(session_path, references, tolerance, what):
 
 
 def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None, fp16=True,
-               check_batches=(1, 3), opset=DEFAULT_OPSET, check_seed=None, progress=True):
+               check_batches=(1, 3), opset=DEFAULT_OPSET, check_seed=None, progress=True,
+               spec_reason=None):
     """Export S3D to ONNX in ``output_dir`` and check it; return an :class:`S3DExportResult`.
 
     Args:
@@ -107,20 +134,27 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         weights: path of a torchvision S3D state dict; or None with ``random_init=True``.
         random_init: export a seeded random model (tests, demos).
         seed: seed of the random initialisation.
-        spec: :class:`~vbedge.preprocess.PreprocessSpec` (clip length, crop) stored with the
-            export; the default spec (30 frames, 224x224) when None.
+        spec: :class:`~vbedge.preprocess.PreprocessSpec` (clip length, resize rule, crop)
+            stored with the export; when None, :func:`spec_for_weights` picks the weights'
+            recipe (torchvision weights: 256 x 256 resize, crop 224; random weights: short side
+            256, crop 224) and logs which.
         fp16: also write and check the FP16 variant.
         check_batches: batch sizes the graphs are checked at (at least one; one should be > 1
             to prove the dynamic batch axis works).
         opset: ONNX opset, 18..20.
         check_seed: seed of the random check inputs; drawn fresh (and recorded) when None.
         progress: show a progress bar.
+        spec_reason: why ``spec`` is what it is (logged, printed and recorded in s3d.json as
+            ``preprocess_recipe``; e.g. the reason :func:`spec_for_weights` returns).
 
     Raises:
         InvalidInputError: bad options. FormatError: bad checkpoint, or a graph TensorRT could
         not parse. ExportCheckError: ONNX Runtime disagrees with PyTorch beyond the tolerance.
     """
-    spec = spec or PreprocessSpec()
+    if spec is None:
+        spec, recipe = spec_for_weights(weights, random_init)
+    else:
+        recipe = spec_reason or "the spec given"
     if not isinstance(spec, PreprocessSpec):
         raise InvalidInputError(f"spec must be a PreprocessSpec, got {type(spec).__name__}")
     batches = [int(b) for b in check_batches]
@@ -157,6 +191,7 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         log.info("export s3d: %s", name)
 
     started = time.perf_counter()
+    log.info("export s3d: preprocessing: %s (%s)", spec.describe_resize(), recipe)
     try:
         step("load model")
         model = build_s3d_feature_extractor(weights, random_init=random_init, seed=seed)
@@ -217,6 +252,7 @@ def export_s3d(output_dir, weights=None, *, random_init=False, seed=0, spec=None
         metadata = _metadata(spec, weights, random_init, seed, graph_opset, final, fp16,
                              FEATURE_DIM, rng_seed, fp32_checks, fp16_checks, readiness,
                              time.perf_counter() - started)
+        metadata["preprocess_recipe"] = recipe
         tmp["json"].write_text(json.dumps(metadata, indent=2) + "\n")
         os.replace(tmp["json"], final["json"])
         bar.update()
@@ -280,6 +316,9 @@ def format_summary(result):
         lines.append(f"  {path}  ({size / 1e6:.1f} MB)" if size >= 100_000
                      else f"  {path}  ({size / 1e3:.1f} kB)")
     checks = meta["checks"]
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    lines.append(f"  preprocessing: {spec.describe_resize()}"
+                 + (f" ({meta['preprocess_recipe']})" if meta.get("preprocess_recipe") else ""))
     for precision in ("fp32", "fp16"):
         for item in checks.get(precision) or []:
             lines.append(f"  check {precision} vs PyTorch, batch {item['batch']}: max_abs "

@@ -2,7 +2,7 @@
 
 Every export runs the ONNX graph on fresh random inputs and compares its outputs with the
 PyTorch module's: features by max absolute error and cosine similarity, ranked predictions by
-top-1 agreement and top-k overlap. A failed tolerance raises :class:`ExportCheckError`: an export
+top-1 agreement and top-k overlap (tie-aware: :func:`tie_aware_topk`). A failed tolerance raises :class:`ExportCheckError`: an export
 that does not reproduce the model is an error, never a warning. Tolerances are documented in
 ``docs/export.md``.
 """
@@ -93,6 +93,64 @@ def compare_topk(ref_ids, got_ids) -> dict:
     overlap = float(np.mean([len(set(r.tolist()) & set(g.tolist())) / k
                              for r, g in zip(ref_rows, got_rows)]))
     return {"top1_agreement": top1, "topk_overlap": overlap}
+
+
+def reference_scores_at(ref_ids, ref_scores, got_ids, ref_lookup=None, id_offset=0) -> np.ndarray:
+    """The reference's score of each id in ``got_ids`` (rows, k'), as float64.
+
+    From ``ref_lookup`` (rows, V; id ``i`` at column ``i - id_offset``) when given, else from the
+    reference's own top-k (``ref_ids``/``ref_scores``, rows x k), where an absent id scores -inf.
+    """
+    ref_ids, got_ids = np.asarray(ref_ids), np.asarray(got_ids)
+    ref_scores = np.asarray(ref_scores, dtype=np.float64)
+    if ref_lookup is not None:
+        lookup = np.asarray(ref_lookup, dtype=np.float64)
+        columns = got_ids - id_offset
+        if lookup.ndim != 2 or lookup.shape[0] != ref_ids.shape[0] or columns.min() < 0 or columns.max() >= lookup.shape[1]:
+            raise InvalidInputError(f"ref_lookup of shape {lookup.shape} does not cover ids "
+                                    f"{got_ids.min()}..{got_ids.max()} (offset {id_offset})")
+        return np.take_along_axis(lookup, columns, axis=1)
+    match = got_ids[:, :, None] == ref_ids[:, None, :]
+    return np.where(match.any(axis=2), np.where(match, ref_scores[:, None, :], -np.inf).max(axis=2), -np.inf)
+
+
+def tie_aware_topk(ref_ids, ref_scores, got_ids, tol, ref_lookup=None, id_offset=0) -> dict:
+    """Top-1 agreement and top-k overlap that count *tied* ids as agreeing.
+
+    Two runtimes may order exactly (or nearly) tied logits differently: a small corpus gives
+    duplicate codebook leaves, hence identical visual embeddings and identical logits, and ONNX
+    Runtime and PyTorch then return different ids of equal score. Comparing ids would call that a
+    disagreement; this compares the *reference's scores at the ids the other model chose*.
+
+    Args:
+        ref_ids, ref_scores: (rows, k) the reference's top-k ids and scores, best first.
+        got_ids: (rows, k') the other model's ids, best first (k' <= k for the overlap).
+        tol: scores closer than this are tied.
+        ref_lookup: optional (rows, V) reference scores of every id (id ``i`` at column
+            ``i - id_offset``); without it a chosen id is looked up in the reference's top-k and
+            counts as below the k-th score when absent (conservative).
+
+    Returns ``{"top1_agreement", "topk_overlap", "top1_id_agreement", "tied_rows"}``: a row agrees
+    at top-1 when the reference scores the other model's best id within ``tol`` of its own best;
+    the overlap is the mean fraction of the other model's ids that the reference scores within
+    ``tol`` of its k-th best; ``top1_id_agreement`` is plain id equality, and ``tied_rows`` the
+    number of rows whose reference best and second best are within ``tol``.
+    """
+    ref_ids, got_ids = np.asarray(ref_ids), np.asarray(got_ids)
+    ref_scores = np.asarray(ref_scores, dtype=np.float64)
+    if got_ids.ndim == 1:
+        got_ids = got_ids[:, None]
+    if (ref_ids.ndim != 2 or ref_ids.shape != ref_scores.shape or got_ids.ndim != 2
+            or got_ids.shape[0] != ref_ids.shape[0] or ref_ids.size == 0 or got_ids.shape[1] > ref_ids.shape[1]):
+        raise InvalidInputError(f"expected (rows, k) reference ids and scores and (rows, k' <= k) ids, got "
+                                f"{ref_ids.shape}, {ref_scores.shape}, {got_ids.shape}")
+    got_scores = reference_scores_at(ref_ids, ref_scores, got_ids, ref_lookup, id_offset)
+    best, kth = ref_scores[:, 0], ref_scores[:, got_ids.shape[1] - 1]
+    top1 = got_scores[:, 0] >= best - tol
+    overlap = (got_scores >= (kth - tol)[:, None]).mean(axis=1)
+    tied = int(np.sum(ref_scores[:, 0] - ref_scores[:, 1] <= tol)) if ref_ids.shape[1] >= 2 else 0
+    return {"top1_agreement": float(np.mean(top1)), "topk_overlap": float(np.mean(overlap)),
+            "top1_id_agreement": float(np.mean(got_ids[:, 0] == ref_ids[:, 0])), "tied_rows": tied}
 
 
 def check_features(ref, got, max_abs, min_cos, what="output") -> dict:

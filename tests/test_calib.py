@@ -108,10 +108,24 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     from vbedge.export.readiness import check_tensorrt_readiness
     import onnx
 
+    from vbedge import HierarchicalCodebook
+    from vbedge.calib.readers import collect_clips
+    from vbedge.export.verify import make_session
+
+    # The bundle's random test codebook puts every random-S3D clip on one leaf, which makes token
+    # agreement trivially 1. Fit the codebook on these videos' FP32 features instead, so the held-out
+    # clips spread over several leaves and an INT8 feature that moves changes its token.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clips = collect_clips([videos], small_bundle_spec(), progress=False)
+    session = make_session(small_bundle.onnx_path("s3d", "fp32"))
+    feats = np.concatenate([session.run(["feature"], {"clip": c[None]})[0] for c in clips.clips])
+    codebook = HierarchicalCodebook.fit(feats, levels=2, branching=3, seed=0, progress=False)
+    assert len(set(np.asarray(codebook.tokenize(feats)).tolist())) >= 4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = calibrate_models(tmp_path / "int8", videos=videos, spec=small_bundle_spec(),
-                                  codebook=small_bundle.codebook, vocab=small_bundle.vocab,
+                                  codebook=codebook, vocab=small_bundle.vocab,
                                   s3d_fp32=small_bundle.onnx_path("s3d", "fp32"),
                                   videobert_fp32=small_bundle.onnx_path("videobert", "fp32"),
                                   max_clips=24, clips_per_video=4, max_sequences=24, repeats=1, progress=False)
@@ -151,7 +165,10 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     assert sum(others) == 30, shapes
     assert report["videobert_quantization"]["quantized_ops"].get("MatMul") == 30
     vb = report["videobert"]["variants"]["qdq"]
-    assert 0.0 <= vb["top1_agreement"] <= 1.0 and vb["text_top3_agreement"] >= vb["text_top1_agreement"]
+    # Floors under this run's figures (text top-3 0.92, decisive text top-1 1.0, visual top-1 0.89 on
+    # the untrained-head MiniLM, whose words are mostly near ties): a broken Q/DQ graph lands near 0.
+    assert vb["text_top3_agreement"] >= 0.8 and vb["visual_top1_agreement"] >= 0.6, vb
+    assert vb["text_decisive_top1_agreement"] is None or vb["text_decisive_top1_agreement"] >= 0.9, vb
     # The VideoBERT CPU form: dynamic INT8 MatMuls (no Q/DQ); the 30 encoder MatMuls outside the FFN outputs quantized.
     vb_cpu = onnx.load(str(out / "videobert.int8.cpu.onnx"))
     cpu_ops = [n.op_type for n in vb_cpu.graph.node]
@@ -361,3 +378,14 @@ def test_chunked_calibration_keeps_every_input(tmp_path, sized):
     assert float(inits[quant_x.input[1]]) == pytest.approx(50.0 / 127, rel=1e-3)
     assert calibration_stride(9) == 3 and calibration_stride(16) == 4 and calibration_stride(13) == 1
 
+
+
+def test_report_agreement_is_tie_aware():
+    """INT8 picking an id FP32 scores exactly as high as its best agrees with FP32 (duplicate leaves
+    tie exactly); an id FP32 scores lower does not."""
+    from vbedge.calib.report import top1_agreement_by_margin
+
+    ref_ids = np.array([[4, 5, 6], [1, 2, 3]])
+    ref_scores = np.array([[2.0, 2.0, 0.0], [3.0, 2.9, 0.0]])
+    split = top1_agreement_by_margin(ref_ids, ref_scores, np.array([5, 2]))
+    assert split["top1"] == pytest.approx(0.5) and split["near_tie_top1"] == pytest.approx(0.5)

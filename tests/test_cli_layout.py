@@ -47,8 +47,8 @@ def test_the_import_scan_sees_a_cli_import():
 def test_every_command_module_registers_its_commands_in_order():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert list(sub.choices) == ["info", "codebook", "export", "build", "caption", "tokenize",
-                                 "calibrate", "demo", "train"]
+    assert list(sub.choices) == ["info", "features", "codebook", "export", "build", "caption",
+                                 "tokenize", "corpus", "train", "calibrate", "demo"]
     for module in cli.COMMAND_MODULES:
         assert callable(module.register) and module.__name__.startswith("vbedge.cli.")
     for name, command in sub.choices.items():

@@ -236,3 +236,30 @@ def test_compare_and_check_topk():
     check_topk(ref, ref, min_top1=1.0, min_overlap=1.0)
     with pytest.raises(ExportCheckError, match="top-1"):
         check_topk(ref, got, min_top1=0.9, min_overlap=0.5)
+
+
+def test_tie_aware_topk_counts_tied_ids_as_agreeing():
+    from vbedge.export.verify import tie_aware_topk
+
+    ref_ids = np.array([[7, 3, 9], [1, 2, 4], [5, 6, 8]])
+    ref_scores = np.array([[2.0, 2.0, 1.0], [3.0, 1.0, 0.5], [1.0, 0.9, 0.1]])
+    # Row 0: id 3 ties id 7 exactly -> agrees; row 1: id 2 is 2.0 below the best -> disagrees;
+    # row 2: id 6 is 0.1 below: agrees only with a tolerance of at least 0.1.
+    got = np.array([[3, 7, 9], [2, 1, 4], [6, 5, 8]])
+    m = tie_aware_topk(ref_ids, ref_scores, got, tol=1e-6)
+    assert m["top1_agreement"] == pytest.approx(1 / 3) and m["top1_id_agreement"] == 0.0
+    assert m["tied_rows"] == 1 and m["topk_overlap"] == 1.0
+    assert tie_aware_topk(ref_ids, ref_scores, got, tol=0.1 + 1e-9)["top1_agreement"] == pytest.approx(2 / 3)
+    # An id outside the reference's top-k is below its k-th score without a lookup table...
+    outside = np.array([[11, 7, 9], [1, 2, 4], [5, 6, 8]])
+    assert tie_aware_topk(ref_ids, ref_scores, outside, tol=1e-6)["top1_agreement"] == pytest.approx(2 / 3)
+    # ...and scored from the full table with one (id 11 tied with the best here).
+    lookup = np.zeros((3, 12))
+    lookup[0, [7, 3, 11]] = 2.0
+    lookup[1, [1, 2, 4]] = [3.0, 1.0, 0.5]
+    lookup[2, [5, 6, 8]] = [1.0, 0.9, 0.1]
+    assert tie_aware_topk(ref_ids, ref_scores, outside, tol=1e-6, ref_lookup=lookup)["top1_agreement"] == 1.0
+    with pytest.raises(InvalidInputError, match="rows"):
+        tie_aware_topk(ref_ids, ref_scores, got[:2], tol=1e-6)
+    with pytest.raises(InvalidInputError, match="does not cover"):
+        tie_aware_topk(ref_ids, ref_scores, outside, tol=1e-6, ref_lookup=lookup[:, :5])

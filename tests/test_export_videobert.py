@@ -218,3 +218,20 @@ def test_failed_check_leaves_no_files(exported, tmp_path, monkeypatch):
     with pytest.raises(ExportCheckError, match="max score error"):
         export_videobert(vb, tmp_path / "out", top_k=K, fp16=False, progress=False)
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.slow
+def test_export_passes_when_duplicate_leaves_tie_exactly(tmp_path):
+    """A small corpus gives duplicate codebook leaves: identical visual embeddings, exactly tied
+    logits, which ONNX Runtime and PyTorch may order differently. The export check compares the
+    PyTorch scores at the chosen ids, so a legitimate FP32 model exports (issue 14's report:
+    'visual top-1 agreement 0.706 < 0.97')."""
+    rng = np.random.default_rng(5)
+    top = (0.07 * rng.standard_normal((3, 384))).astype(np.float32)
+    # Each top-level node's three leaves share one centroid: 3 groups of 3 identical visual words.
+    leaves = np.repeat((0.07 * rng.standard_normal((3, 384))).astype(np.float32), 3, axis=0)
+    tied = HierarchicalCodebook(np.concatenate([top, leaves]), levels=2, branching=3)
+    vb = VideoBert.from_bert(MINILM, tied)
+    meta = export_videobert(vb, tmp_path, top_k=K, progress=False, fp16=False)
+    visual = meta["checks"]["fp32"]["visual"]
+    assert visual["tied_rows"] > 0 and visual["top1_agreement"] == 1.0

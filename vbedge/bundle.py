@@ -194,6 +194,7 @@ class Bundle:
             raise FormatError(
                 f"bundle VideoBERT expects a vocabulary of {videobert['vocab_size']} tokens, the bundle's has {vocab.size}"
             )
+        self.preprocess_spec  # a spec this vbedge cannot apply fails at load, not mid-stream
         s3d = self.manifest["models"].get("s3d")
         if s3d and s3d.get("feature_dim") not in (None, codebook.dim):
             raise FormatError(f"bundle S3D makes {s3d['feature_dim']}-d features but the codebook is {codebook.dim}-d")
@@ -221,6 +222,20 @@ class Bundle:
     def preprocessing(self):
         """Preprocessing constants (dict) the S3D model was exported with."""
         return self.manifest["preprocessing"]
+
+    @property
+    def preprocess_spec(self):
+        """The :class:`~vbedge.preprocess.PreprocessSpec` of :attr:`preprocessing`.
+
+        A manifest written before the resize rule was recorded (no ``resize`` field) reads as
+        the rule those bundles used, ``"short_side"``.
+        """
+        from .preprocess import PreprocessSpec
+
+        try:
+            return PreprocessSpec.from_dict(self.manifest["preprocessing"])
+        except FormatError as exc:
+            raise FormatError(f"{self.root / MANIFEST_NAME}: {exc}") from exc
 
     @property
     def engine_dir(self):

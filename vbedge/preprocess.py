@@ -4,9 +4,15 @@ The spec mirrors torchvision's Kinetics video transform that S3D was trained wit
 
 1. frames are resampled to ``fps`` (20) and cut into ``clip_frames`` (30) frame clips (1.5 s);
 2. each frame (BGR uint8 from OpenCV) becomes RGB, scaled to [0, 1];
-3. its short side is resized to ``short_side`` (bilinear, half-pixel centres, no antialiasing,
-   like torchvision's ``antialias=False``); the long side keeps the aspect ratio, truncated as
-   torchvision truncates it;
+3. it is resized (bilinear, half-pixel centres, no antialiasing, like torchvision's
+   ``antialias=False``) by one of two rules, ``resize``:
+
+   * ``"square"``: to a fixed ``short_side`` x ``short_side`` square, changing the aspect ratio.
+     This is the recipe of torchvision's ``S3D_Weights.KINETICS400_V1`` (its ``transforms()``
+     resizes to 256 x 256, then crops 224), the weights users bring;
+   * ``"short_side"``: the short side to ``short_side``, the long side keeping the aspect ratio
+     (truncated as torchvision truncates it). vbedge's rule before the option existed: a spec
+     without a ``resize`` field (an older bundle) means this rule;
 4. a centred ``crop`` x ``crop`` square is cut (torchvision's rounding of the offset);
 5. channels are normalised with the Kinetics ``mean``/``std`` torchvision uses;
 6. the clip is laid out (3, T, H, W); a batch of clips is (N, 3, T, H, W).
@@ -31,7 +37,13 @@ from .errors import FormatError, InvalidInputError, MissingDependencyError
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
-SPEC_VERSION = 1
+#: Version written by :meth:`PreprocessSpec.to_dict`. 2 added ``resize``; version 1 specs (no
+#: ``resize`` field) are read with the rule they always meant, ``"short_side"``.
+SPEC_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+#: The resize rules (see the module docstring).
+RESIZE_RULES = ("short_side", "square")
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,16 @@ class PreprocessSpec:
     Attributes:
         fps: frame rate clips are sampled at (frames per second).
         clip_frames: frames per clip (T).
-        short_side: length the short side of a frame is resized to, in pixels.
+        short_side: length the short side of a frame is resized to, in pixels; with
+            ``resize="square"`` both sides are (the frame becomes ``short_side`` squared).
         crop: side of the centred square crop (H = W), in pixels.
         mean, std: per-channel (R, G, B) normalisation of [0, 1] values.
         layout: axis order of a batch of clips; always ``"NCTHW"``.
         input_color: channel order of the frames given to :func:`preprocess_frame` (OpenCV's
             ``"BGR"``); the model sees RGB.
+        resize: ``"short_side"`` (keep the aspect ratio; the default, and what a spec stored
+            without this field means) or ``"square"`` (torchvision's S3D Kinetics recipe). Use
+            :meth:`torchvision_kinetics` for the recipe of torchvision's S3D weights.
     """
 
     fps: float = 20.0
@@ -57,6 +73,7 @@ class PreprocessSpec:
     std: tuple = KINETICS_STD
     layout: str = "NCTHW"
     input_color: str = "BGR"
+    resize: str = "short_side"
 
     def __post_init__(self):
         # Normalise sequences to tuples so specs loaded from JSON compare equal to built ones.
@@ -80,6 +97,27 @@ class PreprocessSpec:
             raise InvalidInputError(f"layout must be 'NCTHW', got {self.layout!r}")
         if self.input_color not in ("BGR", "RGB"):
             raise InvalidInputError(f"input_color must be 'BGR' or 'RGB', got {self.input_color!r}")
+        if self.resize not in RESIZE_RULES:
+            raise InvalidInputError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
+
+    @classmethod
+    def torchvision_kinetics(cls, **changes) -> "PreprocessSpec":
+        """The recipe of torchvision's ``S3D_Weights.KINETICS400_V1``: 256 x 256, crop 224.
+
+        ``changes`` override fields (``clip_frames``, ``crop``...) of the recipe; the resize rule
+        stays ``"square"`` unless given.
+        """
+        values = {"resize": "square", "short_side": 256, "crop": 224}
+        values.update(changes)
+        return cls(**values)
+
+    def describe_resize(self) -> str:
+        """One line saying how frames are resized and cropped (for logs and build output)."""
+        if self.resize == "square":
+            return (f"resize to {self.short_side}x{self.short_side} (aspect ratio not kept), "
+                    f"centre crop {self.crop}")
+        return (f"resize the short side to {self.short_side} (aspect ratio kept), centre crop "
+                f"{self.crop}")
 
     @property
     def clip_seconds(self) -> float:
@@ -105,9 +143,13 @@ class PreprocessSpec:
             raise FormatError(f"preprocessing spec must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
-        if version != SPEC_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise FormatError(f"preprocessing spec version {version!r} is not supported "
-                              f"(expected {SPEC_VERSION})")
+                              f"(this vbedge reads {list(_READABLE_VERSIONS)}; a newer vbedge "
+                              f"wrote it?)")
+        if version == 1 and "resize" in data:
+            raise FormatError("a version 1 preprocessing spec has no 'resize' field (it was "
+                              "added in version 2)")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -182,8 +224,16 @@ def _check_frame(frame, what="frame"):
                                 f"{frame.shape}")
 
 
-def resized_size(height, width, short_side):
-    """(new_height, new_width) after resizing the short side, as torchvision computes it."""
+def resized_size(height, width, short_side, rule="short_side"):
+    """(new_height, new_width) after resizing by ``rule``, as torchvision computes it.
+
+    ``"short_side"``: the short side becomes ``short_side``, the long one keeps the aspect ratio
+    (truncated); ``"square"``: both become ``short_side``.
+    """
+    if rule == "square":
+        return short_side, short_side
+    if rule != "short_side":
+        raise InvalidInputError(f"resize rule must be one of {RESIZE_RULES}, got {rule!r}")
     short, long = (height, width) if height <= width else (width, height)
     new_long = int(short_side * long / short)
     return (short_side, new_long) if height <= width else (new_long, short_side)
@@ -199,7 +249,7 @@ def preprocess_frame(frame, spec=DEFAULT_SPEC) -> np.ndarray:
     _check_frame(frame)
     cv2 = _cv2()
     height, width = frame.shape[:2]
-    new_h, new_w = resized_size(height, width, spec.short_side)
+    new_h, new_w = resized_size(height, width, spec.short_side, spec.resize)
     image = frame.astype(np.float32) * np.float32(1.0 / 255.0)
     if (new_h, new_w) != (height, width):
         # INTER_LINEAR on float32 is exact bilinear with half-pixel centres and no antialiasing,

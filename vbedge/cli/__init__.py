@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, demo, export, info, train
+from . import build, calibrate, caption, codebook, corpus, demo, export, features, info, train
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, codebook, export, build, caption, calibrate, demo, train)
+COMMAND_MODULES = (info, features, codebook, export, build, caption, corpus, train, calibrate, demo)
 
 
 def build_parser():

@@ -21,6 +21,12 @@ def register(subparsers):
     p.add_argument("--calib-method", default="minmax", help="int8 calibration: minmax, entropy or percentile")
     p.add_argument("--frames", type=int, help="clip length in frames (default 30)")
     p.add_argument("--crop", type=int, help="crop side in pixels (default 224)")
+    p.add_argument("--resize", choices=("short_side", "square"),
+                   help="resize rule: square (torchvision's S3D recipe, 256x256; the default for "
+                        "--s3d) or short_side (aspect ratio kept; the default for --s3d-random-init)")
+    p.add_argument("--short-side", type=int,
+                   help="short side frames are resized to (both sides with --resize square; "
+                        "default 256)")
     p.add_argument("--top-k", type=int, help="k of VideoBERT's top-k outputs (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of random S3D weights / new BERT embeddings")
     p.add_argument("--reference-weights", action="store_true",
@@ -37,20 +43,27 @@ def run_build(args):
     from vbedge.errors import InvalidInputError
     from vbedge.export.bundle import build_bundle
     from vbedge.export.videobert import load_videobert_checkpoint
-    from vbedge.preprocess import PreprocessSpec
+    from vbedge.export.s3d import spec_for_weights
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if args.calib and "int8" not in precisions:
         raise InvalidInputError("--calib is only used with --precision ...,int8")
     codebook = HierarchicalCodebook.load(args.codebook)
     videobert = load_videobert_checkpoint(args.videobert, codebook, seed=args.seed)
-    spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop)) if v is not None}
-    spec = PreprocessSpec(**spec_changes) if spec_changes else None
+    spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop),
+                                      ("short_side", args.short_side)) if v is not None}
+    spec = why = None
+    if spec_changes or args.resize:
+        spec, why = spec_for_weights(args.s3d, args.s3d_random_init, resize=args.resize, **spec_changes)
     bundle = build_bundle(args.output, videobert=videobert, codebook=codebook, s3d_weights=args.s3d,
                           s3d_random_init=args.s3d_random_init, seed=args.seed, precisions=precisions, spec=spec,
                           top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite,
-                          calib_videos=args.calib, calib_method=args.calib_method)
+                          calib_videos=args.calib, calib_method=args.calib_method,
+                          spec_reason=why)
     print(f"wrote {bundle!r}")
+    s3d = bundle.manifest["models"]["s3d"]
+    print(f"  preprocessing: {bundle.preprocess_spec.describe_resize()}"
+          + (f" ({s3d['preprocessing_recipe']})" if s3d.get("preprocessing_recipe") else ""))
     for name, entry in sorted(bundle.manifest["files"].items()):
         print(f"  {name:<34} {entry['size'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}")
     return 0

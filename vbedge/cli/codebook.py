@@ -9,8 +9,10 @@ def register(subparsers):
     actions = p_codebook.add_subparsers(dest="codebook_command", metavar="ACTION")
     actions.required = True
 
-    p_fit = actions.add_parser("fit", help="fit a codebook on features (.npy, (N, D))")
-    p_fit.add_argument("features", help=".npy file of float32 features, shape (N, D)")
+    p_fit = actions.add_parser("fit", help="fit a codebook on features (a vbedge features folder "
+                                           "or an .npy of shape (N, D))")
+    p_fit.add_argument("features", help="vbedge features folder (its features.npy), or an .npy "
+                                        "file of float32 features, shape (N, D)")
     p_fit.add_argument("-o", "--output", required=True, help="codebook .npz to write")
     p_fit.add_argument("--levels", type=int, default=4)
     p_fit.add_argument("--branching", type=int, default=12)
@@ -33,9 +35,10 @@ def register(subparsers):
 
 def run_fit(args):
     """Handler of ``vbedge codebook fit``."""
-    from ..codebook import HierarchicalCodebook, load_features_npy
+    from ..codebook import HierarchicalCodebook
+    from ..features import load_feature_matrix
 
-    features = load_features_npy(args.features)
+    features = load_feature_matrix(args.features)
     codebook = HierarchicalCodebook.fit(features, args.levels, args.branching, seed=args.seed)
     path = codebook.save(args.output)
     print(f"wrote {path}: {codebook!r} sha256={codebook.sha256[:16]}")

@@ -53,8 +53,15 @@ def _register_s3d(models):
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
     p.add_argument("--frames", type=int, default=30, help="frames per clip T (default 30)")
     p.add_argument("--size", type=int, default=224, help="crop size H = W (default 224)")
+    p.add_argument("--resize", choices=("short_side", "square"),
+                   help="resize rule: square (torchvision's S3D recipe, 256x256; the default for "
+                        "--weights) or short_side (aspect ratio kept; the default for "
+                        "--random-init)")
+    # Both resize rules share these defaults (256, crop 224), so giving them never changes
+    # which rule --resize's default picks.
     p.add_argument("--short-side", type=int, default=256,
-                   help="short side frames are resized to before cropping (default 256)")
+                   help="short side frames are resized to before cropping; both sides with "
+                        "--resize square (default 256)")
     p.add_argument("--fps", type=float, default=20.0, help="clip frame rate (default 20)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18..20)")
     p.add_argument("--check-batches", type=int, nargs="+", default=[1, 3], metavar="N",
@@ -82,19 +89,20 @@ def run_export_s3d(args):
     import logging
 
     from vbedge.errors import InvalidInputError
-    from vbedge.export.s3d import export_s3d, format_summary
-    from vbedge.preprocess import PreprocessSpec
+    from vbedge.export.s3d import export_s3d, format_summary, spec_for_weights
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    spec = PreprocessSpec(fps=args.fps, clip_frames=args.frames, short_side=args.short_side,
-                          crop=args.size)
     if args.weights is None and not args.random_init:
         raise InvalidInputError("vbedge export s3d needs --weights W.pth (a torchvision S3D state "
                                 "dict), or --random-init for a random model")
     if args.weights is not None and args.random_init:
         raise InvalidInputError("give either --weights or --random-init, not both")
+    changes = {k: v for k, v in (("fps", args.fps), ("clip_frames", args.frames),
+                                 ("short_side", args.short_side), ("crop", args.size))
+               if v is not None}
+    spec, why = spec_for_weights(args.weights, args.random_init, resize=args.resize, **changes)
     result = export_s3d(args.output, args.weights, random_init=args.random_init, seed=args.seed,
                         spec=spec, fp16=not args.no_fp16, check_batches=args.check_batches,
-                        opset=args.opset, progress=not args.quiet)
+                        opset=args.opset, progress=not args.quiet, spec_reason=why)
     print(format_summary(result))
     return 0

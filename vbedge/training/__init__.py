@@ -1,7 +1,6 @@
 """Training VideoBERT (``vbedge train``): corpus records, the paper's data and objectives, checkpoints.
 
-- :mod:`vbedge.training.corpus_reader`: the corpus as :class:`VideoRecord` objects (NumPy-free
-  JSON reading; the seam to ``vbedge.corpus``);
+- :mod:`vbedge.training.corpus_reader`: the corpus, read strictly through :mod:`vbedge.corpus`;
 - :mod:`vbedge.training.data`: text-only, video-only and joint rows as in the paper (NumPy);
 - :mod:`vbedge.training.trainer`: :func:`train`, the loop, losses, checkpoints (torch).
 
@@ -9,9 +8,9 @@ Needs torch and transformers (the ``export`` extra) for training itself; ``impor
 imports this package. See docs/training.md.
 """
 
-from .corpus_reader import Clip, Sentence, VideoRecord, read_corpus
+from .corpus_reader import read_corpus
 
-__all__ = ["Clip", "Sentence", "VideoRecord", "read_corpus", "train", "TrainOptions", "TrainResult"]
+__all__ = ["read_corpus", "train", "TrainOptions", "TrainResult"]
 
 
 def __getattr__(name):

@@ -61,7 +61,7 @@ class EncodedVideo:
 
 
 def encode_videos(records, vocab) -> list:
-    """:class:`EncodedVideo` for each :class:`~vbedge.training.corpus_reader.VideoRecord`."""
+    """:class:`EncodedVideo` for each corpus video (:class:`vbedge.corpus.CorpusVideo`)."""
     out = []
     for record in records:
         leaves = np.asarray([c.leaf for c in record.clips], dtype=np.int64)
