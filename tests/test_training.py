@@ -259,8 +259,8 @@ def test_alignment_beats_chance_on_held_out_videos(toy, tmp_path):
     """Where a sentence's word decides its clips' visual words, the [CLS] head learns to tell
     aligned pairs from a sentence of another video, on videos it never trained on.
 
-    From the real MiniLM checkpoint: the tiny model trained from scratch stayed at chance for
-    1,000+ steps in development (comparing two tokens is slow to learn from random weights).
+    From the real MiniLM checkpoint: the tiny model trained from scratch stayed at chance for the
+    400-600 steps tried in development (comparing two tokens is slow to learn from random weights).
     Slow: ~300 s on the shared development machine (load ~11 on 2 cores).
     """
     cb = _word_codebook()
