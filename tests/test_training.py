@@ -261,7 +261,7 @@ def test_alignment_beats_chance_on_held_out_videos(toy, tmp_path):
 
     From the real MiniLM checkpoint: the tiny model trained from scratch stayed at chance for the
     400-600 steps tried in development (comparing two tokens is slow to learn from random weights).
-    Slow: ~300 s on the shared development machine (load ~11 on 2 cores).
+    Slow: 110-135 s on the shared development machine (load ~8-11 on 2 cores).
     """
     cb = _word_codebook()
     cb.save(tmp_path / "cbw.npz")
