@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vbedge.bundle import PRECISIONS, Bundle, write_manifest
+from vbedge.bundle import PRECISIONS, Bundle, sign_bundle, write_manifest
 from vbedge.errors import FormatError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _check_precisions(precisions):
 def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_random_init=False, seed=0,
                  precisions=("fp32", "fp16"), spec=None, top_k=None, reference_weights=False,
                  overwrite=False, progress=True, calib_videos=None, calib_method="minmax",
-                 spec_reason=None):
+                 spec_reason=None, sign_key=None, sign_password=None):
     """Export both models into a new bundle folder ``output_dir`` and return the verified :class:`Bundle`.
 
     Args:
@@ -56,10 +56,19 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
             Q/DQ graphs, the ONNX Runtime CPU forms of S3D and VideoBERT and ``int8_report.json`` join the bundle.
         calib_method: 'minmax', 'entropy' or 'percentile'.
         spec_reason: why ``spec`` is what it is (recorded as ``preprocessing_recipe``).
+        sign_key: an Ed25519 private key (PEM path or key object, see ``vbedge keys new``) to sign
+            the bundle with (``manifest.sig``, :func:`vbedge.bundle.sign_bundle`); read before the
+            export starts, so a wrong key or passphrase fails in seconds, not after minutes.
+        sign_password: bytes passphrase of an encrypted ``sign_key`` PEM.
     """
     from vbedge.codebook import HierarchicalCodebook
     from vbedge.export.s3d import export_s3d, spec_for_weights
     from vbedge.export.videobert import DEFAULT_TOP_K, export_videobert
+
+    if isinstance(sign_key, (str, os.PathLike)):
+        from vbedge.signing import load_private_key
+
+        sign_key = load_private_key(sign_key, password=sign_password)
     precisions = _check_precisions(precisions)
     if "int8" in precisions and not calib_videos:
         raise InvalidInputError("int8 needs calibration videos: pass calib_videos (--calib CLIPS)")
@@ -128,14 +137,21 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
             _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models)
         write_manifest(staging, models, "codebook.npz",
                        {"vocab_file": "vocab.txt", "layout_file": "vocab_layout.json"}, spec.to_dict())
-        Bundle.load(staging)  # verify exactly what a device will verify
+        if sign_key is not None:
+            sign_bundle(staging, sign_key)  # verifies every hash of the manifest it signs
+        else:
+            Bundle.load(staging, trusted_keys=False)  # verify exactly what a device will verify
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return Bundle.load(out, verify_hashes=False)
+    if sign_key is not None:
+        # Loaded as a device would, with the public half as the only trusted key.
+        return Bundle.load(out, trusted_keys=[sign_key.public_key()])
+    log.info("bundle %s is not signed: devices that check signatures will refuse it (vbedge sign)", out)
+    return Bundle.load(out, verify_hashes=False, trusted_keys=False)
 
 
 def _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models):

@@ -87,11 +87,17 @@ def test_missing_folder_manifest_and_file(tmp_path, bundle_dir):
 
 def test_tampered_file_is_refused(bundle_dir):
     data = bytearray((bundle_dir / "videobert.onnx").read_bytes())
-    data[-5] ^= 0xFF  # same size, other content
+    # Same size, other content, still a well-formed ONNX file (the graph's name 'tiny' -> 'tinz'):
+    # a flip that breaks the protobuf structure is refused even without hashes (external-data scan).
+    data[data.index(b"tiny") + 3] ^= ord("y") ^ ord("z")
     (bundle_dir / "videobert.onnx").write_bytes(bytes(data))
     with pytest.raises(FormatError, match="'videobert.onnx' does not match its sha256"):
         Bundle.load(bundle_dir)
     Bundle.load(bundle_dir, verify_hashes=False)  # sizes still agree: loads when hashes are skipped
+    data[-5] ^= 0xFF
+    (bundle_dir / "videobert.onnx").write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="videobert.onnx is not a well-formed ONNX file"):
+        Bundle.load(bundle_dir, verify_hashes=False)
 
 
 def test_truncated_file_is_refused_even_without_hashes(bundle_dir):

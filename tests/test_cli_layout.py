@@ -47,12 +47,13 @@ def test_the_import_scan_sees_a_cli_import():
 def test_every_command_module_registers_its_commands_in_order():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert list(sub.choices) == ["info", "features", "codebook", "export", "build", "caption",
-                                 "tokenize", "corpus", "train", "calibrate", "demo"]
+    assert list(sub.choices) == ["info", "features", "codebook", "export", "build", "engines", "keys", "sign",
+                                 "caption", "tokenize", "corpus", "train", "calibrate", "synth", "eval", "demo",
+                                 "bench"]
     for module in cli.COMMAND_MODULES:
         assert callable(module.register) and module.__name__.startswith("vbedge.cli.")
     for name, command in sub.choices.items():
-        if name in ("codebook", "export"):
+        if name in ("codebook", "export", "engines", "keys", "eval"):
             continue    # groups: their actions carry the handlers
         handler = command.get_default("func")
         assert callable(handler) and handler.__module__.startswith("vbedge.cli."), name

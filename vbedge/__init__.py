@@ -4,7 +4,7 @@
 pycuda, cupy) are imported lazily by the functions that need them.
 """
 
-from .errors import FormatError, InvalidInputError, MissingDependencyError, VbedgeError
+from .errors import FormatError, InvalidInputError, MissingDependencyError, SignatureError, VbedgeError
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "InvalidInputError",
     "FormatError",
     "MissingDependencyError",
+    "SignatureError",
     "__version__",
 ]
 

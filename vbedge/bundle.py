@@ -8,17 +8,29 @@ down in docs/bundle.md.
 
 :meth:`Bundle.load` verifies all of it before anything runs. TensorRT engines are not part of
 the manifest: they are built on the target and cached in ``<bundle>/engines/``.
+
+Hashes catch corruption, not an attacker: whoever can write the folder can rewrite the manifest
+too. So a bundle can be signed (:func:`sign_bundle`, ``vbedge sign``; the format is in
+:mod:`vbedge.signing`), and ``Bundle.load(path, trusted_keys=...)`` (or ``VBEDGE_TRUSTED_KEYS``)
+refuses a bundle that is not signed by one of the trusted keys. The trust model is written down
+in docs/bundle.md.
 """
 
 import datetime
 import hashlib
 import json
+import logging
 import os
 import platform
 from pathlib import Path
 
-from .errors import FormatError, InvalidInputError
+from .errors import FormatError, InvalidInputError, SignatureError
 from .jsonfile import read_json_object
+from .onnx_external import external_data_references
+from .signing import (SIGNATURE_NAME, SignatureInfo, load_private_key, resolve_trusted_keys, sign_manifest_bytes,
+                      verify_manifest_bytes, write_signature)
+
+log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "vbedge.bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -27,6 +39,8 @@ ENGINE_DIR_NAME = "engines"
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_NAMES = ("s3d", "videobert")
 _HASH_BLOCK = 1 << 20
+# A manifest is tens of kilobytes; a bigger one is not a manifest (and is not read into memory).
+_MAX_MANIFEST_BYTES = 64 << 20
 
 
 def sha256_file(path):
@@ -123,34 +137,79 @@ def write_manifest(folder, models, codebook_file, vocabulary, preprocessing, ext
 class Bundle:
     """A verified bundle folder. Create with :meth:`load`."""
 
-    def __init__(self, root, manifest):
+    def __init__(self, root, manifest, manifest_sha256=None, signature=None):
         self.root = Path(root)
         self.manifest = manifest
+        #: sha256 hex of the manifest.json bytes this bundle was loaded from (engines record it).
+        self.manifest_sha256 = manifest_sha256
+        #: :class:`vbedge.signing.SignatureInfo` of the verified signature, or None (unauthenticated).
+        self.signature = signature
         self._codebook = None
         self._vocab = None
 
     @classmethod
-    def load(cls, path, verify_hashes=True):
+    def load(cls, path, verify_hashes=True, trusted_keys=None):
         """Open and verify the bundle at ``path``.
 
         Raises FileNotFoundError for a missing folder or file, FormatError for a manifest of a
-        newer format, a file name pointing outside the folder, a size or sha256 mismatch, or a
-        codebook that does not match the vocabulary or the VideoBERT model. ``verify_hashes=False``
-        skips only the sha256 of the files (sizes and everything else are still checked).
+        newer format, a file name pointing outside the folder, a size or sha256 mismatch, an ONNX
+        file whose external data is not a file the manifest lists, or a codebook that does not
+        match the vocabulary or the VideoBERT model. ``verify_hashes=False`` skips only the
+        sha256 of the files (sizes and everything else are still checked).
+
+        ``trusted_keys``: public keys (PEM files, folders of them, PEM bytes or key objects; see
+        :func:`vbedge.signing.resolve_trusted_keys`). When given, or configured with the
+        ``VBEDGE_TRUSTED_KEYS`` environment variable, the bundle must carry a signature by one of
+        them over its manifest (SignatureError otherwise), checked before the manifest is even
+        parsed. Without keys the bundle loads as before, with a warning that it is
+        unauthenticated; ``trusted_keys=False`` skips the check and the warning whatever the
+        environment says (for tools on the publisher's side).
         """
-        root = Path(path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"bundle folder not found: {root}")
-        root = root.resolve()
+        keys = resolve_trusted_keys(trusted_keys)
+        if keys and not verify_hashes:
+            raise InvalidInputError(
+                "trusted_keys with verify_hashes=False would authenticate the manifest but not the files it "
+                "lists; verify hashes when checking signatures"
+            )
+        root, data = _read_manifest_bytes(path)
+        signature = None
+        if keys:
+            signature = verify_manifest_bytes(data, root / SIGNATURE_NAME, keys)
+        elif trusted_keys is None:
+            log.warning("bundle %s is unauthenticated: no trusted keys given (trusted_keys=, --trusted-key or "
+                        "VBEDGE_TRUSTED_KEYS), so nothing shows who made it", root)
+        return cls._from_manifest_bytes(root, data, verify_hashes, signature)
+
+    @classmethod
+    def _from_manifest_bytes(cls, root, data, verify_hashes, signature):
         manifest_path = root / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
-        manifest = read_json_object(manifest_path)
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FormatError(f"{str(manifest_path)!r} is not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise FormatError(f"{str(manifest_path)!r} must hold a JSON object, got {type(manifest).__name__}")
         _check_manifest_header(manifest, manifest_path)
-        bundle = cls(root, manifest)
+        bundle = cls(root, manifest, hashlib.sha256(data).hexdigest(), signature)
         bundle._verify_files(verify_hashes)
+        bundle._verify_external_data()
         bundle._verify_consistency()
         return bundle
+
+    def require_signed_by(self, trusted_keys):
+        """Raise SignatureError unless this bundle was loaded with a signature by one of ``trusted_keys``.
+
+        For code handed an already loaded :class:`Bundle` (e.g. :class:`vbedge.Pipeline`).
+        """
+        keys = resolve_trusted_keys(trusted_keys)
+        if not keys:
+            return
+        if self.signature is None:
+            raise SignatureError(f"bundle {self.root} was loaded without a signature check; load it with trusted_keys")
+        if self.signature.key_id not in {k.key_id for k in keys}:
+            raise SignatureError(
+                f"bundle {self.root} is signed by key {self.signature.key_id[:16]}, which is not among the trusted keys"
+            )
 
     # ------------------------------------------------------------------ verification
     def _verify_files(self, verify_hashes):
@@ -169,6 +228,18 @@ class Bundle:
         for name in self._referenced_files():
             if name not in files:
                 raise FormatError(f"bundle manifest refers to {name!r} but does not list its hash")
+
+    def _verify_external_data(self):
+        """Refuse ONNX files whose external data is not a file the manifest lists (and so hashed)."""
+        files = self.manifest["files"]
+        onnx_names = {name for name in files if name.lower().endswith(".onnx")}
+        for spec in self.manifest["models"].values():
+            onnx_names.update(spec["onnx"].values())
+        listed = {_safe_member(self.root, name): name for name in files}
+        for name in sorted(onnx_names):
+            path = _safe_member(self.root, name)
+            for ref in external_data_references(path):
+                _check_external_reference(self.root, name, path, ref, listed, files)
 
     def _referenced_files(self):
         names = [self.manifest["codebook"]["file"], self.manifest["vocabulary"]["vocab_file"]]
@@ -284,6 +355,79 @@ class Bundle:
     def __repr__(self):
         parts = ", ".join(f"{m}[{'/'.join(self.precisions(m))}]" for m in self.models())
         return f"Bundle({str(self.root)!r}: {parts})"
+
+
+def _read_manifest_bytes(path):
+    """(resolved root, bytes of its manifest.json): what a signature covers and the manifest is parsed from."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"bundle folder not found: {root}")
+    root = root.resolve()
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
+    with open(manifest_path, "rb") as handle:
+        data = handle.read(_MAX_MANIFEST_BYTES + 1)
+    if len(data) > _MAX_MANIFEST_BYTES:
+        raise FormatError(f"{manifest_path} is larger than {_MAX_MANIFEST_BYTES} bytes: not a bundle manifest")
+    return root, data
+
+
+def _check_external_reference(root, onnx_name, onnx_path, ref, listed, files):
+    """One external-data reference must name a listed file inside the bundle, within its size."""
+    tensor = f"tensor {ref.tensor!r}" if ref.tensor else "a tensor"
+    where = f"bundle ONNX file {onnx_name!r}: {tensor}"
+    location = ref.location
+    if location is None:
+        raise FormatError(f"{where} is marked as external data but names no file (no 'location')")
+    pure = Path(location)
+    if (not location or pure.is_absolute() or ".." in pure.parts or "\\" in location or "\0" in location
+            or location.startswith("~")):
+        raise FormatError(f"{where} keeps its data in {location!r}, which points outside the bundle folder")
+    resolved = (onnx_path.parent / pure).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise FormatError(f"{where} keeps its data in {location!r}, which resolves outside the bundle folder")
+    member = listed.get(resolved)
+    if member is None:
+        raise FormatError(
+            f"{where} keeps its data in {location!r}, a file the manifest does not list, so its hash was never "
+            "checked; list it in the manifest (write_manifest extra_files)"
+        )
+    size = files[member].get("size")
+    numbers = {}
+    for field in ("offset", "length"):
+        text = getattr(ref, field)
+        if text is None:
+            continue
+        if not text.isdigit():
+            raise FormatError(f"{where}: external data {field} {text!r} is not a non-negative integer")
+        numbers[field] = int(text)
+    end = numbers.get("offset", 0) + numbers.get("length", 0)
+    if isinstance(size, int) and end > size:
+        raise FormatError(
+            f"{where}: external data in {member!r} ends at byte {end}, past the end of the file ({size} bytes)"
+        )
+
+
+def sign_bundle(path, private_key, password=None):
+    """Sign the bundle at ``path``: verify it, then write ``manifest.sig`` beside its manifest.
+
+    ``private_key``: a PEM file path (see ``vbedge keys new``) or a cryptography Ed25519 private
+    key; ``password``: bytes for an encrypted PEM. The bundle is fully verified (every hash)
+    from the very manifest bytes that get signed, so a tampered bundle is never signed. Returns
+    the :class:`vbedge.signing.SignatureInfo`.
+    """
+    if isinstance(private_key, (str, os.PathLike)):
+        source = str(private_key)
+        private_key = load_private_key(private_key, password=password)
+    else:
+        source = "<key object>"
+    root, data = _read_manifest_bytes(path)
+    Bundle._from_manifest_bytes(root, data, True, None)
+    signature = sign_manifest_bytes(data, private_key)
+    write_signature(root / SIGNATURE_NAME, signature)
+    log.info("bundle %s signed by key %s", root, signature["key_id"][:16])
+    return SignatureInfo(signature["key_id"], signature["manifest_sha256"], source)
 
 
 def _check_manifest_header(manifest, path):

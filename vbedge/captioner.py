@@ -259,6 +259,8 @@ class Captioner:
                 f"as [VERB], [NOUN] or [MASK]")
         longest = row_length(self._text_ids.size, self.context_clips + 1)
         longest_forecast = row_length(0, self.context_clips + 1 + self.forecast_step)
+        #: Tokens in the longest row :meth:`build_batch` makes (bounds a TensorRT profile).
+        self.max_sequence_length = max(longest, longest_forecast if self.forecast_step else 0)
         if max(longest, longest_forecast) > max_sequence:
             raise InvalidInputError(f"caption inputs would have {max(longest, longest_forecast)} "
                                     f"tokens; the model takes at most {max_sequence}: shorten "

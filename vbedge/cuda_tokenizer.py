@@ -9,6 +9,10 @@ only when the given array comes from them.
 
 import numpy as np
 
+from .cuda_interop import is_cupy_array as _is_cupy_array
+from .cuda_interop import is_device_array
+from .cuda_interop import is_torch_tensor as _is_torch_tensor
+from .cuda_interop import same_stream, stream_handle, view_device_array
 from .errors import InvalidInputError, MissingDependencyError
 
 _TYPESTRS = {"<f4": "float32", "<f2": "float16"}
@@ -38,20 +42,7 @@ def cuda_extension_status():
     return True, f"ok: {count} CUDA device(s), device 0 is {ext.device_name(0)}"
 
 
-def is_device_array(obj):
-    """True for CUDA arrays (torch CUDA tensors, CuPy, Numba...): they expose ``__cuda_array_interface__``."""
-    try:
-        return hasattr(obj, "__cuda_array_interface__")
-    except Exception:  # noqa: BLE001 - some frameworks raise other errors from the property
-        return False
-
-
-def _is_torch_tensor(obj):
-    return type(obj).__module__.startswith("torch") and hasattr(obj, "data_ptr") and hasattr(obj, "is_cuda")
-
-
-def _is_cupy_array(obj):
-    return type(obj).__module__.startswith("cupy")
+__all__ = ["CudaTokenizer", "cuda_extension_status", "is_device_array"]
 
 
 class CudaTokenizer:
@@ -257,6 +248,10 @@ class CudaTokenizer:
         if not on_current:
             # The caching allocator must not hand x's memory to someone else before our kernels ran.
             x.record_stream(tstream)
+            # x was written on torch's current stream: our stream waits for that work first.
+            current = torch.cuda.current_stream(x.device).cuda_stream
+            if n and not same_stream(stream_ptr, current):
+                self._ext.stream_wait(stream_ptr, int(current) or 1, self.device)
         if n == 0:
             return out
         self._run(x.data_ptr(), n, dtype, row_stride, out.data_ptr(), stream_ptr, mode, beam, check_finite)
@@ -284,33 +279,32 @@ class CudaTokenizer:
         return max(int(row_stride), self.dim) if n > 1 else self.dim
 
     def _tokenize_cai(self, x, mode, beam, stream, check_finite, out):
-        cai = x.__cuda_array_interface__
-        dtype = _TYPESTRS.get(cai["typestr"])
+        view = view_device_array(x, name="features")
+        dtype = view.dtype if view.dtype in _ITEMSIZE else None
         if dtype is None:
             raise InvalidInputError(
-                f"features must be float32 (<f4) or float16 (<f2), got typestr {cai['typestr']!r}"
+                f"features must be float32 (<f4) or float16 (<f2), got typestr {x.__cuda_array_interface__['typestr']!r}"
             )
-        shape = tuple(cai["shape"])
+        shape = view.shape
         self._check_shape(shape, dtype)
         n = shape[0]
         itemsize = _ITEMSIZE[dtype]
-        strides = cai.get("strides")
+        strides = view.strides
         if strides is None:
             row_stride = self.dim
         else:
             if strides[0] % itemsize or strides[1] % itemsize:
                 raise InvalidInputError(f"features strides {strides} are not multiples of the item size {itemsize}")
             row_stride = self._row_stride((strides[0] // itemsize, strides[1] // itemsize), n)
-        ptr = int(cai["data"][0])
+        ptr = view.ptr
         if n > 0 and self._ext.pointer_device(ptr) != self.device:
             raise InvalidInputError(
                 f"features are on cuda:{self._ext.pointer_device(ptr)} but this tokenizer runs on cuda:{self.device}"
             )
         stream_ptr = self._resolve_stream(stream, x)
-        producer = cai.get("stream")
-        if producer is not None and n > 0:
+        if view.stream is not None and n > 0:
             # Protocol v3: the producer's stream must be waited on before the data is read.
-            self._ext.stream_wait(stream_ptr, int(producer), self.device)
+            self._ext.stream_wait(stream_ptr, int(view.stream), self.device)
         if out is None:
             out, out_ptr = self._allocate(n, stream_ptr)
         else:
@@ -330,15 +324,7 @@ class CudaTokenizer:
                 with cupy.cuda.Device(self.device):
                     return int(cupy.cuda.get_current_stream().ptr)
             return 0
-        if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
-            return int(stream)
-        for attr in ("ptr", "cuda_stream", "handle"):
-            value = getattr(stream, attr, None)
-            if isinstance(value, int):
-                return value
-        raise InvalidInputError(
-            f"stream must be None, an int cudaStream_t, or a stream object with .ptr/.cuda_stream, got {stream!r}"
-        )
+        return stream_handle(stream)
 
     def _allocate(self, n, stream_ptr):
         """int64 device array of n elements (CuPy if importable, else torch), allocated on the

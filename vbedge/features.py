@@ -107,7 +107,7 @@ def _spec_from_export_metadata(onnx_path):
 
 def open_feature_model(*, bundle=None, s3d_onnx=None, s3d_weights=None, backend="auto",
                        precision="fp32", spec=None, backend_options=None,
-                       progress=True) -> FeatureModel:
+                       progress=True, trusted_keys=None) -> FeatureModel:
     """Open exactly one S3D model source for :func:`extract_features`.
 
     Args:
@@ -127,6 +127,8 @@ def open_feature_model(*, bundle=None, s3d_onnx=None, s3d_weights=None, backend=
             different spec would give features the model was not exported for).
         backend_options: dict passed to the backend (e.g. ``intra_op_threads``).
         progress: show the export's progress bar (``s3d_weights`` only).
+        trusted_keys: public keys a bundle must be signed by (see
+            :meth:`vbedge.bundle.Bundle.load`; default ``VBEDGE_TRUSTED_KEYS``, else unauthenticated).
     """
     from .preprocess import PreprocessSpec
 
@@ -148,7 +150,12 @@ def open_feature_model(*, bundle=None, s3d_onnx=None, s3d_weights=None, backend=
         from .backends.select import create_bundle_backend
         from .bundle import Bundle
 
-        loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if isinstance(bundle, Bundle):
+            loaded = bundle
+            if trusted_keys is not False:
+                loaded.require_signed_by(trusted_keys)  # a no-op when no keys are given or configured
+        else:
+            loaded = Bundle.load(bundle, trusted_keys=trusted_keys)
         found = loaded.preprocess_spec
         check_same(found, f"the bundle manifest {loaded.root}")
         model = create_bundle_backend(loaded, "s3d", backend=backend, precision=precision,

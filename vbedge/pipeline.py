@@ -107,6 +107,10 @@ class ClipEvent:
         dropped_frames: frames the live source overwrote so far (its ``stats.frames_dropped``).
         s3d_batch_size: clips (of any source) in the S3D batch this clip ran in.
         padded_frames: repeated frames completing the last clip of a file.
+        timings: where the clip waited, for ``vbedge bench``: ``queue_ms`` (stage name ->
+            milliseconds the clip waited in the queue before ``s3d``, ``tokenize``,
+            ``videobert`` and the ``consumer``) and ``batch`` (stage name -> clips in the batch
+            it ran in). Not in :meth:`to_dict`.
         frames: the clip's sampled frames (``keep_frames=True`` only; not in :meth:`to_dict`).
         result: the full :class:`vbedge.captioner.CaptionResult` (not in :meth:`to_dict`).
     """
@@ -130,6 +134,7 @@ class ClipEvent:
     dropped_frames: int = 0
     s3d_batch_size: int = 1
     padded_frames: int = 0
+    timings: dict = field(default_factory=dict, repr=False)
     frames: list | None = field(default=None, repr=False)
     result: object = field(default=None, repr=False)
 
@@ -188,6 +193,13 @@ class _Work:
     feature: np.ndarray | None = None
     leaf: int = -1
     batch_size: int = 1
+    # For the bench: when the clip entered its current queue, and its waits and batch sizes.
+    t_queued: float = 0.0
+    timings: dict = field(default_factory=lambda: {"queue_ms": {}, "batch": {}})
+
+    def dequeued(self, stage, now):
+        """Record the wait before ``stage`` (the clip left its queue at ``now``)."""
+        self.timings["queue_ms"][stage] = (now - self.t_queued) * 1000.0
 
 
 @dataclass
@@ -240,6 +252,9 @@ _DEFAULTS = {
     "keep_frames": False,
     "source_options": None,
     "backend_options": None,
+    "s3d_options": None,
+    "videobert_options": None,
+    "device_features": "auto",
 }
 
 
@@ -259,7 +274,9 @@ def _check_options(options):
                 or not math.isfinite(value) or value < 0 or (name == "live_max_gap" and value == 0):
             raise InvalidInputError(f"{name} must be a {'positive' if name == 'live_max_gap' else 'non-negative'} "
                                     f"number of seconds, got {value!r}")
-    for name in ("source_options", "backend_options"):
+    if merged["device_features"] not in ("auto", True, False):
+        raise InvalidInputError(f"device_features must be 'auto', True or False, got {merged['device_features']!r}")
+    for name in ("source_options", "backend_options", "s3d_options", "videobert_options"):
         if merged[name] is not None and not isinstance(merged[name], dict):
             raise InvalidInputError(f"{name} must be a dict, got {type(merged[name]).__name__}")
     return merged
@@ -280,13 +297,18 @@ class Pipeline:
     :meth:`tokenize_video` (offline tokens); :meth:`close` (or ``with``) releases the models.
     """
 
-    def __init__(self, bundle, backend="auto", precision="fp32", **options):
+    def __init__(self, bundle, backend="auto", precision="fp32", trusted_keys=None, **options):
         from .bundle import Bundle
         from .captioner import Captioner
         from .preprocess import PreprocessSpec
 
         self.options = _check_options(options)
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if isinstance(bundle, Bundle):
+            if trusted_keys is not False:
+                bundle.require_signed_by(trusted_keys)  # a no-op when no keys are given or configured
+            self.bundle = bundle
+        else:
+            self.bundle = Bundle.load(bundle, trusted_keys=trusted_keys)
         self.backend = backend
         self.precision = precision
         self.spec = PreprocessSpec.from_dict(self.bundle.preprocessing)
@@ -300,7 +322,12 @@ class Pipeline:
         from .captioner import CaptionStabilizer
 
         CaptionStabilizer(opts["stable_clips"], opts["min_confidence"])
-        self._backend_options = dict(opts["backend_options"] or {})
+        # Per model: the shared backend options, then that model's own (which win), so S3D's
+        # TensorRT profiles never reach VideoBERT.
+        self._backend_options = {
+            model: {**(opts["backend_options"] or {}), **(opts[f"{model}_options"] or {})}
+            for model in ("s3d", "videobert")
+        }
         self._s3d = None
         self._videobert = None
         self._model_lock = threading.Lock()
@@ -308,14 +335,24 @@ class Pipeline:
         self._runs_lock = threading.Lock()
         self._closed = False
         self.last_summary = []
-        self._s3d_backend()  # fail at load, not in a thread, when the backend cannot run
+        from .device_path import device_path_status
+
+        # Fail at load, not in a thread, when the backend cannot run.
+        self.device_features, why = device_path_status(self._s3d_backend(), self.codebook, opts["device_features"])
+        if opts["device_features"] is True and not self.device_features:
+            raise InvalidInputError(f"device_features=True, but {why}")
+        log.info("pipeline: %s", why if self.device_features else f"S3D features go through the host ({why})")
 
     @classmethod
-    def load(cls, bundle, backend="auto", precision="fp32", **options) -> "Pipeline":
+    def load(cls, bundle, backend="auto", precision="fp32", trusted_keys=None, **options) -> "Pipeline":
         """A pipeline for a bundle (a path or a loaded :class:`~vbedge.bundle.Bundle`).
 
         Args:
             bundle: the bundle folder or object.
+            trusted_keys: public keys the bundle must be signed by (see
+                :meth:`vbedge.bundle.Bundle.load`; default: ``VBEDGE_TRUSTED_KEYS`` if set,
+                else unauthenticated with a warning). A loaded Bundle must have been verified
+                with one of them.
             backend: ``"auto"``, ``"onnxruntime"``, ``"tensorrt"`` or ``"torch"`` (see
                 :func:`vbedge.backends.select.create_bundle_backend`).
             precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
@@ -328,17 +365,26 @@ class Pipeline:
                 ``live_pending_clips`` (1), ``live_in_flight`` (2), ``queue_size`` (2);
                 tokenization: ``tokenize_mode`` ("tree"), ``beam`` (1); ``keep_frames`` (False);
                 ``source_options`` (dict for :func:`vbedge.sources.open_source`),
-                ``backend_options`` (dict for the backends, e.g. ``intra_op_threads``).
+                ``device_features`` ("auto": with a GPU backend and the CUDA tokenizer, S3D
+                features stay on the GPU and are tokenized there; True: require it; False: never),
+                ``backend_options`` (dict for both models' backends, e.g. ``intra_op_threads``),
+                ``s3d_options`` / ``videobert_options`` (dicts for one model, over
+                ``backend_options``: e.g. TensorRT ``profiles``; by default TensorRT profiles
+                follow ``max_batch``, ``queue_size`` and the captioner, see
+                :func:`vbedge.backends.trt_policy.pipeline_limits`).
         """
-        return cls(bundle, backend=backend, precision=precision, **options)
+        return cls(bundle, backend=backend, precision=precision, trusted_keys=trusted_keys, **options)
 
     # -- models --------------------------------------------------------------------------------
 
     def _make_backend(self, model):
         from .backends.select import create_bundle_backend
 
-        return create_bundle_backend(self.bundle, model, backend=self.backend,
-                                     precision=self.precision, **dict(self._backend_options))
+        from .backends.trt_policy import pipeline_limits
+
+        limits = pipeline_limits(self.options["max_batch"], self.options["queue_size"], self.captioner)[model]
+        return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
+                                     limits=limits, **dict(self._backend_options[model]))
 
     def _s3d_backend(self):
         with self._model_lock:
@@ -589,7 +635,9 @@ class _Run:
                                             item.slot.delivered)
                 continue
             event, work = item
-            event.latency_ms["total"] = (time.monotonic() - work.t_read) * 1000.0
+            now = time.monotonic()
+            work.dequeued("consumer", now)
+            event.latency_ms["total"] = (now - work.t_read) * 1000.0
             work.slot.delivered += 1
             if work.slot.live:
                 self.clips.release(work.slot)
@@ -615,7 +663,8 @@ class _Run:
             if not keep:
                 clip.frames = None  # the preprocessed array is all later stages need
             slot.clips += 1
-            self.clips.put(slot, _Work(slot, clip, array, t_read, latency))
+            self.clips.put(slot, _Work(slot, clip, array, t_read, latency,
+                                       t_queued=time.monotonic()))
 
         try:
             while not self.stop.is_set():
@@ -653,11 +702,29 @@ class _Run:
             work = [w for w in items if isinstance(w, _Work)]
             if work:
                 t0 = time.monotonic()
-                features = backend.run({"clip": np.stack([w.array for w in work])})["feature"]
-                ms = (time.monotonic() - t0) * 1000.0
-                for w, feature in zip(work, features):
-                    w.feature, w.array = feature, None
-                    w.latency["s3d"], w.batch_size = ms, len(work)
+                for w in work:
+                    w.dequeued("s3d", t0)
+                clips = np.stack([w.array for w in work])
+                if self.pipe.device_features:
+                    # GPU backend: features stay on the device and are tokenized there, right
+                    # away (the backend reuses its output buffers on the next batch).
+                    from .device_path import s3d_leaves_on_device
+
+                    leaves, ms = s3d_leaves_on_device(backend, self.pipe.codebook, clips,
+                                                      self.options["tokenize_mode"], self.options["beam"])
+                    t1 = time.monotonic()
+                    for w, leaf in zip(work, leaves):
+                        w.leaf, w.array = int(leaf), None
+                        w.latency["s3d+tokenize"], w.batch_size = ms, len(work)
+                        w.timings["batch"]["s3d"], w.t_queued = len(work), t1
+                else:
+                    features = backend.run({"clip": clips})["feature"]
+                    t1 = time.monotonic()
+                    ms = (t1 - t0) * 1000.0
+                    for w, feature in zip(work, features):
+                        w.feature, w.array = feature, None
+                        w.latency["s3d"], w.batch_size = ms, len(work)
+                        w.timings["batch"]["s3d"], w.t_queued = len(work), t1
             for item in items:
                 if not self.to_tokenize.put(item):
                     return
@@ -667,15 +734,19 @@ class _Run:
         mode, beam = self.options["tokenize_mode"], self.options["beam"]
         while not self.stop.is_set():
             items = self.to_tokenize.get_all()
-            work = [w for w in items if isinstance(w, _Work)]
+            work = [w for w in items if isinstance(w, _Work) and w.feature is not None]
             if work:
                 t0 = time.monotonic()
+                for w in work:
+                    w.dequeued("tokenize", t0)
                 leaves = codebook.tokenize(np.stack([w.feature for w in work]).astype(np.float32),
                                            mode=mode, beam=beam)
-                ms = (time.monotonic() - t0) * 1000.0
+                t1 = time.monotonic()
+                ms = (t1 - t0) * 1000.0
                 for w, leaf in zip(work, np.asarray(leaves).tolist()):
                     w.leaf, w.feature = int(leaf), None
                     w.latency["tokenize"] = ms
+                    w.timings["batch"]["tokenize"], w.t_queued = len(work), t1
             for item in items:
                 if not self.to_videobert.put(item):
                     return
@@ -689,6 +760,9 @@ class _Run:
             items = self.to_videobert.get_all()
             work = [w for w in items if isinstance(w, _Work)]
             results = {}
+            t0 = time.monotonic()
+            for w in work:
+                w.dequeued("videobert", t0)
             if work and captions:
                 contexts = []
                 for w in work:
@@ -699,9 +773,12 @@ class _Run:
                 ms = (time.monotonic() - t0) * 1000.0
                 for w, result in zip(work, decoded):
                     w.latency["videobert"] = ms
+                    w.timings["batch"]["videobert"] = len(work)
                     results[id(w)] = result
+            t1 = time.monotonic()
             for item in items:
                 if isinstance(item, _Work):
+                    item.t_queued = t1
                     item = (self._event(item, results.get(id(item))), item)
                 if not self.out.put(item):
                     return
@@ -715,7 +792,7 @@ class _Run:
             leaf=work.leaf, token_id=token_id, token=vocab.token_string(token_id),
             latency_ms=work.latency, dropped_clips=slot.dropped,
             dropped_frames=slot.dropped_frames(), s3d_batch_size=work.batch_size,
-            padded_frames=clip.padded, frames=clip.frames)
+            padded_frames=clip.padded, timings=work.timings, frames=clip.frames)
         if result is not None:
             shown, changed = slot.stabilizer.update(result.text, result.confidence)
             event.caption, event.caption_changed = shown, changed

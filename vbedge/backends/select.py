@@ -123,6 +123,70 @@ def choose_backend(backend="auto", status=None):
     return backend, f"{backend} requested: {why}"
 
 
+#: Options each backend takes (see create_backend). ``device`` is a CUDA index (int) for TensorRT, a
+#: device name (str: 'cpu', 'cuda', 'tensorrt') for ONNX Runtime, either for torch ('cuda:0' or 0).
+BACKEND_OPTIONS = {
+    "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options"}),
+    "tensorrt": frozenset({"cache_dir", "profiles", "workspace_bytes", "dla_core", "strongly_typed", "device",
+                           "buffers", "rebuild", "progress", "manifest_sha256"}),
+    "torch": frozenset({"device", "intra_op_threads"}),
+}
+
+#: Environment variable naming the folder TensorRT engines are cached in (instead of ``BUNDLE/engines``),
+#: so that a read-only bundle still gets its engines built and kept.
+ENGINE_CACHE_ENV = "VBEDGE_ENGINE_CACHE"
+
+
+def options_for(name, options, requested):
+    """The subset of ``options`` backend ``name`` takes.
+
+    With an explicit backend (``requested`` == ``name``) an option it does not take is the caller's
+    error (InvalidInputError naming the options it does take). With 'auto' the options meant for the
+    other backends are left out and said so in the log, so one options dict can serve whichever
+    backend 'auto' picks.
+    """
+    known = BACKEND_OPTIONS[name]
+    kept, dropped = {}, []
+    for key, value in options.items():
+        fits = key in known
+        if fits and key == "device" and name != "torch":
+            # ONNX Runtime names devices ('cpu', 'cuda'); TensorRT numbers them; torch takes either.
+            fits = isinstance(value, str) if name == "onnxruntime" else not isinstance(value, str)
+        if fits:
+            kept[key] = value
+        else:
+            dropped.append(key)
+    if dropped and requested == name:
+        raise InvalidInputError(
+            f"backend {name!r} does not take option(s) {sorted(dropped)} (or not with these values); "
+            f"it takes {sorted(known)}"
+        )
+    if dropped:
+        log.info("backend options %s do not apply to %s and are left out", sorted(dropped), name)
+    return kept
+
+
+def engine_cache_dir(bundle=None, cache_dir=None):
+    """Where TensorRT engines go: ``cache_dir``, else $VBEDGE_ENGINE_CACHE, else the bundle's ``engines/``.
+
+    With the environment variable, each bundle gets its own subfolder (named by its manifest hash
+    prefix) so that two bundles never share one cache folder by accident.
+    """
+    if cache_dir is not None:
+        return cache_dir
+    env = os.environ.get(ENGINE_CACHE_ENV)
+    if env:
+        from pathlib import Path
+
+        if bundle is None:
+            return Path(env)
+        import hashlib
+
+        digest = hashlib.sha256((bundle.root / "manifest.json").read_bytes()).hexdigest()[:12]
+        return Path(env) / f"{bundle.root.name}-{digest}"
+    return bundle.engine_dir if bundle is not None else None
+
+
 def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     """Create a backend for an ONNX model; 'auto' picks the best available one and logs why.
 
@@ -133,8 +197,14 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
         precision: 'fp32', 'fp16' or 'int8'; for TensorRT it selects how the engine is built
             (see docs/tensorrt.md), for ONNX Runtime it describes the given file.
         options: passed to the backend: for TensorRT ``cache_dir``, ``profiles``,
-            ``workspace_bytes``, ``dla_core``, ``strongly_typed``, ``device``; for ONNX Runtime
-            ``device`` ('cpu', 'cuda', 'tensorrt'), ``intra_op_threads``, ``provider_options``.
+            ``workspace_bytes``, ``dla_core``, ``strongly_typed``, ``device``, ``buffers``,
+            ``rebuild``; for ONNX Runtime ``device`` ('cpu', 'cuda', 'tensorrt'),
+            ``intra_op_threads``, ``provider_options``. With 'auto', options of the backend not
+            chosen are left out (logged); with an explicit backend they are an error.
+
+    With 'auto', a TensorRT engine that cannot be built or loaded (TensorRT too old, parser or
+    builder failure, no GPU memory...) falls back to ONNX Runtime with the reason logged as a
+    warning and kept in the backend's ``selection`` attribute; an explicit 'tensorrt' raises.
     """
     if backend == "torch":
         raise InvalidInputError(
@@ -145,40 +215,85 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     status["torch"] = (False, "not selectable from an ONNX file")
     name, why = choose_backend(backend, status)
     log.info("backend for %s: %s", os.path.basename(str(onnx_path)), why)
-    return _instantiate(name, onnx_path, precision, options)
+    return _open(name, why, backend, onnx_path, precision, options, os.path.basename(str(onnx_path)))
 
 
-def _instantiate(name, onnx_path, precision, options):
+def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=None):
+    """Instantiate ``name``; with 'auto', fall back from TensorRT to ONNX Runtime on failure."""
+    from ..errors import VbedgeError
+
     if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
+        from . import tensorrt as trt_backend
 
-        return TensorRTBackend.from_onnx(onnx_path, precision=precision, **options)
+        trt_options = options_for("tensorrt", options, requested)
+        if "profiles" in trt_options and trt_options["profiles"] is not None:
+            # The caller's own profiles: a mistake in them is theirs to see, not a reason to fall back.
+            trt_backend.validate_profiles(trt_backend.inspect_onnx(onnx_path).inputs, trt_options["profiles"])
+        try:
+            try:
+                opened = trt_backend.TensorRTBackend.from_onnx(onnx_path, precision=precision, **trt_options)
+            except OSError as exc:
+                # Typically a read-only bundle: the engine cannot be stored beside it.
+                raise trt_backend.TensorRTError(
+                    f"cannot use the engine cache ({exc}); point ${ENGINE_CACHE_ENV} or cache_dir at a writable "
+                    "folder"
+                ) from exc
+        except VbedgeError as exc:
+            if requested != "auto":
+                raise
+            reason = f"TensorRT failed for {label} ({type(exc).__name__}: {exc})"
+            log.warning("backend for %s: %s; falling back to ONNX Runtime", label, reason)
+            name, why = "onnxruntime", f"auto fell back to onnxruntime: {reason}"
+        else:
+            opened.selection = why
+            return opened
     from .onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(onnx_path, precision=precision, **options)
+    ort_options = options_for("onnxruntime", options, requested)
+    if cpu_form is not None and precision == "int8" and ort_options.get("device", "cpu") == "cpu":
+        # The Q/DQ graph is laid out for TensorRT; ONNX Runtime's CPU kernels run the same
+        # calibration's CPU form (docs/int8.md) about 2x faster, so that file is used here.
+        onnx_path = cpu_form
+        log.info("backend for %s (int8): ONNX Runtime CPU form %s", label, os.path.basename(str(cpu_form)))
+    opened = OnnxRuntimeBackend(onnx_path, precision=precision, **ort_options)
+    opened.selection = why
+    return opened
 
 
-def create_bundle_backend(bundle, model, backend="auto", precision="fp32", **options):
+def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limits=None, **options):
     """A backend running ``model`` ('s3d' or 'videobert') of a loaded :class:`vbedge.bundle.Bundle`.
 
-    'torch' runs the bundle's PyTorch reference weights (bundles built with --reference-weights);
-    every other choice goes through :func:`create_backend` on the bundle's ONNX file at
-    ``precision``, with TensorRT engines cached in the bundle's ``engines/`` folder.
+    'torch' runs the bundle's PyTorch reference weights (bundles built with --reference-weights), on
+    the CPU or, with ``device='cuda'``, on the GPU (``precision='fp16'`` there runs under autocast);
+    every other choice goes through the bundle's ONNX file at ``precision`` (see
+    :func:`create_backend` for ``options`` and the 'auto' fallback). For TensorRT, engines are
+    cached in :func:`engine_cache_dir` and, unless ``profiles`` is given, the optimisation profile
+    is derived from the manifest's input shapes and ``limits`` (axis name -> max or (opt, max),
+    e.g. ``{"batch": 4}``; see :mod:`vbedge.backends.trt_policy`).
     """
     if backend == "torch":
         from .torch_eager import TorchBackend
 
         log.info("backend for %s: torch requested (PyTorch reference weights)", model)
-        return TorchBackend.from_bundle(bundle, model, threads=options.pop("intra_op_threads", None))
+        torch_options = options_for("torch", options, "torch")
+        opened = TorchBackend.from_bundle(bundle, model, threads=torch_options.get("intra_op_threads"),
+                                          device=torch_options.get("device", "cpu"), precision=precision)
+        opened.selection = f"torch requested on {opened.device} at {precision}"
+        return opened
     onnx_path = bundle.onnx_path(model, precision)
     name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")))
     log.info("backend for %s (%s): %s", model, precision, why)
+    options = dict(options)
     if name == "tensorrt":
-        options.setdefault("cache_dir", bundle.engine_dir)
+        from .trt_policy import bundle_profiles
+
+        options["cache_dir"] = engine_cache_dir(bundle, options.get("cache_dir"))
+        if options.get("profiles") is None:
+            options["profiles"] = bundle_profiles(bundle, model, limits)
+            log.info("TensorRT profile for %s from the manifest and limits %s: %s", model, limits or "default",
+                     options["profiles"])
+        # Engines are tied to this bundle's (signed) manifest: one built for another is never loaded.
+        options.setdefault("manifest_sha256", bundle.manifest_sha256)
     cpu_form = bundle.manifest["models"][model].get("int8_cpu")
-    if name == "onnxruntime" and precision == "int8" and cpu_form and options.get("device", "cpu") == "cpu":
-        # The Q/DQ graph is laid out for TensorRT; ONNX Runtime's CPU kernels run the same
-        # calibration's CPU form (docs/int8.md) about 2x faster, so that file is used here.
-        onnx_path = bundle.file_path(cpu_form)
-        log.info("backend for %s (int8): ONNX Runtime CPU form %s", model, cpu_form)
-    return _instantiate(name, onnx_path, precision, options)
+    return _open(name, why, backend, onnx_path, precision, options, model,
+                 cpu_form=bundle.file_path(cpu_form) if cpu_form else None)

@@ -10,10 +10,12 @@ import argparse
 import sys
 
 from ..errors import VbedgeError
-from . import build, calibrate, caption, codebook, corpus, demo, export, features, info, train
+from . import (bench, build, calibrate, caption, codebook, corpus, demo, engines, evaluate, export, features, info,
+               keys, synth, train)
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, features, codebook, export, build, caption, corpus, train, calibrate, demo)
+COMMAND_MODULES = (info, features, codebook, export, build, engines, keys, caption, corpus, train, calibrate, synth,
+                   evaluate, demo, bench)
 
 
 def build_parser():

@@ -32,6 +32,9 @@ def register(subparsers):
     p.add_argument("--reference-weights", action="store_true",
                    help="also store PyTorch weights so the torch backend can run the bundle")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--sign", metavar="PRIVATE.pem",
+                   help="sign the bundle with this Ed25519 private key (vbedge keys new; needs vbedge[signing])")
+    p.add_argument("--passphrase-env", metavar="VAR", help="passphrase of an encrypted --sign key (env var name)")
     p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder to create")
     p.set_defaults(func=run_build)
     return p
@@ -48,6 +51,16 @@ def run_build(args):
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if args.calib and "int8" not in precisions:
         raise InvalidInputError("--calib is only used with --precision ...,int8")
+    sign_key = None
+    if args.sign:
+        from vbedge.signing import load_private_key
+
+        from .keys import passphrase
+
+        # Read first: a wrong key or passphrase fails now, not after minutes of export.
+        sign_key = load_private_key(args.sign, password=passphrase(args.passphrase_env))
+    elif args.passphrase_env:
+        raise InvalidInputError("--passphrase-env is for the --sign key; no --sign was given")
     codebook = HierarchicalCodebook.load(args.codebook)
     videobert = load_videobert_checkpoint(args.videobert, codebook, seed=args.seed)
     spec_changes = {k: v for k, v in (("clip_frames", args.frames), ("crop", args.crop),
@@ -59,11 +72,13 @@ def run_build(args):
                           s3d_random_init=args.s3d_random_init, seed=args.seed, precisions=precisions, spec=spec,
                           top_k=args.top_k, reference_weights=args.reference_weights, overwrite=args.overwrite,
                           calib_videos=args.calib, calib_method=args.calib_method,
-                          spec_reason=why)
+                          spec_reason=why, sign_key=sign_key)
     print(f"wrote {bundle!r}")
     s3d = bundle.manifest["models"]["s3d"]
     print(f"  preprocessing: {bundle.preprocess_spec.describe_resize()}"
           + (f" ({s3d['preprocessing_recipe']})" if s3d.get("preprocessing_recipe") else ""))
+    if bundle.signature is not None:
+        print(f"  signed by key {bundle.signature.key_id[:16]} ({bundle.root / 'manifest.sig'})")
     for name, entry in sorted(bundle.manifest["files"].items()):
         print(f"  {name:<34} {entry['size'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}")
     return 0

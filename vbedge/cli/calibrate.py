@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from .keys import add_trusted_key_option, trusted_keys
+
 
 def register(subparsers):
     """Register ``vbedge calibrate`` (nothing heavy imported until it runs)."""
@@ -25,6 +27,7 @@ def register(subparsers):
                         "ffn_out, or 'none' (default all three; mlm_transform,pooler is ~25%% faster and less "
                         "accurate, docs/int8.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_trusted_key_option(p)
     p.set_defaults(func=run_calibrate)
     return p
 
@@ -56,7 +59,7 @@ def run_calibrate(args):
 
     if not 0.0 < args.holdout < 1.0:
         raise InvalidInputError(f"--holdout must be in (0, 1), got {args.holdout}")
-    bundle = Bundle.load(args.bundle)
+    bundle = Bundle.load(args.bundle, trusted_keys=trusted_keys(args))
     report = calibrate_models(
         args.output, videos=args.videos, spec=PreprocessSpec.from_dict(bundle.preprocessing),
         codebook=bundle.codebook, vocab=bundle.vocab, s3d_fp32=bundle.onnx_path("s3d", "fp32"),

@@ -3,6 +3,8 @@
 import os
 import sys
 
+from .keys import add_trusted_key_option, trusted_keys
+
 
 def register(subparsers):
     """Register ``vbedge caption`` and ``vbedge tokenize``."""
@@ -41,6 +43,7 @@ def _add_pipeline_options(parser):
     parser.add_argument("--backend", default="auto",
                         help="auto, onnxruntime, tensorrt or torch (default auto)")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+    add_trusted_key_option(parser)
 
 
 def _word_list(value):
@@ -64,7 +67,7 @@ def run_caption(args):
         options["source_options"] = {"live": True}
     source = int(args.source) if args.source.isdigit() else args.source
     written = caption_to_files(args.bundle, source, backend=args.backend, precision=args.precision,
-                               jsonl=args.jsonl, video=args.out,
+                               jsonl=args.jsonl, video=args.out, trusted_keys=trusted_keys(args),
                                on_event=lambda event: print(format_event_line(event), flush=True),
                                **options)
     if args.out is not None and not written:
@@ -83,7 +86,8 @@ def run_tokenize(args):
         kept = f" ({clips_kept} clip(s) before the damage written)" if clips_kept else ""
         tqdm.write(f"vbedge: {video}: {reason}{kept}", file=sys.stderr)
 
-    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision,
+                       trusted_keys=trusted_keys(args)) as pipe:
         failed = tokenize_videos(pipe, args.videos, args.output, progress=not args.quiet,
                                  on_failure=report)
     if failed:

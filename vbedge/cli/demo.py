@@ -1,13 +1,18 @@
-"""``vbedge demo``: build a demo bundle and caption a synthetic video."""
+"""``vbedge demo``: train the whole model path on a synthetic kitchen and show its captions are right."""
 
 
 def register(subparsers):
     """Register ``vbedge demo``."""
-    p = subparsers.add_parser("demo", help="build a demo bundle and caption a synthetic video (needs "
+    p = subparsers.add_parser("demo", help="train S3D, a codebook and VideoBERT on a SYNTHETIC kitchen world, build "
+                                           "a bundle, caption a held-out video and score it zero-shot (needs "
                                            "vbedge[opencv,export,demo])")
-    p.add_argument("--workdir", default="vbedge-demo", help="folder for the video, bundle and outputs")
-    p.add_argument("--full", action="store_true", help="full-size S3D input (30 frames, 224x224): slower")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch")
+    p.add_argument("--workdir", default="vbedge-demo", help="folder for the worlds, models and bundle; a second "
+                                                            "run reuses what is there")
+    p.add_argument("--s3d", default=None, help="your torchvision S3D state dict (.pth) instead of pretraining one "
+                                               "on the synthetic world")
+    p.add_argument("--size", default="default", choices=("default", "tiny"),
+                   help="tiny: a small world trained in a short time (tests)")
+    p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt or torch")
     p.set_defaults(func=run_demo)
 
 
@@ -15,4 +20,5 @@ def run_demo(args):
     """Handler of ``vbedge demo``."""
     from ..demo import run_demo as demo
 
-    return demo(args.workdir, full=args.full, backend=args.backend)
+    demo(args.workdir, s3d=args.s3d, backend=args.backend, size=args.size, echo=lambda line: print(line, flush=True))
+    return 0

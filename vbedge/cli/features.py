@@ -2,6 +2,8 @@
 
 import sys
 
+from .keys import add_trusted_key_option, trusted_keys
+
 
 def register(subparsers):
     """Register ``vbedge features``."""
@@ -35,6 +37,7 @@ def register(subparsers):
     p.add_argument("--short-side", type=int, help="resize size (default 256)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing features.npy")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_trusted_key_option(p)
     p.set_defaults(func=run_features)
 
 
@@ -74,7 +77,7 @@ def run_features(args):
 
     with open_feature_model(bundle=args.bundle, s3d_onnx=args.s3d_onnx, s3d_weights=args.s3d,
                             backend=args.backend, precision=args.precision, spec=_spec(args),
-                            progress=not args.quiet) as model:
+                            progress=not args.quiet, trusted_keys=trusted_keys(args)) as model:
         print(f"vbedge features: S3D {model.description}; preprocessing: "
               f"{model.spec.describe_resize()}, {model.spec.clip_frames} frames at "
               f"{model.spec.fps:g} fps ({model.spec_source})", file=sys.stderr)
