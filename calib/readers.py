@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vbedge.errors import FormatError, InvalidInputError, VbedgeError
+from vbedge.sequence_layout import layout_row
 
 log = logging.getLogger(__name__)
 
@@ -232,23 +233,21 @@ class S3DCalibrationReader(ArrayReader):
 
 
 def caption_feeds(vocab, leaves, text, max_length=512) -> dict:
-    """``[CLS] visual tokens [>] text [SEP]`` as int64 feeds with a batch axis of 1.
+    """``[CLS] text [>] visual tokens [SEP]`` as int64 feeds with a batch axis of 1.
 
-    The layout of :func:`vbedge.models.videobert.caption_inputs` (token type 1 for the visual
-    part and ``[>]``), written from the vocabulary alone so calibration needs no torch.
+    vbedge's one input layout (:mod:`vbedge.sequence_layout`, the layout of
+    :func:`vbedge.models.videobert.caption_inputs`), built from the vocabulary alone so
+    calibration needs no torch.
     """
     leaves = np.atleast_1d(np.asarray(leaves, dtype=np.int64))
     visual = [int(vocab.visual_token_id(int(leaf))) for leaf in leaves]
-    ids = np.asarray([vocab.cls_id, *visual, vocab.separator_id, *vocab.encode_text(text), vocab.sep_id], dtype=np.int64)
-    if ids.size > max_length:
-        raise InvalidInputError(f"caption input has {ids.size} tokens; expected at most {max_length}")
-    types = np.zeros_like(ids)
-    types[1:2 + len(visual)] = 1
+    row = layout_row(vocab, vocab.encode_text(text), visual, max_length=max_length)
+    ids = row.input_ids
     positions = np.flatnonzero(ids == vocab.mask_id).astype(np.int64)
     if positions.size == 0:
         raise InvalidInputError(f"template {text!r} has no [MASK] to predict")
-    return {"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None], "token_type_ids": types[None],
-            "predict_positions": positions[None]}
+    return {"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None],
+            "token_type_ids": row.token_type_ids[None], "predict_positions": positions[None]}
 
 
 def template_sequences(vocab, visual_sequences, templates=DEFAULT_TEMPLATES):
@@ -301,7 +300,7 @@ def split_sentences(count_calibration, count_held_out, seed=0):
 
 
 def sentence_sequences(vocab, sentences, visual_sequences, mask_fraction=0.15, mask_visual=0.5, seed=0):
-    """VideoBERT feeds from real text: ``[CLS] visual [>] sentence [SEP]`` with words masked.
+    """VideoBERT feeds from real text: ``[CLS] sentence [>] visual [SEP]`` with words masked.
 
     Like BERT's pre-training inputs: ``mask_fraction`` of each sentence's WordPieces (at least one)
     become ``[MASK]``, and with probability ``mask_visual`` one visual token is masked too (the
@@ -329,11 +328,10 @@ def sentence_sequences(vocab, sentences, visual_sequences, mask_fraction=0.15, m
         visual = [int(vocab.visual_token_id(int(leaf))) for leaf in leaves]
         if rng.random() < mask_visual:
             visual[int(rng.integers(len(visual)))] = vocab.mask_id
-        ids = np.asarray([vocab.cls_id, *visual, vocab.separator_id, *pieces, vocab.sep_id], dtype=np.int64)
-        types = np.zeros_like(ids)
-        types[1:2 + len(visual)] = 1
+        row = layout_row(vocab, pieces, visual)
+        ids = row.input_ids
         feeds.append({"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None],
-                      "token_type_ids": types[None],
+                      "token_type_ids": row.token_type_ids[None],
                       "predict_positions": np.flatnonzero(ids == vocab.mask_id).astype(np.int64)[None]})
     return feeds
 

@@ -30,23 +30,24 @@ def ids_of(vocab, tokens):
 def test_caption_row_layout_matches_the_vocab(vocab):
     cap = Captioner(vocab, "howto", context_clips=2, forecast_step=0)
     row = cap.caption_row([4, 0, 8])
-    expected = ["[CLS]", "[V:01.01]", "[V:00.00]", "[V:02.02]", "[>]", "now", "let", "me", "show",
-                "you", "how", "to", "[MASK]", "the", "[MASK]", "[SEP]"]
+    # Text first, as in the paper (docs/training.md, "Sequence layout").
+    expected = ["[CLS]", "now", "let", "me", "show", "you", "how", "to", "[MASK]", "the", "[MASK]",
+                "[>]", "[V:01.01]", "[V:00.00]", "[V:02.02]", "[SEP]"]
     assert row["input_ids"].tolist() == ids_of(vocab, expected)
-    assert row["token_type_ids"].tolist() == [0, 1, 1, 1, 1] + [0] * 11
-    assert row["predict_positions"].tolist() == [12, 14]
+    assert row["token_type_ids"].tolist() == [0] * 11 + [1] * 5
+    assert row["predict_positions"].tolist() == [8, 10]
     assert row["input_ids"].dtype == np.int64
 
 
 def test_caption_template_layout_and_roles(vocab):
     cap = Captioner(vocab, "caption", forecast_step=0)
     row = cap.caption_row([3])
-    expected = ["[CLS]", "[V:01.00]", "[>]", "now", "let", "'", "s", "[MASK]", "the", "[MASK]", "to",
-                "the", "[MASK]", ",", "and", "then", "[MASK]", "the", "[MASK]", "[SEP]"]
+    expected = ["[CLS]", "now", "let", "'", "s", "[MASK]", "the", "[MASK]", "to", "the", "[MASK]", ",",
+                "and", "then", "[MASK]", "the", "[MASK]", "[>]", "[V:01.00]", "[SEP]"]
     assert row["input_ids"].tolist() == ids_of(vocab, expected)
     assert cap.template.roles == ("verb", "noun", "noun", "verb", "noun")
     positions = row["predict_positions"].tolist()
-    assert [expected[p] for p in positions] == ["[MASK]"] * 5 and positions == [7, 9, 12, 16, 18]
+    assert [expected[p] for p in positions] == ["[MASK]"] * 5 and positions == [5, 7, 10, 14, 16]
 
 
 def test_caption_row_agrees_with_the_torch_side_layout(vocab):
@@ -62,10 +63,10 @@ def test_caption_row_agrees_with_the_torch_side_layout(vocab):
 def test_forecast_row_positions(vocab):
     cap = Captioner(vocab, "howto", forecast_step=3)
     row = cap.forecast_row([5, 6])
-    assert row["input_ids"].tolist() == ids_of(vocab, ["[CLS]", "[V:01.02]", "[V:02.00]", "[MASK]",
+    assert row["input_ids"].tolist() == ids_of(vocab, ["[CLS]", "[>]", "[V:01.02]", "[V:02.00]", "[MASK]",
                                                        "[MASK]", "[MASK]", "[SEP]"])
-    assert row["token_type_ids"].tolist() == [0, 1, 1, 1, 1, 1, 1]
-    assert row["predict_positions"].tolist() == [5]  # the third appended mask = 3 clips ahead
+    assert row["token_type_ids"].tolist() == [0, 1, 1, 1, 1, 1, 1, 1]
+    assert row["predict_positions"].tolist() == [6]  # the third appended mask = 3 clips ahead
     with pytest.raises(InvalidInputError, match="forecast"):
         Captioner(vocab, forecast_step=0).forecast_row([1])
 
@@ -75,10 +76,10 @@ def test_build_batch_pads_rows(vocab):
     batch = cap.build_batch([[1], [1, 2, 3]])
     assert batch["input_ids"].shape[0] == 4  # two caption rows, then two forecast rows
     lengths = batch["attention_mask"].sum(axis=1).tolist()
-    assert lengths == [14, 16, 4, 6]
+    assert lengths == [14, 16, 5, 7]
     assert (batch["input_ids"][0, 14:] == vocab.pad_id).all()
     # forecast rows predict one position; the padded columns repeat it
-    assert batch["predict_positions"][2].tolist() == [2, 2]
+    assert batch["predict_positions"][2].tolist() == [3, 3]
     with pytest.raises(InvalidInputError):
         pad_rows([])
 

@@ -48,7 +48,8 @@ def test_every_command_module_registers_its_commands_in_order():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert list(sub.choices) == ["info", "features", "codebook", "export", "build", "engines", "keys", "sign",
-                                 "caption", "tokenize", "corpus", "calibrate", "synth", "eval", "demo", "bench"]
+                                 "caption", "tokenize", "corpus", "train", "calibrate", "synth", "eval", "demo",
+                                 "bench"]
     for module in cli.COMMAND_MODULES:
         assert callable(module.register) and module.__name__.startswith("vbedge.cli.")
     for name, command in sub.choices.items():

@@ -84,11 +84,14 @@ def test_encoder_unchanged_on_text(vb):
 def test_caption_inputs_layout(vb):
     feeds = caption_inputs(vb.vocab, [0, 4, 8], "now let me show you how to [MASK] the [MASK].")
     ids = feeds["input_ids"][0]
+    # Text first: [CLS] now let me show you how to [MASK] the [MASK] . [>] v0 v4 v8 [SEP]
     assert ids[0] == vb.vocab.cls_id and ids[-1] == vb.vocab.sep_id
-    assert ids[1:4].tolist() == [30523, 30527, 30531]
-    assert ids[4] == vb.vocab.separator_id
-    assert feeds["token_type_ids"][0, :5].tolist() == [0, 1, 1, 1, 1] and not feeds["token_type_ids"][0, 5:].any()
-    assert ids[feeds["predict_positions"][0]].tolist() == [vb.vocab.mask_id] * 2
+    text = [vb.vocab.token_to_id(t) for t in "now let me show you how to [MASK] the [MASK] .".split()]
+    assert ids[1:12].tolist() == text
+    assert ids[12] == vb.vocab.separator_id
+    assert ids[13:16].tolist() == [30523, 30527, 30531]
+    assert feeds["token_type_ids"][0].tolist() == [0] * 12 + [1] * 5
+    assert feeds["predict_positions"][0].tolist() == [8, 10]
 
 
 def test_projection_when_hidden_differs_from_feature_dim():

@@ -1,14 +1,13 @@
 """Zero-shot captioning and forecasting with VideoBERT, in NumPy only (no torch).
 
-As in the VideoBERT paper, a clip's visual tokens (the current clip plus ``context_clips``
-previous ones) are joined to a text template with masked slots::
+As in the VideoBERT paper, a text template with masked slots is joined to a clip's visual tokens
+(the current clip plus ``context_clips`` previous ones), text first::
 
-    [CLS] v(t-c) ... v(t) [>] now let me show you how to [MASK] the [MASK] [SEP]
+    [CLS] now let me show you how to [MASK] the [MASK] [>] v(t-c) ... v(t) [SEP]
 
-and the masked-LM head fills the slots. Token types are 1 for the visual part and ``[>]``, 0
-for ``[CLS]``, the text and the final ``[SEP]`` (the layout of
-``vbedge.models.videobert.caption_inputs``, which needs torch; this module rebuilds it from the
-vocabulary alone).
+and the masked-LM head fills the slots. Token types are 0 for ``[CLS]`` and the text, 1 from
+``[>]`` to the end: the one layout of training, export and captioning, written once in
+:mod:`vbedge.sequence_layout` (NumPy only).
 
 Templates mark their slots ``[VERB]``, ``[NOUN]`` or ``[MASK]`` (any word); all three become
 ``[MASK]`` in the model input. The role decides which word list restricts the slot and whether
@@ -25,9 +24,9 @@ word is matchable only if it is a single WordPiece token ("cut", "onion"); words
 several pieces ("whisk" -> ``w ##his ##k``) cannot be predicted by one masked slot and are
 listed in :attr:`Captioner.unmatchable_words` (and logged).
 
-Forecasting: a second input row ``[CLS] v(t-c) ... v(t) [MASK] x step [SEP]`` (token type 1
-after ``[CLS]``) asks for the visual token ``step`` clips ahead; its ``visual_topk_ids`` at the
-last mask are the forecast.
+Forecasting: a second input row ``[CLS] [>] v(t-c) ... v(t) [MASK] x step [SEP]`` (a video-only
+row of the same layout, as the video masked-LM is trained on) asks for the visual token ``step``
+clips ahead; its ``visual_topk_ids`` at the last mask are the forecast.
 
 Captions on a live feed are stabilised by :class:`CaptionStabilizer` (hysteresis): a new
 caption replaces the shown one only after it was predicted for ``stable_clips`` consecutive
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidInputError
+from .sequence_layout import layout_row, row_length
 
 __all__ = [
     "TEMPLATES",
@@ -257,8 +257,8 @@ class Captioner:
                 f"template {self.template.text!r} has {len(self.template.roles)} slots but its "
                 f"text tokenizes to {self._slot_offsets.size} [MASK] tokens; write slots only "
                 f"as [VERB], [NOUN] or [MASK]")
-        longest = 1 + (self.context_clips + 1) + 1 + self._text_ids.size + 1
-        longest_forecast = 1 + (self.context_clips + 1) + self.forecast_step + 1
+        longest = row_length(self._text_ids.size, self.context_clips + 1)
+        longest_forecast = row_length(0, self.context_clips + 1 + self.forecast_step)
         #: Tokens in the longest row :meth:`build_batch` makes (bounds a TensorRT profile).
         self.max_sequence_length = max(longest, longest_forecast if self.forecast_step else 0)
         if max(longest, longest_forecast) > max_sequence:
@@ -304,29 +304,21 @@ class Captioner:
         return np.asarray(self.vocab.visual_token_id(leaves), dtype=np.int64).reshape(-1)
 
     def caption_row(self, leaves) -> dict:
-        """``[CLS] visual [>] template [SEP]`` for ``leaves`` (oldest first, current last)."""
-        v = self.vocab
-        visual = self._visual_ids(leaves)
-        ids = np.concatenate([[v.cls_id], visual, [v.separator_id], self._text_ids,
-                              [v.sep_id]]).astype(np.int64)
-        types = np.zeros_like(ids)
-        types[1:2 + visual.size] = 1
-        positions = (2 + visual.size + self._slot_offsets).astype(np.int64)
-        return {"input_ids": ids, "token_type_ids": types, "predict_positions": positions}
+        """``[CLS] template [>] visual [SEP]`` for ``leaves`` (oldest first, current last)."""
+        row = layout_row(self.vocab, self._text_ids, self._visual_ids(leaves))
+        positions = (row.text_start + self._slot_offsets).astype(np.int64)
+        return {"input_ids": row.input_ids, "token_type_ids": row.token_type_ids,
+                "predict_positions": positions}
 
     def forecast_row(self, leaves) -> dict:
-        """``[CLS] visual [MASK] x forecast_step [SEP]``; predicts at the last mask."""
+        """``[CLS] [>] visual [MASK] x forecast_step [SEP]``; predicts at the last mask."""
         if self.forecast_step == 0:
             raise InvalidInputError("forecasting is off (forecast_step=0)")
         v = self.vocab
-        visual = self._visual_ids(leaves)
-        ids = np.concatenate([[v.cls_id], visual, np.full(self.forecast_step, v.mask_id),
-                              [v.sep_id]]).astype(np.int64)
-        types = np.ones_like(ids)
-        types[0] = 0
-        position = 1 + visual.size + self.forecast_step - 1
-        return {"input_ids": ids, "token_type_ids": types,
-                "predict_positions": np.array([position], dtype=np.int64)}
+        visual = np.concatenate([self._visual_ids(leaves), np.full(self.forecast_step, v.mask_id)])
+        row = layout_row(v, (), visual)
+        return {"input_ids": row.input_ids, "token_type_ids": row.token_type_ids,
+                "predict_positions": np.array([row.visual_end - 1], dtype=np.int64)}
 
     def build_batch(self, contexts) -> dict:
         """One VideoBERT batch for several clips' leaf contexts.

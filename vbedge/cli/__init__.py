@@ -11,10 +11,10 @@ import sys
 
 from ..errors import VbedgeError
 from . import (bench, build, calibrate, caption, codebook, corpus, demo, engines, evaluate, export, features, info,
-               keys, synth)
+               keys, synth, train)
 
 #: The command modules, in the order ``vbedge --help`` lists their commands.
-COMMAND_MODULES = (info, features, codebook, export, build, engines, keys, caption, corpus, calibrate, synth,
+COMMAND_MODULES = (info, features, codebook, export, build, engines, keys, caption, corpus, train, calibrate, synth,
                    evaluate, demo, bench)
 
 

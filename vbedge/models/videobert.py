@@ -39,17 +39,25 @@ import numpy as np
 
 from vbedge.errors import FormatError, InvalidInputError, MissingDependencyError
 from vbedge.jsonfile import read_json_object
+from vbedge.sequence_layout import layout_row
 from vbedge.vocab import VOCAB_FILENAME, VideoBertVocab
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoBert", "caption_inputs", "codebook_reference", "VIDEOBERT_FORMAT_VERSION"]
+__all__ = ["VideoBert", "caption_inputs", "codebook_reference", "MODEL_SIZES", "VIDEOBERT_FORMAT_VERSION"]
 
 VIDEOBERT_FORMAT_VERSION = 1
 _META_FILENAME = "videobert.json"
 _WEIGHTS_FILENAME = "model.safetensors"
 _CONFIG_FILENAME = "config.json"
 _FORMAT_NAME = "vbedge.videobert"
+#: Named sizes for training from scratch (:meth:`VideoBert.from_config`): BERT-Tiny and BERT-Small
+#: of Turc et al. 2019 ("Well-Read Students Learn Better") and BERT-base of Devlin et al.
+MODEL_SIZES = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "small": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
 # Decoder weight/bias are tied to the word embeddings / cls.predictions.bias: stored once.
 _TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 # Buffers some checkpoints carry that are recomputed by the module, never learned.
@@ -298,6 +306,42 @@ class VideoBert:
         log.info("extended %s to %d tokens (%s)", bert_dir, vocab.size, init_info)
         return cls(model, vocab, ref, init_info)
 
+    @classmethod
+    def from_config(cls, size, vocab_file, codebook, *, seed: int = 0) -> "VideoBert":
+        """A randomly initialised VideoBERT of a named size (:data:`MODEL_SIZES`) for training from scratch.
+
+        ``vocab_file`` is a WordPiece vocab.txt (e.g. the one of any BERT folder). Every weight
+        is BERT's own initialisation (``BertForPreTraining(config)`` after
+        ``torch.manual_seed(seed)``) except the visual-token embeddings, which are made from the
+        codebook as in :meth:`from_bert` (centroids, or their fixed orthogonal projection scaled
+        to the mean norm of the random word embeddings).
+        """
+        _require_torch()
+        import torch
+        from transformers import BertConfig, BertForPreTraining
+
+        if size not in MODEL_SIZES:
+            raise InvalidInputError(f"unknown model size {size!r}; expected one of {sorted(MODEL_SIZES)}")
+        vocab_file = Path(vocab_file)
+        if not vocab_file.is_file():
+            raise FormatError(f"vocabulary {str(vocab_file)!r} does not exist; expected a WordPiece vocab.txt")
+        vocab = VideoBertVocab.for_codebook(vocab_file, codebook)
+        config = BertConfig(vocab_size=vocab.size, pad_token_id=vocab.pad_id, tie_word_embeddings=True,
+                            **MODEL_SIZES[size])
+        torch.manual_seed(seed)
+        model = BertForPreTraining(config)
+        with torch.no_grad():
+            emb = model.bert.embeddings.word_embeddings.weight
+            text_emb = emb[: vocab.text_size].detach().numpy()
+            visual, visual_info = _visual_embeddings(codebook, config.hidden_size, text_emb, seed)
+            emb[vocab.visual_offset:] = torch.from_numpy(visual)
+            emb[vocab.separator_id] = emb[vocab.sep_id]
+        _check_tied(model)
+        model.eval()
+        init_info = {"seed": int(seed), "from_scratch": size, "separator": "copy of [SEP] embedding",
+                     **visual_info}
+        return cls(model, vocab, codebook_reference(codebook), init_info)
+
     # ------------------------------------------------------------------ files
 
     def save(self, directory) -> Path:
@@ -308,7 +352,7 @@ class VideoBert:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _check_tied(self.model)
-        tensors = {k: v.detach().to(torch.float32).contiguous().clone()
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone()
                    for k, v in self.model.state_dict().items() if k not in _TIED_KEYS}
         save_file(tensors, str(directory / _WEIGHTS_FILENAME), metadata={"format": "pt"})
         config = self.model.config.to_dict()
@@ -390,11 +434,11 @@ class VideoBert:
         return out.prediction_logits, out.seq_relationship_logits
 
     def caption_inputs(self, leaves, text: str, max_length: int = 512):
-        """The paper's captioning input: ``[CLS] <visual tokens> [>] <text> [SEP]``.
+        """The captioning input in vbedge's one layout: ``[CLS] <text> [>] <visual tokens> [SEP]``.
 
         ``leaves`` are codebook leaf ids of consecutive clips, ``text`` a template with
-        ``[MASK]`` slots (e.g. "now let me show you how to [MASK] the [MASK]."). Token types are 1
-        for the visual part and ``[>]``, 0 for ``[CLS]``, the text and the final ``[SEP]``.
+        ``[MASK]`` slots (e.g. "now let me show you how to [MASK] the [MASK]."). Token types are 0
+        for ``[CLS]`` and the text, 1 from ``[>]`` to the end (:mod:`vbedge.sequence_layout`).
         Returns int64 arrays with a batch axis of 1: ``input_ids``, ``attention_mask``,
         ``token_type_ids`` and ``predict_positions`` (the positions of the ``[MASK]`` tokens).
         """
@@ -406,18 +450,15 @@ def caption_inputs(vocab: VideoBertVocab, leaves, text: str, max_length: int = 5
     leaves = np.atleast_1d(np.asarray(leaves))
     visual = np.asarray(vocab.visual_token_id(leaves), dtype=np.int64).reshape(-1)
     text_ids = np.asarray(vocab.encode_text(text), dtype=np.int64)
-    ids = np.concatenate([[vocab.cls_id], visual, [vocab.separator_id], text_ids, [vocab.sep_id]]).astype(np.int64)
-    if ids.size > max_length:
-        raise InvalidInputError(f"caption input has {ids.size} tokens; expected at most {max_length}")
-    types = np.zeros_like(ids)
-    types[1: 2 + visual.size] = 1
+    row = layout_row(vocab, text_ids, visual, max_length=max_length)
+    ids = row.input_ids
     positions = np.flatnonzero(ids == vocab.mask_id).astype(np.int64)
     if positions.size == 0:
         raise InvalidInputError(f"text {text!r} has no [MASK] to predict")
     return {
         "input_ids": ids[None],
         "attention_mask": np.ones_like(ids)[None],
-        "token_type_ids": types[None],
+        "token_type_ids": row.token_type_ids[None],
         "predict_positions": positions[None],
     }
 

