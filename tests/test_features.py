@@ -29,6 +29,7 @@ from vbedge.features import (  # noqa: E402
     read_features,
 )
 from vbedge.preprocess import make_clip  # noqa: E402
+from video_files import decode_frames  # noqa: E402
 
 
 def _frame(i, size, seed):
@@ -53,18 +54,6 @@ def _write(path, frames, fps, size, seed, fourcc="mp4v"):
     return path
 
 
-def _decode(path):
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
-    return frames
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("feature_videos")
@@ -81,7 +70,7 @@ def videos(tmp_path_factory):
 
 def _expected_clips(path, fps_source, clip_frames=16, fps=20.0):
     """(start, end, frames) of each clip, from the decoded frames and hand-picked 20 fps frames."""
-    decoded = _decode(path)
+    decoded = decode_frames(path)
     duration = (len(decoded) - 1) / fps_source
     targets = int(math.floor(duration * fps + 1e-9)) + 1
     step = round(fps / fps_source)          # 1 (20 fps source) or 2 (10 fps: each frame twice)

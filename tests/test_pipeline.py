@@ -77,14 +77,9 @@ def independent_features(small_bundle, path):
     from vbedge.preprocess import PreprocessSpec, make_clip, resample_indices
 
     spec = PreprocessSpec.from_dict(small_bundle.preprocessing)
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
+    from video_files import decode_frames
+
+    frames = decode_frames(path)
     picks = resample_indices(np.arange(len(frames)) / FPS, spec.fps)
     sampled = [frames[i] for i in picks]
     clips, spans = [], []

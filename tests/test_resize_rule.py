@@ -54,14 +54,9 @@ def decoded_frames(tmp_path_factory):
     for k in range(3):
         writer.write(_scene(360, 640, seed=k))
     writer.release()
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
+    from video_files import decode_frames
+
+    frames = decode_frames(path)
     assert len(frames) == 3 and frames[0].shape == (360, 640, 3)
     return frames
 
