@@ -269,11 +269,7 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
                     "folder"
                 ) from exc
         except VbedgeError as exc:
-            if requested != "auto":
-                raise
-            reason = f"TensorRT failed for {label} ({type(exc).__name__}: {exc})"
-            log.warning("backend for %s: %s; falling back to ONNX Runtime", label, reason)
-            name, why = "onnxruntime", f"auto fell back to onnxruntime: {reason}"
+            name, why = _fall_back_to_onnxruntime(requested, "TensorRT", label, exc)
         else:
             opened.selection = why
             return opened
@@ -286,11 +282,7 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
         try:
             opened = OpenVinoBackend(onnx_path, precision=precision, **ov_options)
         except VbedgeError as exc:
-            if requested != "auto":
-                raise
-            reason = f"OpenVINO failed for {label} ({type(exc).__name__}: {exc})"
-            log.warning("backend for %s: %s; falling back to ONNX Runtime", label, reason)
-            name, why = "onnxruntime", f"auto fell back to onnxruntime: {reason}"
+            name, why = _fall_back_to_onnxruntime(requested, "OpenVINO", label, exc)
         else:
             opened.selection = why
             return opened
@@ -305,6 +297,16 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
     opened = OnnxRuntimeBackend(onnx_path, precision=precision, **ort_options)
     opened.selection = why
     return opened
+
+
+def _fall_back_to_onnxruntime(requested, runtime, label, exc):
+    """Under ``auto``, log why ``runtime`` failed and return ONNX Runtime's ``(name, why)``;
+    re-raise ``exc`` when the backend was asked for explicitly."""
+    if requested != "auto":
+        raise exc
+    reason = f"{runtime} failed for {label} ({type(exc).__name__}: {exc})"
+    log.warning("backend for %s: %s; falling back to ONNX Runtime", label, reason)
+    return "onnxruntime", f"auto fell back to onnxruntime: {reason}"
 
 
 def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limits=None, **options):

@@ -33,6 +33,9 @@ PRECISION_CHOICES = ("fp32", "fp16", "int8", "bf16")  # bf16: openvino on BF16 C
 MODEL_CHOICES = ("s3d", "videobert")
 
 
+#: Why a torch configuration other than fp32 is skipped (the bundle's reference weights are fp32).
+_TORCH_FP32_ONLY = "the torch backend runs the fp32 reference weights only"
+
 def check_choices(backends, precisions, streams=(1,)):
     """Validate the requested lists; return them as tuples.
 
@@ -299,8 +302,7 @@ def run_bench(bundle, backends=("onnxruntime",), precisions=("fp32",), streams=(
         for precision in precisions:
             if backend == "torch" and precision != "fp32":
                 report["skipped"].append({"backend": backend, "precision": precision,
-                                          "reason": "the torch backend runs the fp32 reference "
-                                                    "weights only"})
+                                          "reason": _TORCH_FP32_ONLY})
                 continue
             try:
                 pipe = Pipeline.load(bundle, backend=backend, precision=precision, **options)
@@ -391,8 +393,7 @@ def run_model_bench(bundle, model, backends=("onnxruntime",), precisions=("fp32"
         for precision in precisions:
             if backend == "torch" and precision != "fp32":
                 report["skipped"].append({"backend": backend, "precision": precision,
-                                          "reason": "the torch backend runs the fp32 reference "
-                                                    "weights only"})
+                                          "reason": _TORCH_FP32_ONLY})
                 continue
             try:
                 runner = create_bundle_backend(bundle, model, backend=backend, precision=precision)
