@@ -238,7 +238,7 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
     stage(6, "captioning a held-out video through Pipeline.stream, then the zero-shot table on the held-out world")
     from .synthetic.pretrain import read_world_narration
 
-    from .event_files import caption_to_files
+    from .caption_job import caption_to_files
 
     record = read_world_narration(test_dir)[0]
     say(f"      {record['video']} (held-out, never trained on); caption of each clip | true narration")

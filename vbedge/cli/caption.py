@@ -10,12 +10,17 @@ def register(subparsers):
     """Register ``vbedge caption`` and ``vbedge tokenize``."""
     from ..captioner import TEMPLATES
 
-    p = subparsers.add_parser("caption", help="caption a video file, camera or stream live")
-    p.add_argument("source", help="video file, camera index, /dev/videoN, rtsp:// or http:// URL, "
-                                  "GStreamer pipeline or csi://N")
+    p = subparsers.add_parser("caption", help="caption a video file, camera or stream live",
+                              description="Caption INPUT live into each OUTPUT, chosen by its URI or "
+                                          "extension: " + "; ".join(help for _, help in _output_kinds()))
+    p.add_argument("source", metavar="INPUT", help="video file, camera index, /dev/videoN, rtsp:// or http:// URL, "
+                                                   "GStreamer pipeline or csi://N")
+    p.add_argument("outputs", metavar="OUTPUT", nargs="*",
+                   help="events.jsonl, captions.srt/.vtt, out.mp4/.avi, http://@:PORT (preview page), "
+                        "mqtt://HOST:PORT/TOPIC, ...")
     _add_pipeline_options(p)
-    p.add_argument("--jsonl", help="write one JSON event per clip to this file")
-    p.add_argument("--out", help="write the video with captions drawn on it (.mp4 or .avi)")
+    p.add_argument("--jsonl", help="alias of an OUTPUT ending in .jsonl")
+    p.add_argument("--out", help="alias of an OUTPUT ending in .mp4 or .avi")
     p.add_argument("--template", default="howto",
                    help=f"{' or '.join(TEMPLATES)} or a text with [VERB]/[NOUN]/[MASK] slots")
     p.add_argument("--verbs", help="allowed verbs: a file (one per line) or comma-separated words")
@@ -56,22 +61,35 @@ def _word_list(value):
     return [w.strip() for w in value.split(",") if w.strip()]
 
 
+def _output_kinds():
+    from ..outputs import output_kinds
+
+    return output_kinds()
+
+
 def run_caption(args):
-    """``vbedge caption SOURCE``: print captions live; optionally write JSONL and a video."""
-    from ..event_files import caption_to_files, format_event_line
+    """``vbedge caption INPUT [OUTPUT ...]``: print captions live and feed every output."""
+    from ..caption_job import caption_sources, format_event_line
+    from ..outputs import OutputSet, open_output
 
     options = dict(template=args.template, context_clips=args.context, stable_clips=args.stable,
                    min_confidence=args.min_confidence, forecast_step=args.forecast_step,
                    verbs=_word_list(args.verbs), nouns=_word_list(args.nouns))
-    if args.live:
-        options["source_options"] = {"live": True}
+    source_options = {"live": True} if args.live else None
+    targets = list(args.outputs) + [t for t in (args.jsonl, args.out) if t is not None]
+    outputs = OutputSet()
+    for target in targets:
+        outputs.add(open_output(target))
     source = int(args.source) if args.source.isdigit() else args.source
-    written = caption_to_files(args.bundle, source, backend=args.backend, precision=args.precision,
-                               jsonl=args.jsonl, video=args.out, trusted_keys=trusted_keys(args),
-                               on_event=lambda event: print(format_event_line(event), flush=True),
-                               **options)
-    if args.out is not None and not written:
-        print(f"vbedge: no clip was captioned, {args.out} was not written", file=sys.stderr)
+    result = caption_sources(args.bundle, source, outputs, backend=args.backend, precision=args.precision,
+                             trusted_keys=trusted_keys(args), source_options=source_options,
+                             on_event=lambda event: print(format_event_line(event), flush=True), **options)
+    for output, status in zip(result.output_objects, result.outputs):
+        if getattr(output, "needs_frames", False) and not getattr(output, "written", True):
+            print(f"vbedge: no clip was captioned, {output.target} was not written", file=sys.stderr)
+        if status.failures:
+            print(f"vbedge: {status.description}: {status.failures} failure(s), {status.missed} event(s) "
+                  f"missed; last: {status.last_error}", file=sys.stderr)
     return 0
 
 
