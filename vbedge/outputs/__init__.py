@@ -16,6 +16,7 @@ below; :func:`output_kinds` lists them.
 from .base import Output, OutputContext, OutputSet, OutputStatus, open_output, output_kinds, register_output
 from . import files  # noqa: F401  (registers .jsonl, .mp4, .avi)
 from . import subtitles  # noqa: F401  (registers .srt, .vtt)
+from . import mqtt  # noqa: F401  (registers mqtt://, mqtts://)
 
 __all__ = ["Output", "OutputContext", "OutputSet", "OutputStatus", "open_output", "output_kinds",
            "register_output"]

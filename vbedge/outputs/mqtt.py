@@ -1,0 +1,315 @@
+"""MQTT output: every caption event, the latest caption and the sources' state published to a broker
+(``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``), for home automation (Home Assistant, Node-RED).
+
+Topics under ``TOPIC`` (``vbedge`` when the URI has no path), JSON payloads (docs/outputs-subtitles-mqtt.md):
+
+``TOPIC/status``
+    ``online`` (retained) once connected; ``offline`` (retained) when the output closes, and as the
+    broker-sent Last Will when the connection is lost without a goodbye.
+``TOPIC/events``
+    every :class:`~vbedge.pipeline.ClipEvent` (:meth:`~vbedge.pipeline.ClipEvent.to_dict` plus
+    ``time``, the wall-clock Unix time it was published), in order, not retained.
+``TOPIC/caption``
+    the caption now shown (retained, published when it changes): ``source``, ``caption``, ``clip``,
+    ``start``, ``end``, ``confidence``, ``time``.
+``TOPIC/source``
+    the source's state (retained): ``state`` is ``streaming`` (clips arrive), or the kind of the last
+    :class:`~vbedge.sources.SourceEvent` (``disconnected``, ``connect_failed``, ``reconnected``,
+    ``ended``), with ``message``, ``attempt``, ``retry_in``, ``time``.
+
+When the output serves several sources, the caption and source topics get the source id as one
+more level (``TOPIC/caption/SOURCE``, ``TOPIC/source/SOURCE``; ``/ + #`` in ids become ``_``);
+``TOPIC/events`` carries every source (the ``source`` field says which).
+
+Never blocking captioning: paho-mqtt's network thread connects (``connect_async``: a broker that is
+down at start does not stop captioning), reconnects with a backoff (``reconnect_min`` ..
+``reconnect_max`` seconds) and sends; :meth:`MqttOutput.write` only hands messages to it. They are
+QoS 1 and kept in paho's bounded queue while the broker is away (``queue`` messages, 1000 by default,
+about 25 minutes of 1.5 s clips) and sent in order once it is back; when the queue is full, new
+messages are dropped and counted (:attr:`MqttOutput.stats` ``dropped``, one warning per episode).
+QoS 1 is at-least-once: after a reconnect a subscriber may see an event twice (``source`` + ``clip``
+identify it). A broker restarted without persistence forgets retained messages, so once the queue
+has drained after a reconnect the latest caption and source states are published again.
+
+``mqtts://`` connects with TLS (port 8883 by default) checked against the system's CA certificates,
+or ``?ca=PATH`` (a PEM file). Other query options: ``client_id=ID``, ``queue=N``.
+Needs ``pip install 'vbedge[mqtt]'`` (paho-mqtt 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import InvalidInputError, MissingDependencyError
+from .base import Output, register_output
+
+log = logging.getLogger("vbedge.outputs")
+
+__all__ = ["MqttOutput", "parse_mqtt_uri"]
+
+MQTT_HINT = "pip install 'vbedge[mqtt]' (or pip install 'paho-mqtt>=2')"
+_QUERY_KEYS = ("ca", "client_id", "queue")
+
+
+def parse_mqtt_uri(target) -> dict:
+    """``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC[?client_id=..&queue=..&ca=..]`` (or ``mqtts://``)
+    as a dict: ``tls``, ``host``, ``port``, ``topic``, ``username``, ``password``, ``client_id``,
+    ``queue``, ``ca``. Raises :class:`~vbedge.errors.InvalidInputError` naming what is wrong."""
+    text = str(target)
+    parts = urlsplit(text)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise InvalidInputError(f"{text!r}: an MQTT output is mqtt://HOST[:PORT]/TOPIC or mqtts://...")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInputError(f"{text!r}: the port must be a number from 1 to 65535") from exc
+    if not parts.hostname:
+        raise InvalidInputError(f"{text!r}: no broker host (expected mqtt://HOST[:PORT]/TOPIC)")
+    topic = unquote(parts.path).strip("/") or "vbedge"
+    if any(ch in topic for ch in "+#\0") or "//" in topic or "#" in text:  # (urlsplit takes # as a fragment)
+        raise InvalidInputError(f"{text!r}: topic {topic!r} must not contain the wildcards + or #, "
+                                "NUL or empty levels")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(_QUERY_KEYS))
+    if unknown:
+        raise InvalidInputError(f"{text!r}: unknown option(s) {unknown}; known: {list(_QUERY_KEYS)}")
+    queue = query.get("queue", ["1000"])[-1]
+    if not queue.isdigit() or int(queue) < 1:
+        raise InvalidInputError(f"{text!r}: queue must be a whole number >= 1, got {queue!r}")
+    tls = parts.scheme == "mqtts"
+    if "ca" in query and not tls:
+        raise InvalidInputError(f"{text!r}: ca= is for mqtts:// (TLS) only")
+    return {"tls": tls, "host": parts.hostname, "port": port or (8883 if tls else 1883), "topic": topic,
+            "username": None if parts.username is None else unquote(parts.username),
+            "password": None if parts.password is None else unquote(parts.password),
+            "client_id": query.get("client_id", [""])[-1], "queue": int(queue),
+            "ca": query.get("ca", [None])[-1]}
+
+
+def _topic_level(source_id):
+    return "".join("_" if ch in "/+#\0" else ch for ch in str(source_id)) or "_"
+
+
+class MqttOutput(Output):
+    """Publishes caption events to an MQTT broker (see the module docstring for topics, payloads and
+    what happens while the broker is away).
+
+    Args:
+        target: ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC`` or ``mqtts://...``.
+        reconnect_min, reconnect_max: reconnect backoff in seconds (doubles per failed attempt).
+        keepalive: seconds between keep-alive pings; a silent broker is noticed after 1.5x that.
+        close_timeout: longest wait at :meth:`close` for queued messages to reach the broker.
+
+    Attributes:
+        stats: ``published`` (messages handed to the network thread), ``dropped`` (queue full),
+            ``connects``, ``disconnects``.
+        connected: whether the broker has accepted the connection now.
+    """
+
+    kind = "mqtt"
+
+    def __init__(self, target, reconnect_min: float = 1.0, reconnect_max: float = 30.0,
+                 keepalive: int = 30, close_timeout: float = 2.0):
+        super().__init__(target)
+        self.uri = parse_mqtt_uri(target)
+        if not 0 < reconnect_min <= reconnect_max:
+            raise InvalidInputError(f"need 0 < reconnect_min <= reconnect_max, got {reconnect_min}, {reconnect_max}")
+        self.reconnect = (reconnect_min, reconnect_max)
+        self.keepalive = int(keepalive)
+        self.close_timeout = float(close_timeout)
+        self.topic = self.uri["topic"]
+        self.stats = {"published": 0, "dropped": 0, "connects": 0, "disconnects": 0}
+        self.connected = False
+        self._client = None
+        # _lock: our state, for the consumer and the sources' reader threads (held while handing
+        # messages to paho). _counts: stats and flags also touched by paho's thread, whose callbacks
+        # may run under paho's own locks, so it is never held while calling paho (no lock cycle).
+        self._lock = threading.Lock()
+        self._counts = threading.Lock()
+        self._several = False
+        self._captions: dict = {}    # source id -> (caption, payload) last published
+        self._states: dict = {}      # source id -> state payload last published
+        self._needs_state = set()    # sources whose next clip publishes state "streaming"
+        self._republish = False      # a reconnect happened: publish retained state again once drained
+        self._outstanding = 0        # messages handed to paho and not yet acknowledged by the broker
+        self._dropping = False
+        self._unreachable_logged = False
+
+    @property
+    def description(self) -> str:
+        # The URI without its password, for logs and OutputSet.status().
+        uri = self.uri
+        user = f"{uri['username']}@" if uri["username"] else ""
+        scheme = "mqtts" if uri["tls"] else "mqtt"
+        return f"mqtt {scheme}://{user}{uri['host']}:{uri['port']}/{uri['topic']}"
+
+    # -- topics --------------------------------------------------------------------------------
+
+    def topic_for(self, kind, source_id=None) -> str:
+        """The topic of ``kind`` (``status``, ``events``, ``caption``, ``source``) for ``source_id``."""
+        if kind in ("caption", "source") and self._several:
+            return f"{self.topic}/{kind}/{_topic_level(source_id)}"
+        return f"{self.topic}/{kind}"
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def open(self, context, resume=False):
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError as exc:
+            raise MissingDependencyError(f"the MQTT output ({self.target}) needs paho-mqtt: {MQTT_HINT}") from exc
+        if not hasattr(mqtt, "CallbackAPIVersion"):
+            raise MissingDependencyError(f"the MQTT output needs paho-mqtt 2 or newer: {MQTT_HINT}")
+        self._several = len(context.sources) > 1
+        self._needs_state = set(context.sources)
+        self._outstanding = 0
+        uri = self.uri
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uri["client_id"],
+                             protocol=mqtt.MQTTv311)
+        if uri["username"] is not None:
+            client.username_pw_set(uri["username"], uri["password"])
+        if uri["tls"]:
+            client.tls_set(ca_certs=uri["ca"])
+        client.will_set(self.topic_for("status"), "offline", qos=1, retain=True)
+        client.max_queued_messages_set(uri["queue"])
+        client.reconnect_delay_set(*self.reconnect)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        try:
+            client.connect_async(uri["host"], uri["port"], keepalive=self.keepalive)
+        except ValueError as exc:
+            raise InvalidInputError(f"{self.description}: {exc}") from exc
+        self._client = client
+        client.loop_start()  # connects (and reconnects) in paho's thread; never blocks us
+
+    def write(self, event):
+        payload = event.to_dict()
+        payload["time"] = round(time.time(), 3)
+        with self._lock:
+            with self._counts:
+                republish = self._republish and self._outstanding == 0
+                if republish:
+                    self._republish = False
+            if republish:
+                # Everything queued before the reconnect is delivered: a broker that restarted
+                # without persistence lost our retained messages, so send the latest again.
+                for state in self._states.values():
+                    self._publish(self.topic_for("source", state["source"]), state, retain=True)
+                for _caption, caption_payload in self._captions.values():
+                    self._publish(self.topic_for("caption", caption_payload["source"]), caption_payload,
+                                  retain=True)
+            if event.source_id in self._needs_state:
+                self._needs_state.discard(event.source_id)
+                self._set_state(event.source_id, {"state": "streaming", "message": "clips arrive",
+                                                  "attempt": 0, "retry_in": None})
+            self._publish(self.topic_for("events"), payload)
+            last = self._captions.get(event.source_id)
+            if last is None or last[0] != event.caption:
+                caption = {"source": event.source_id, "caption": event.caption, "clip": event.clip_index,
+                           "start": payload["start"], "end": payload["end"],
+                           "confidence": payload["confidence"], "time": payload["time"]}
+                self._captions[event.source_id] = (event.caption, caption)
+                self._publish(self.topic_for("caption", event.source_id), caption, retain=True)
+
+    def source_event(self, source_id, event):
+        # Called from the source's reader thread: paho's publish is thread-safe; our state is locked.
+        with self._lock:
+            self._needs_state.add(source_id)  # the next clip says "streaming" again
+            self._set_state(source_id, {"state": event.kind, "message": event.message,
+                                        "attempt": event.attempt, "retry_in": event.retry_in})
+
+    def close(self):
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if self.connected:
+                info = client.publish(self.topic_for("status"), "offline", qos=1, retain=True)
+                try:  # QoS 1 messages go out in order: this ack means the queue before it is delivered
+                    info.wait_for_publish(timeout=self.close_timeout)
+                except (RuntimeError, ValueError):
+                    pass
+            client.disconnect()
+        finally:
+            client.loop_stop()
+            self.connected = False
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _set_state(self, source_id, fields):
+        state = {"source": source_id, **fields, "time": round(time.time(), 3)}
+        self._states[source_id] = state
+        self._publish(self.topic_for("source", source_id), state, retain=True)
+
+    def _publish(self, topic, payload, retain=False):
+        client = self._client
+        if client is None:
+            return
+        import paho.mqtt.client as mqtt
+
+        info = client.publish(topic, json.dumps(payload), qos=1, retain=retain)
+        with self._counts:
+            if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+                self.stats["published"] += 1
+                self._outstanding += 1  # (its ack may already have been counted: no clamping)
+                return
+            self.stats["dropped"] += 1
+            if retain:
+                self._republish = True  # retained state was lost: send it again when there is room
+            first = not self._dropping
+            self._dropping = True
+        if first:
+            log.warning("%s: the broker is away and %d message(s) are queued; dropping new ones "
+                        "until it is back (counted)", self.description, self.uri["queue"])
+
+    # -- paho's thread ---------------------------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.warning("%s: the broker refused the connection: %s", self.description, reason_code)
+            return
+        self.connected = True
+        self._unreachable_logged = False
+        with self._counts:
+            self.stats["connects"] += 1
+            self._dropping = False
+            again = self.stats["connects"] > 1
+            if again:
+                self._republish = True
+        if again:
+            log.warning("%s: connected again", self.description)
+        info = client.publish(self.topic_for("status"), "online", qos=1, retain=True)
+        if info.rc == 0:
+            with self._counts:
+                self._outstanding += 1
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was = self.connected
+        self.connected = False
+        if was:
+            with self._counts:
+                self.stats["disconnects"] += 1
+            if self._client is not None:  # not our own close()
+                log.warning("%s: lost the broker (%s); captioning goes on, reconnecting", self.description,
+                            reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        # Counted here because paho's MQTTMessageInfo.is_published() raises for a message that was
+        # queued while disconnected, even once it is delivered.
+        with self._counts:
+            self._outstanding -= 1
+
+    def _on_connect_fail(self, client, userdata):
+        if not self._unreachable_logged:  # once per episode; paho keeps retrying with its backoff
+            self._unreachable_logged = True
+            log.warning("%s: cannot reach the broker; captioning goes on, retrying", self.description)
+
+
+register_output("mqtt", lambda target: target.lower().startswith(("mqtt://", "mqtts://")), MqttOutput,
+                "mqtt://HOST[:PORT]/TOPIC (events, latest caption and source state to an MQTT broker)")
