@@ -255,3 +255,49 @@ def test_a_broker_restarted_without_memory_gets_the_latest_caption_again(tmp_pat
     assert (left["caption"], left["clip"], left["source"]) == ("cut", 0, "left")
     assert json.loads(latest_retained(broker.port, f"{TOPIC}/source/right"))["state"] == "streaming"
     assert latest_retained(broker.port, f"{TOPIC}/status") == "online"
+
+
+@needs_broker
+def test_caption_sources_into_mqtt_while_the_broker_restarts(small_bundle, tmp_path, cleanup):
+    """End to end: the real small bundle captions a frame iterable; the iterable itself stops the
+    broker after the first event arrived and starts it again two clips later."""
+    pytest.importorskip("cv2")
+    from test_pipeline import FPS, moving_shapes
+
+    from vbedge.caption_job import caption_sources
+    from vbedge.outputs.files import JsonlOutput
+
+    broker = Broker(tmp_path, persistent=True).start()
+    cleanup.append(broker)
+    sub = Subscriber(broker.port, client_id="vbedge-e2e-sub", persistent=True)
+    cleanup.append(sub)
+    wait_for(sub.subscribed.is_set, "the subscription")
+    out = MqttOutput(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", reconnect_min=0.1, reconnect_max=0.5)
+    per_clip = 16                                         # tests/bundle_factory.py small_bundle_spec()
+    clips = 6
+
+    def frames():
+        for i in range(per_clip * clips):
+            if i == 2 * per_clip + 1:                     # clips 0 and 1 are complete
+                wait_for(lambda: sub.clips(), "the first event")
+                broker.stop()
+            if i == 4 * per_clip + 1:
+                broker.start()
+                wait_for(lambda: out.connected, "the output to reconnect")
+            yield i / FPS, moving_shapes(i, seed=5)
+
+    jsonl = tmp_path / "events.jsonl"
+    result = caption_sources(small_bundle, {"cam0": frames()}, [JsonlOutput(jsonl), out],
+                             backend="onnxruntime", template="caption", stable_clips=1)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert result.events == clips and [r["clip"] for r in rows] == list(range(clips))  # never stopped
+    assert out.stats["connects"] == 2 and out.stats["disconnects"] >= 1 and out.stats["dropped"] == 0
+    wait_for(lambda: sub.clips() == list(range(clips)), "every event at the subscriber")
+    firsts = {}
+    for payload in sub.on(f"{TOPIC}/events"):
+        row = json.loads(payload)
+        row.pop("time")
+        firsts.setdefault(row["clip"], row)
+    assert [firsts[i] for i in range(clips)] == rows
+    assert json.loads(latest_retained(broker.port, f"{TOPIC}/caption"))["caption"] == rows[-1]["caption"]
+    assert result.outputs[1].failures == 0 and result.outputs[1].events == clips
