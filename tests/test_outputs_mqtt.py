@@ -52,11 +52,11 @@ def wait_for(predicate, what, timeout=20.0):
 class Broker:
     """A mosquitto on 127.0.0.1:port that a test can stop and start again on the same port."""
 
-    def __init__(self, folder, persistent=False):
+    def __init__(self, folder, persistent=False, settings=("allow_anonymous true",)):
         self.port = free_port()
         self.folder = folder
         self.log = folder / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "user root"]
+        lines = [f"listener {self.port} 127.0.0.1", *settings, "user root"]
         if persistent:  # sessions and retained messages survive a restart (saved at exit)
             lines += ["persistence true", f"persistence_location {folder}/", "autosave_interval 0"]
         self.conf = folder / "mosquitto.conf"
@@ -89,13 +89,18 @@ class Broker:
 class Subscriber:
     """A paho client that records every message under ``topic`` (and reconnects on its own)."""
 
-    def __init__(self, port, topic=f"{TOPIC}/#", client_id="", persistent=False):
+    def __init__(self, port, topic=f"{TOPIC}/#", client_id="", persistent=False, username=None, password=None,
+                 ca=None):
         self.messages = []
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=not persistent, protocol=mqtt.MQTTv311)
         self.client.reconnect_delay_set(0.1, 0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.client.on_message = self._on_message
@@ -135,9 +140,9 @@ def cleanup():
             pass
 
 
-def latest_retained(port, topic, timeout=10.0):
+def latest_retained(port, topic, timeout=10.0, **login):
     """What a new subscriber of ``topic`` gets at once: the retained message (or None)."""
-    sub = Subscriber(port, topic)
+    sub = Subscriber(port, topic, **login)
     try:
         wait_for(lambda: sub.on(topic) or False, f"the retained message on {topic}", timeout=timeout)
         return sub.on(topic)[-1]
@@ -301,3 +306,114 @@ def test_caption_sources_into_mqtt_while_the_broker_restarts(small_bundle, tmp_p
     assert [firsts[i] for i in range(clips)] == rows
     assert json.loads(latest_retained(broker.port, f"{TOPIC}/caption"))["caption"] == rows[-1]["caption"]
     assert result.outputs[1].failures == 0 and result.outputs[1].events == clips
+
+
+@needs_broker
+def test_username_and_password_from_the_uri(tmp_path, cleanup, caplog):
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if passwd_tool is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    subprocess.run([passwd_tool, "-b", "-c", str(tmp_path / "passwd"), "kitchen", "p@ss word"], check=True,
+                   capture_output=True, timeout=30)
+    broker = Broker(tmp_path, settings=("allow_anonymous false", f"password_file {tmp_path / 'passwd'}")).start()
+    cleanup.append(broker)
+    good = MqttOutput(f"mqtt://kitchen:p%40ss%20word@127.0.0.1:{broker.port}/{TOPIC}")
+    bad = MqttOutput(f"mqtt://kitchen:wrong@127.0.0.1:{broker.port}/{TOPIC}/bad", reconnect_min=0.1,
+                     reconnect_max=0.2)
+    cleanup[:0] = [good, bad]
+    with caplog.at_level(logging.WARNING, logger="vbedge.outputs"):
+        for out in (good, bad):
+            out.open(OutputContext(fps=20, sources=("cam0",)))
+        wait_for(lambda: good.connected, "the output with the right password to connect")
+        good.write(event(0, "cut"))
+        bad.write(event(0, "cut"))                        # refused: queued, never raises
+        wait_for(lambda: broker.log.read_text().count("not authorised") >= 3, "paho to try (and be refused) 3 times")
+    assert json.loads(latest_retained(broker.port, f"{TOPIC}/caption", username="kitchen",
+                                      password="p@ss word"))["caption"] == "cut"
+    assert not bad.connected and bad.stats["connects"] == 0
+    assert sum("refused" in r.getMessage() for r in caplog.records) == 1
+
+
+def make_tls_files(folder):
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files), made with cryptography."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, key, issuer, issuer_key, ca):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vbedge test CA")])
+    ca_cert = cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    server_cert = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), server_key, ca_name,
+                       ca_key, ca=False)
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "server", "server_key")}
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths["server"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths["server_key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.TraditionalOpenSSL,
+                                                             serialization.NoEncryption()))
+    return paths
+
+
+@needs_broker
+def test_mqtts_with_a_private_ca(tmp_path, cleanup, caplog):
+    tls = make_tls_files(tmp_path)
+    broker = Broker(tmp_path, settings=("allow_anonymous true", f"cafile {tls['ca']}", f"certfile {tls['server']}",
+                                        f"keyfile {tls['server_key']}")).start()
+    cleanup.append(broker)
+    out = MqttOutput(f"mqtts://127.0.0.1:{broker.port}/{TOPIC}?ca={tls['ca']}")
+    untrusted = MqttOutput(f"mqtts://127.0.0.1:{broker.port}/{TOPIC}/untrusted", reconnect_min=0.1,
+                           reconnect_max=0.2)                 # the system CAs do not know ours
+    cleanup[:0] = [out, untrusted]
+    with caplog.at_level(logging.WARNING, logger="vbedge.outputs"):
+        out.open(OutputContext(fps=20, sources=("cam0",)))
+        untrusted.open(OutputContext(fps=20, sources=("cam0",)))
+        wait_for(lambda: out.connected, "the TLS connection")
+        out.write(event(0, "whisk"))
+        untrusted.write(event(0, "whisk"))
+        wait_for(lambda: any("cannot reach" in r.getMessage() and "untrusted" in r.getMessage()
+                             for r in caplog.records), "the untrusted certificate to be refused")
+    got = latest_retained(broker.port, f"{TOPIC}/caption", ca=tls["ca"])
+    assert json.loads(got)["caption"] == "whisk"
+    assert not untrusted.connected and untrusted.stats["connects"] == 0
+
+
+@needs_broker
+def test_the_last_will_says_offline_when_the_process_dies(tmp_path, cleanup):
+    broker = Broker(tmp_path).start()
+    cleanup.append(broker)
+    sub = Subscriber(broker.port)
+    cleanup.append(sub)
+    wait_for(sub.subscribed.is_set, "the subscription")
+    script = ("import sys, time\n"
+              "from vbedge.outputs import OutputContext\n"
+              "from vbedge.outputs.mqtt import MqttOutput\n"
+              "out = MqttOutput(sys.argv[1])\n"
+              "out.open(OutputContext(fps=20, sources=('cam0',)))\n"
+              "while not out.connected: time.sleep(0.02)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, f"mqtt://127.0.0.1:{broker.port}/{TOPIC}"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        wait_for(lambda: sub.on(f"{TOPIC}/status") == ["online"], "status online")
+    finally:
+        child.kill()                                      # no goodbye: the broker sends the will
+        child.wait(timeout=30)
+    wait_for(lambda: sub.on(f"{TOPIC}/status") == ["online", "offline"], "the Last Will")

@@ -272,7 +272,10 @@ class MqttOutput(Output):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            log.warning("%s: the broker refused the connection: %s", self.description, reason_code)
+            if not self._unreachable_logged:  # once per episode; paho keeps retrying
+                self._unreachable_logged = True
+                log.warning("%s: the broker refused the connection (%s); captioning goes on, retrying",
+                            self.description, reason_code)
             return
         self.connected = True
         self._unreachable_logged = False
