@@ -203,3 +203,44 @@ def test_vbedge_caption_writes_srt_and_vtt(small_bundle, tmp_path):
         got = cues(path)
         assert [c[2] for c in got] == [c[2] for c in expected]
         assert [c[:2] for c in got] == [pytest.approx(c[:2], abs=5e-4) for c in expected]
+
+
+def test_a_cue_cut_short_by_the_file_size_limit_is_removed_before_the_retry(tmp_path):
+    """RLIMIT_FSIZE makes the kernel write part of a cue and fail the rest (EFBIG), like a disk that
+    fills in the middle of a cue; run in a child so the limit binds nothing else."""
+    resource = pytest.importorskip("resource")
+    path = tmp_path / "cut.vtt"
+    script = f"""
+import errno, resource
+from vbedge.outputs import OutputContext
+from vbedge.outputs.subtitles import SubtitleOutput
+from vbedge.pipeline import ClipEvent
+
+def event(i, caption):
+    return ClipEvent(source_id="cam0", clip_index=i, start=1.5 * i, end=1.5 * (i + 1), leaf=i, token_id=i,
+                     token="[V:0]", caption=caption)
+
+out = SubtitleOutput({str(path)!r}, max_cue_seconds=None)
+out.open(OutputContext(fps=20, sources=("cam0",)))
+out.write(event(0, "first caption"))
+out.write(event(1, "second caption"))           # header + cue 1 written: 55 bytes
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (70, hard))   # cue 2 (47 bytes) fits only in part
+try:
+    out.write(event(2, "third caption"))
+    raise SystemExit("the write did not fail")
+except OSError as error:
+    assert error.errno == errno.EFBIG, error
+size = len(open({str(path)!r}, "rb").read())
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+out.open(OutputContext(fps=20, sources=("cam0",)), resume=True)
+out.write(event(3, "fourth caption"))
+out.close()
+print(size)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) == len(b"WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.500\nfirst caption\n\n")
+    assert cues(path) == [(0.0, 1.5, "first caption"), (1.5, 3.0, "second caption"),
+                          (3.0, 4.5, "third caption"), (4.5, 6.0, "fourth caption")]
+    assert re.findall(r"(?m)^(\d+)\n\d\d:", path.read_text()) == ["1", "2", "3", "4"]
