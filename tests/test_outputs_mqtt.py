@@ -215,6 +215,7 @@ def test_events_caption_status_and_a_broker_down_at_start_and_restarted(tmp_path
         out.write(event(i, captions[i]))                  # returns: queued for the broker
     broker.start()
     wait_for(lambda: out.stats["connects"] == 2, "the output to reconnect")
+    out.source_event("cam0", SourceEvent("reconnected", "camera back"))
     for i in range(9, 12):
         out.write(event(i, captions[i]))
     wait_for(lambda: sub.clips() == list(range(12)), "every event, in order, after the restart")
@@ -234,7 +235,8 @@ def test_events_caption_status_and_a_broker_down_at_start_and_restarted(tmp_path
     assert [c for j, c in enumerate(shown) if j == 0 or c != shown[j - 1]] == \
            ["cut", "stir", "fry", "boil", "plate", "eat"]
     states = [json.loads(p)["state"] for p in sub.on(f"{TOPIC}/source")]
-    assert states[0] == "streaming" and "disconnected" in states and states[-1] == "streaming"
+    assert [s for j, s in enumerate(states) if j == 0 or s != states[j - 1]] == \
+           ["streaming", "disconnected", "reconnected"]   # the clips after an event do not say streaming
 
 
 @needs_broker
@@ -243,11 +245,13 @@ def test_a_broker_restarted_without_memory_gets_the_latest_caption_again(tmp_pat
     cleanup.append(broker)
     out = MqttOutput(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", reconnect_min=0.1, reconnect_max=0.5)
     cleanup.insert(0, out)
+    out.source_event("right", SourceEvent("ended", "end of file"))  # before open: a file read ahead
     out.open(OutputContext(fps=20, sources=("left", "right")))
     wait_for(lambda: out.connected, "the output to connect")
     out.write(event(0, "cut", "left"))
-    out.write(event(0, "stir", "right"))
+    out.write(event(0, "stir", "right"))                  # its clips come after its end: still "ended"
     assert json.loads(latest_retained(broker.port, f"{TOPIC}/caption/right"))["caption"] == "stir"
+    assert json.loads(latest_retained(broker.port, f"{TOPIC}/source/right"))["state"] == "ended"
     broker.stop()
     broker.start()                                        # retained messages are gone
     wait_for(lambda: out.stats["connects"] == 2, "the output to reconnect")
@@ -258,7 +262,8 @@ def test_a_broker_restarted_without_memory_gets_the_latest_caption_again(tmp_pat
             break
     left = json.loads(latest_retained(broker.port, f"{TOPIC}/caption/left"))
     assert (left["caption"], left["clip"], left["source"]) == ("cut", 0, "left")
-    assert json.loads(latest_retained(broker.port, f"{TOPIC}/source/right"))["state"] == "streaming"
+    assert json.loads(latest_retained(broker.port, f"{TOPIC}/source/right"))["state"] == "ended"
+    assert json.loads(latest_retained(broker.port, f"{TOPIC}/source/left"))["state"] == "streaming"
     assert latest_retained(broker.port, f"{TOPIC}/status") == "online"
 
 

@@ -13,9 +13,10 @@ Topics under ``TOPIC`` (``vbedge`` when the URI has no path), JSON payloads (doc
     the caption now shown (retained, published when it changes): ``source``, ``caption``, ``clip``,
     ``start``, ``end``, ``confidence``, ``time``.
 ``TOPIC/source``
-    the source's state (retained): ``state`` is ``streaming`` (clips arrive), or the kind of the last
-    :class:`~vbedge.sources.SourceEvent` (``disconnected``, ``connect_failed``, ``reconnected``,
-    ``ended``), with ``message``, ``attempt``, ``retry_in``, ``time``.
+    the source's state (retained): ``state`` is ``streaming`` from its first clip until it reports a
+    :class:`~vbedge.sources.SourceEvent`, then that event's kind (``disconnected``,
+    ``connect_failed``, ``reconnected``: streaming again, ``ended``), with ``message``,
+    ``attempt``, ``retry_in``, ``time``.
 
 When the output serves several sources, the caption and source topics get the source id as one
 more level (``TOPIC/caption/SOURCE``, ``TOPIC/source/SOURCE``; ``/ + #`` in ids become ``_``);
@@ -165,7 +166,7 @@ class MqttOutput(Output):
         if not hasattr(mqtt, "CallbackAPIVersion"):
             raise MissingDependencyError(f"the MQTT output needs paho-mqtt 2 or newer: {MQTT_HINT}")
         self._several = len(context.sources) > 1
-        self._needs_state = set(context.sources)
+        self._needs_state = set(context.sources) - set(self._states)
         self._outstanding = 0
         uri = self.uri
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uri["client_id"],
@@ -187,6 +188,9 @@ class MqttOutput(Output):
             raise InvalidInputError(f"{self.description}: {exc}") from exc
         self._client = client
         client.loop_start()  # connects (and reconnects) in paho's thread; never blocks us
+        with self._lock:  # source events that came before (sources open before outputs): queued
+            for state in self._states.values():
+                self._publish(self.topic_for("source", state["source"]), state, retain=True)
 
     def write(self, event):
         payload = event.to_dict()
@@ -219,8 +223,10 @@ class MqttOutput(Output):
 
     def source_event(self, source_id, event):
         # Called from the source's reader thread: paho's publish is thread-safe; our state is locked.
+        # From now on the state is the last source event ("reconnected" says it streams again): the
+        # clips still on their way were read before it, so they must not say "streaming".
         with self._lock:
-            self._needs_state.add(source_id)  # the next clip says "streaming" again
+            self._needs_state.discard(source_id)
             self._set_state(source_id, {"state": event.kind, "message": event.message,
                                         "attempt": event.attempt, "retry_in": event.retry_in})
 
