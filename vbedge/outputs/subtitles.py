@@ -167,7 +167,10 @@ class SubtitleOutput(Output):
 
     def _append(self, data):
         self._healthy = False
-        fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY  # built with |= : vermin reads `a | b` as a 3.10 union type
+        flags |= os.O_APPEND
+        flags |= os.O_CREAT
+        fd = os.open(self.target, flags, 0o644)
         try:
             size = os.fstat(fd).st_size
             if self.vtt and size == 0 and _is_regular(fd):
