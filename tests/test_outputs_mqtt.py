@@ -19,11 +19,20 @@ from vbedge.outputs.mqtt import MqttOutput, parse_mqtt_uri
 from vbedge.pipeline import ClipEvent
 from vbedge.sources import SourceEvent
 
-mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'vbedge[mqtt]')")
+try:
+    import paho.mqtt.client as mqtt
+except ImportError:  # the tests of URIs and of the missing-paho error still run
+    mqtt = None
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (.ci/system-deps.sh "
-                                                            "installs Debian's mosquitto package)")
+needs_paho = pytest.mark.skipif(mqtt is None, reason="paho-mqtt is not installed (pip install 'vbedge[mqtt]')")
+_needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (.ci/system-deps.sh "
+                                                                "installs Debian's mosquitto package)")
+
+
+def needs_broker(test):
+    return needs_paho(_needs_mosquitto(test))
+
 TOPIC = "vbedge/test"
 
 
@@ -173,6 +182,7 @@ def test_missing_paho_names_the_extra(monkeypatch):
         MqttOutput("mqtt://127.0.0.1/t").open(OutputContext(fps=20, sources=("cam0",)))
 
 
+@needs_paho
 def test_no_broker_the_queue_is_bounded_and_drops_are_counted_once(caplog, cleanup):
     out = MqttOutput(f"mqtt://127.0.0.1:{free_port()}/{TOPIC}?queue=5")
     cleanup.append(out)
@@ -183,6 +193,24 @@ def test_no_broker_the_queue_is_bounded_and_drops_are_counted_once(caplog, clean
     # event 0: source state + event + caption; events 1, 2: one each; 3..19 dropped
     assert out.stats["published"] == 5 and out.stats["dropped"] == 17 and not out.connected
     assert sum("dropping new ones" in r.getMessage() for r in caplog.records) == 1
+
+
+@needs_paho
+def test_a_broker_that_accepts_but_never_answers_does_not_block_write(cleanup):
+    """A TCP server that accepts the connection and then says nothing (a hung broker): paho waits
+    for its CONNACK in its own thread; write() keeps returning and queues."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    cleanup.append(server)
+    out = MqttOutput(f"mqtt://127.0.0.1:{server.getsockname()[1]}/{TOPIC}")
+    cleanup.insert(0, out)
+    out.open(OutputContext(fps=20, sources=("cam0",)))
+    writer = threading.Thread(target=lambda: [out.write(event(i, "stir")) for i in range(50)], daemon=True)
+    writer.start()
+    writer.join(timeout=30)                               # generous: it only fails if write blocks
+    assert not writer.is_alive(), "write() blocked on a broker that does not answer"
+    assert out.stats["published"] == 52 and not out.connected  # 50 events + the first state and caption
 
 
 @needs_broker
