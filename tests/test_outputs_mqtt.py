@@ -183,6 +183,13 @@ def test_missing_paho_names_the_extra(monkeypatch):
 
 
 @needs_paho
+def test_a_missing_ca_file_is_an_error_at_open(tmp_path):
+    with pytest.raises(InvalidInputError, match="cannot use the CA certificates .*missing.pem"):
+        MqttOutput(f"mqtts://127.0.0.1/t?ca={tmp_path / 'missing.pem'}").open(
+            OutputContext(fps=20, sources=("cam0",)))
+
+
+@needs_paho
 def test_no_broker_the_queue_is_bounded_and_drops_are_counted_once(caplog, cleanup):
     out = MqttOutput(f"mqtt://127.0.0.1:{free_port()}/{TOPIC}?queue=5")
     cleanup.append(out)

@@ -174,7 +174,11 @@ class MqttOutput(Output):
         if uri["username"] is not None:
             client.username_pw_set(uri["username"], uri["password"])
         if uri["tls"]:
-            client.tls_set(ca_certs=uri["ca"])
+            try:
+                client.tls_set(ca_certs=uri["ca"])
+            except OSError as exc:  # ssl.SSLError is one too: a missing or unreadable PEM file
+                raise InvalidInputError(f"{self.description}: cannot use the CA certificates "
+                                        f"{uri['ca'] or '(the system default)'}: {exc}") from exc
         client.will_set(self.topic_for("status"), "offline", qos=1, retain=True)
         client.max_queued_messages_set(uri["queue"])
         client.reconnect_delay_set(*self.reconnect)
