@@ -89,6 +89,16 @@ def test_a_long_caption_is_written_in_pieces_while_it_is_shown(tmp_path):
     assert cues(path) == [(0.0, 6.0, "stir"), (6.0, 12.0, "stir"), (12.0, 13.5, "stir")]
 
 
+def test_clips_dropped_under_a_caption_do_not_split_its_cue(tmp_path):
+    path = tmp_path / "live.srt"
+    out = SubtitleOutput(path, max_cue_seconds=None)
+    out.open(OutputContext(fps=20, sources=("cam0",)))
+    for i, caption in ((0, "cut"), (1, "cut"), (4, "cut"), (5, "stir")):   # clips 2 and 3 dropped
+        out.write(event(i, caption))
+    out.close()
+    assert cues(path) == [(0.0, 7.5, "cut"), (7.5, 9.0, "stir")]
+
+
 def test_several_sources_prefix_the_source(tmp_path):
     path = tmp_path / "both.vtt"
     out = SubtitleOutput(path)
