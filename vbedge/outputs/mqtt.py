@@ -24,13 +24,15 @@ more level (``TOPIC/caption/SOURCE``, ``TOPIC/source/SOURCE``; ``/ + #`` in ids 
 
 Never blocking captioning: paho-mqtt's network thread connects (``connect_async``: a broker that is
 down at start does not stop captioning), reconnects with a backoff (``reconnect_min`` ..
-``reconnect_max`` seconds) and sends; :meth:`MqttOutput.write` only hands messages to it. They are
-QoS 1 and kept in paho's bounded queue while the broker is away (``queue`` messages, 1000 by default,
-about 25 minutes of 1.5 s clips) and sent in order once it is back; when the queue is full, new
-messages are dropped and counted (:attr:`MqttOutput.stats` ``dropped``, one warning per episode).
+``reconnect_max`` seconds) and sends; :meth:`MqttOutput.write` only queues. Messages are QoS 1; while
+the broker is away they wait in a bounded FIFO (``queue`` messages, 1000 by default: 12 to 25 minutes
+of one source's 1.5 s clips, one event a clip plus a caption message when it changes) and go out in
+order once it is back, after paho has re-sent what was in flight when the connection went; when the FIFO is full,
+new messages are dropped and counted (:attr:`MqttOutput.stats` ``dropped``, one warning per episode).
 QoS 1 is at-least-once: after a reconnect a subscriber may see an event twice (``source`` + ``clip``
-identify it). A broker restarted without persistence forgets retained messages, so once the queue
-has drained after a reconnect the latest caption and source states are published again.
+identify it). After every reconnect the latest caption and source states are published again
+(retained), since a broker restarted without persistence forgets retained messages and dropped
+messages may have been captions.
 
 ``mqtts://`` connects with TLS (port 8883 by default) checked against the system's CA certificates,
 or ``?ca=PATH`` (a PEM file). Other query options: ``client_id=ID``, ``queue=N``.
@@ -39,6 +41,7 @@ Needs ``pip install 'vbedge[mqtt]'`` (paho-mqtt 2).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -135,8 +138,11 @@ class MqttOutput(Output):
         self._captions: dict = {}    # source id -> (caption, payload) last published
         self._states: dict = {}      # source id -> state payload last published
         self._needs_state = set()    # sources whose next clip publishes state "streaming"
-        self._republish = False      # a reconnect happened: publish retained state again once drained
-        self._outstanding = 0        # messages handed to paho and not yet acknowledged by the broker
+        self._republish = False      # a reconnect happened: publish retained state again
+        self._backlog = collections.deque()  # (kind, source id, payload, retain) waiting for the broker
+        self._ready = False          # connected, and paho's re-sending after a reconnect is done
+        self._online_mid = None      # the "online" message whose ack says so
+        self._mqtt = None
         self._dropping = False
         self._unreachable_logged = False
 
@@ -167,7 +173,8 @@ class MqttOutput(Output):
             raise MissingDependencyError(f"the MQTT output needs paho-mqtt 2 or newer: {MQTT_HINT}")
         self._several = len(context.sources) > 1
         self._needs_state = set(context.sources) - set(self._states)
-        self._outstanding = 0
+        self._mqtt = mqtt
+        self._ready = False
         uri = self.uri
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uri["client_id"],
                              protocol=mqtt.MQTTv311)
@@ -192,91 +199,119 @@ class MqttOutput(Output):
             raise InvalidInputError(f"{self.description}: {exc}") from exc
         self._client = client
         client.loop_start()  # connects (and reconnects) in paho's thread; never blocks us
-        with self._lock:  # source events that came before (sources open before outputs): queued
-            for state in self._states.values():
-                self._publish(self.topic_for("source", state["source"]), state, retain=True)
+        # (Source events from before open, when the sources opened, wait in the backlog already.)
 
     def write(self, event):
         payload = event.to_dict()
         payload["time"] = round(time.time(), 3)
         with self._lock:
-            with self._counts:
-                republish = self._republish and self._outstanding == 0
-                if republish:
-                    self._republish = False
-            if republish:
-                # Everything queued before the reconnect is delivered: a broker that restarted
-                # without persistence lost our retained messages, so send the latest again.
-                for state in self._states.values():
-                    self._publish(self.topic_for("source", state["source"]), state, retain=True)
-                for _caption, caption_payload in self._captions.values():
-                    self._publish(self.topic_for("caption", caption_payload["source"]), caption_payload,
-                                  retain=True)
             if event.source_id in self._needs_state:
                 self._needs_state.discard(event.source_id)
                 self._set_state(event.source_id, {"state": "streaming", "message": "clips arrive",
                                                   "attempt": 0, "retry_in": None})
-            self._publish(self.topic_for("events"), payload)
+            self._queue("events", event.source_id, payload)
             last = self._captions.get(event.source_id)
             if last is None or last[0] != event.caption:
                 caption = {"source": event.source_id, "caption": event.caption, "clip": event.clip_index,
                            "start": payload["start"], "end": payload["end"],
                            "confidence": payload["confidence"], "time": payload["time"]}
                 self._captions[event.source_id] = (event.caption, caption)
-                self._publish(self.topic_for("caption", event.source_id), caption, retain=True)
+                self._queue("caption", event.source_id, caption, retain=True)
+            self._flush()
 
     def source_event(self, source_id, event):
-        # Called from the source's reader thread: paho's publish is thread-safe; our state is locked.
+        # Called from the source's reader thread; our state is locked, paho's publish is thread-safe.
         # From now on the state is the last source event ("reconnected" says it streams again): the
         # clips still on their way were read before it, so they must not say "streaming".
         with self._lock:
             self._needs_state.discard(source_id)
             self._set_state(source_id, {"state": event.kind, "message": event.message,
                                         "attempt": event.attempt, "retry_in": event.retry_in})
+            self._flush()
+
+    @property
+    def waiting(self) -> int:
+        """Messages held while the broker is away (at most ``queue``)."""
+        return len(self._backlog)
 
     def close(self):
-        client, self._client = self._client, None
+        client = self._client
         if client is None:
             return
+        deadline = time.monotonic() + self.close_timeout
         try:
             if self.connected:
+                while not self._ready and self.connected and time.monotonic() < deadline:
+                    time.sleep(0.01)  # paho is still re-sending what was in flight at a reconnect
+                with self._lock:
+                    self._flush()
+                    self._client = None  # (so _on_disconnect knows the goodbye is ours)
                 info = client.publish(self.topic_for("status"), "offline", qos=1, retain=True)
-                try:  # QoS 1 messages go out in order: this ack means the queue before it is delivered
-                    info.wait_for_publish(timeout=self.close_timeout)
+                try:  # QoS 1 messages go out in order: this ack means everything before it arrived
+                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
                 except (RuntimeError, ValueError):
                     pass
+            self._client = None
             client.disconnect()
         finally:
+            self._client = None
             client.loop_stop()
             self.connected = False
 
     # -- publishing ----------------------------------------------------------------------------
+    #
+    # Messages wait in our own bounded FIFO (_backlog) and are handed to paho only while it is
+    # connected *and* has finished re-sending what was in flight when the connection was lost:
+    # paho re-sends those after calling on_connect, so a message handed over in between would
+    # overtake them. The "online" status published in on_connect is the marker: when the broker
+    # acknowledges it, paho's re-sending is done (_ready).
 
     def _set_state(self, source_id, fields):
         state = {"source": source_id, **fields, "time": round(time.time(), 3)}
         self._states[source_id] = state
-        self._publish(self.topic_for("source", source_id), state, retain=True)
+        self._queue("source", source_id, state, retain=True)
 
-    def _publish(self, topic, payload, retain=False):
+    def _queue(self, kind, source_id, payload, retain=False):
+        # The topic is chosen when sent: before open, it is not known yet how many sources there are.
+        if len(self._backlog) >= self.uri["queue"]:
+            with self._counts:
+                self.stats["dropped"] += 1
+                first = not self._dropping
+                self._dropping = True
+            if first:
+                log.warning("%s: the broker is away and %d message(s) wait; dropping new ones until it "
+                            "is back (counted; the latest caption and source state are sent again then)",
+                            self.description, self.uri["queue"])
+            return
+        self._backlog.append((kind, source_id, json.dumps(payload), retain))
+
+    def _flush(self):
+        """Hand the waiting messages to paho, oldest first, when it is ready (caller holds _lock)."""
         client = self._client
         if client is None:
             return
-        import paho.mqtt.client as mqtt
-
-        info = client.publish(topic, json.dumps(payload), qos=1, retain=retain)
         with self._counts:
-            if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+            ready = self._ready
+            republish = ready and self._republish
+            if republish:
+                self._republish = False
+        if not ready:
+            return
+        if republish:
+            # A broker restarted without persistence forgot our retained messages; messages dropped
+            # while it was away may have been captions: send the latest again, after the rest.
+            for state in self._states.values():
+                self._backlog.append(("source", state["source"], json.dumps(state), True))
+            for _caption, caption in self._captions.values():
+                self._backlog.append(("caption", caption["source"], json.dumps(caption), True))
+        while self._backlog:
+            kind, source_id, data, retain = self._backlog[0]
+            info = client.publish(self.topic_for(kind, source_id), data, qos=1, retain=retain)
+            if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
+                break  # paho's own queue is full (the connection went meanwhile): keep them here
+            self._backlog.popleft()
+            with self._counts:
                 self.stats["published"] += 1
-                self._outstanding += 1  # (its ack may already have been counted: no clamping)
-                return
-            self.stats["dropped"] += 1
-            if retain:
-                self._republish = True  # retained state was lost: send it again when there is room
-            first = not self._dropping
-            self._dropping = True
-        if first:
-            log.warning("%s: the broker is away and %d message(s) are queued; dropping new ones "
-                        "until it is back (counted)", self.description, self.uri["queue"])
 
     # -- paho's thread ---------------------------------------------------------------------------
 
@@ -291,6 +326,7 @@ class MqttOutput(Output):
         self._unreachable_logged = False
         with self._counts:
             self.stats["connects"] += 1
+            self._ready = False
             self._dropping = False
             again = self.stats["connects"] > 1
             if again:
@@ -298,25 +334,35 @@ class MqttOutput(Output):
         if again:
             log.warning("%s: connected again", self.description)
         info = client.publish(self.topic_for("status"), "online", qos=1, retain=True)
-        if info.rc == 0:
-            with self._counts:
-                self._outstanding += 1
+        with self._counts:
+            if info.rc == 0:
+                self._online_mid = info.mid  # its ack comes after paho's re-sending (same thread)
+            else:
+                self._ready = True
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         was = self.connected
         self.connected = False
-        if was:
-            with self._counts:
+        with self._counts:
+            self._ready = False
+            if was:
                 self.stats["disconnects"] += 1
-            if self._client is not None:  # not our own close()
-                log.warning("%s: lost the broker (%s); captioning goes on, reconnecting", self.description,
-                            reason_code)
+        if was and self._client is not None:  # not our own close()
+            log.warning("%s: lost the broker (%s); captioning goes on, reconnecting", self.description,
+                        reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
-        # Counted here because paho's MQTTMessageInfo.is_published() raises for a message that was
-        # queued while disconnected, even once it is delivered.
         with self._counts:
-            self._outstanding -= 1
+            if mid != self._online_mid or self._ready:
+                return
+            self._ready = True
+        # Send what waited now rather than with the next clip. Only if the lock is free: the
+        # consumer may hold it while waiting for a paho lock this thread holds (it then flushes).
+        if self._lock.acquire(blocking=False):
+            try:
+                self._flush()
+            finally:
+                self._lock.release()
 
     def _on_connect_fail(self, client, userdata):
         if not self._unreachable_logged:  # once per episode; paho keeps retrying with its backoff
