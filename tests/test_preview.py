@@ -21,6 +21,7 @@ cv2 = pytest.importorskip("cv2")
 from vbedge.errors import InvalidInputError, VbedgeError  # noqa: E402
 from vbedge.outputs import OutputContext, OutputStatus, open_output  # noqa: E402
 from vbedge.outputs.preview import BOUNDARY, PreviewOutput, PreviewServerError  # noqa: E402
+from vbedge.captioner import Forecast  # noqa: E402
 from vbedge.pipeline import ClipEvent  # noqa: E402
 from vbedge.render import caption_lines, draw_caption  # noqa: E402
 from vbedge.sources import SourceEvent, SourceStats  # noqa: E402
@@ -60,6 +61,7 @@ def clip_event(i, source="cam0", frames=True, caption=None, **fields):
                   token=f"[V:{i}]", caption=caption or f"cut the onion {i}", clip_caption=f"chop the carrot {i}",
                   caption_changed=i % 2 == 0, confidence=0.5 + i / 1000,
                   verbs=(("cut", 3.25), ("chop", 2.5)), nouns=(("onion", 4.0), ("carrot", 1.5)),
+                  forecast=(Forecast(i + 1, 101 + i, f"[V:{i + 1}]", 7.5), Forecast(i + 2, 102 + i, f"[V:{i + 2}]", 6.0)),
                   latency_ms={"capture": 1.0, "preprocess": 2.0, "s3d": 30.0 + i, "tokenize": 0.5,
                               "videobert": 12.0, "total": 50.0 + i},
                   dropped_clips=i // 3, dropped_frames=2 * i,

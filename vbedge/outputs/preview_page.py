@@ -32,7 +32,7 @@ PAGE = r"""<!doctype html>
   .source h2 { font-size: 14px; margin: 0 0 8px; overflow-wrap: anywhere; }
   .video { background: #000; border-radius: 4px; min-height: 120px; display: flex;
            align-items: center; justify-content: center; }
-  .video img { max-width: 100%; max-height: 70vh; display: block; image-rendering: auto; }
+  .video img { width: 100%; height: auto; max-height: 70vh; object-fit: contain; display: block; }
   .novideo { color: var(--dim); padding: 40px; }
   .facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
            gap: 4px 16px; margin-top: 8px; font-size: 12px; }
@@ -177,8 +177,8 @@ function draw(state) {
   const outputs = (state.outputs || []).map(function (o) {
     return o.description + " " + o.state + (o.failures ? " (" + o.failures + " failures)" : "");
   });
-  document.getElementById("server").textContent = "outputs: " + outputs.join(", ") +
-    "   viewer disconnects: " + state.server.client_disconnects;
+  document.getElementById("server").textContent = (outputs.length ? "outputs: " + outputs.join(", ") + "   " : "") +
+    "viewer disconnects: " + state.server.client_disconnects;
   state.sources.forEach(drawSource);
   if (state.seq !== shownSeq) {
     shownSeq = state.seq;
