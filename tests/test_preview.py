@@ -5,6 +5,7 @@ small real bundle. The page in a real browser is tests/test_preview_browser.py.
 No test asserts a duration; waits are for a condition, with a generous deadline.
 """
 
+import errno
 import http.client
 import json
 import socket
@@ -138,7 +139,8 @@ def test_a_port_in_use_is_a_clear_error_at_open():
         out = PreviewOutput(f"http://127.0.0.1:{taken.getsockname()[1]}")
         with pytest.raises(PreviewServerError, match="already in use") as raised:
             out.open(context())
-        assert isinstance(raised.value, VbedgeError) and isinstance(raised.value, OSError)
+        assert isinstance(raised.value, VbedgeError) and raised.value.errno == errno.EADDRINUSE
+        assert str(raised.value).startswith(f"preview {out.target}: cannot listen")
         out.close()  # nothing was started: a no-op
     finally:
         taken.close()
@@ -150,6 +152,8 @@ def test_a_port_in_use_is_a_clear_error_at_open():
 def test_state_lists_the_events_stats_reports_and_outputs(preview):
     stats = {"cam0": SourceStats(frames_read=90, disconnects=3, reconnects=2, last_error="read timed out")}
     peers = [OutputStatus("jsonl events.jsonl", events=4), OutputStatus("preview x", state="failing", failures=1)]
+    # A source can report before the outputs open (its first connect failed): kept.
+    preview.source_event("cam1", SourceEvent("connect_failed", "cam1: connection refused", attempt=1))
     preview.open(context(("cam0", "cam1"), stats=stats.get, status=lambda: peers,
                          info={"backend": "onnxruntime"}))
     nan = float("nan")
@@ -169,6 +173,7 @@ def test_state_lists_the_events_stats_reports_and_outputs(preview):
     assert cam0["latest"]["latency_ms"] == events[1].latency_ms and cam0["latest"]["dropped_frames"] == 2
     assert (cam0["stats"]["reconnects"], cam0["stats"]["disconnects"], cam1["stats"]) == (2, 3, None)
     assert [(r["kind"], r["message"]) for r in cam0["events"]] == [("reconnected", "cam0 is back after 2 attempts")]
+    assert [(r["kind"], r["attempt"]) for r in cam1["events"]] == [("connect_failed", 1)]
     assert [(o["description"], o["state"]) for o in state["outputs"]] == [("jsonl events.jsonl", "ok"),
                                                                           ("preview x", "failing")]
 

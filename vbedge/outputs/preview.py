@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import asdict, is_dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..errors import InvalidInputError, VbedgeError
+from ..errors import InvalidInputError, MissingDependencyError, VbedgeError
 from .base import Output, register_output
 
 log = logging.getLogger("vbedge.outputs.preview")
@@ -276,19 +276,30 @@ class PreviewOutput(Output):
     def open(self, context, resume=False):
         """Start listening (a port in use raises :class:`PreviewServerError` here, before any model
         loads) and start the server and player threads. ``resume``: keep the captions shown."""
-        import cv2  # noqa: F401 - fail now, not in the player thread, when OpenCV is missing
+        try:
+            import cv2  # noqa: F401 - fail now, not in the player thread, when OpenCV is missing
+        except ImportError as error:
+            raise MissingDependencyError("the preview page encodes JPEG frames with OpenCV: "
+                                         "pip install 'vbedge[opencv]' (or use JetPack's cv2)") from error
 
         if self._server is not None:
             self.close()
         with self._lock:
             self._context = context
-            if not resume:
+            # A source may report (a failed connect) before the outputs open: keep that on the
+            # first open; a later fresh open starts from nothing.
+            if not resume and self._started is not None:
                 self._slots.clear()
                 self._captions.clear()
                 self._seq = 0
+            if not resume:
                 self._started = time.time()
-            for source_id in context.sources:
-                self._slot_for(source_id)
+            # The context's order (the page's /stream/N), then any source seen only so far.
+            early = self._slots
+            self._slots = {}
+            for source_id in [*context.sources, *[s for s in early if s not in context.sources]]:
+                slot = self._slots[source_id] = early.get(source_id) or _SourceSlot(0, source_id)
+                slot.index = len(self._slots) - 1
         # After a failure the page reconnects to the same port, also when 0 was asked at first.
         port = self.port if resume else self._asked_port
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -300,8 +311,9 @@ class PreviewOutput(Output):
                       errno.EACCES: "no permission (ports below 1024 need root)",
                       errno.EADDRNOTAVAIL: "that address is not one of this machine's"}.get(
                 error.errno, str(error))
-            raise PreviewServerError(error.errno, f"preview {self.target}: cannot listen on "
-                                                  f"{self.host}:{port}: {reason}") from error
+            failure = PreviewServerError(f"preview {self.target}: cannot listen on {self.host}:{port}: {reason}")
+            failure.errno = error.errno
+            raise failure from error
         self._server = server
         self.port = server.server_address[1]
         self._stop.clear()
