@@ -348,3 +348,15 @@ def test_a_port_in_use_stops_caption_sources_before_the_models_load(small_bundle
     finally:
         taken.close()
     assert loads == []
+
+
+def test_each_source_has_its_own_stream(preview):
+    preview.open(context(("cam0", "cam1")))
+    preview.write(clip_event(0, source="cam0"))
+    preview.write(clip_event(1, source="cam1"))
+    for index, clip in ((1, 1), (0, 0)):
+        connection = http.client.HTTPConnection("127.0.0.1", preview.port, timeout=10)
+        connection.request("GET", f"/stream/{index}.mjpg")
+        image = read_parts(connection.getresponse(), 1)[0]
+        connection.close()
+        assert which_frame(image, clip) is not None and which_frame(image, 1 - clip) is None
