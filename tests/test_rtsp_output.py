@@ -218,3 +218,31 @@ def test_a_port_in_use_is_a_clear_error(gstreamer):
         with pytest.raises(InvalidInputError, match=rf"cannot listen on 127.0.0.1:{port}.*port in use"):
             output.open(OutputContext(fps=20))
         assert output._process is None
+
+
+def test_caption_sources_into_rtsp_end_to_end(gstreamer, small_bundle, tmp_path, monkeypatch):
+    from test_pipeline import SIZE, write_video
+
+    from vbedge.caption_job import caption_sources
+
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    video = write_video(tmp_path / "v.avi", 40, seed=7)
+    url = f"rtsp://127.0.0.1:{free_port()}/captioned"
+    seen = []
+
+    def watch(event):  # a client joins while the run goes on (the stream repeats the last frame)
+        if seen:
+            return
+        capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        for _ in range(5):
+            ok, frame = capture.read()
+            if ok:
+                seen.append(frame.shape)
+        capture.release()
+
+    result = caption_sources(small_bundle, {"cam0": str(video)}, [url], backend="onnxruntime", on_event=watch)
+    output, status = result.output_objects[0], result.outputs[0]
+    assert isinstance(output, RtspOutput) and status.failures == 0 and status.events == result.events == 3
+    width, height = SIZE
+    assert seen == [(height - height % 2, width - width % 2, 3)] * 5
+    assert output.frames_sent - output.frames_repeated + output.frames_dropped == 40

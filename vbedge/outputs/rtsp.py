@@ -13,8 +13,9 @@ missing, :meth:`RtspOutput.open` says which and how to install it (docs/rtsp-out
 
 Captioning never waits for the stream: frames go into a bounded queue that a writer thread
 drains at the bundle's frame rate (a clip's frames arrive together, once per clip); when the
-queue is full, frames are dropped and counted (:attr:`RtspOutput.frames_dropped`); when it is
-empty the last frame is shown again, so clients see a steady frame rate.
+queue is full, frames are dropped and counted (:attr:`RtspOutput.frames_dropped`, which also
+counts the frames still queued at close); when it is empty the last frame is shown again, so
+clients see a steady frame rate.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class RtspOutput(Output):
         self.start_timeout = float(start_timeout)
         self.frames_sent = 0       # frames written to the server (repeats included)
         self.frames_repeated = 0   # frames shown again because no new one was ready in time
-        self.frames_dropped = 0    # frames not shown because the queue was full
+        self.frames_dropped = 0    # frames never shown: the queue was full, or still queued at close
         self._process = None
         self._thread = None
         self._queue = None
@@ -237,6 +238,7 @@ class RtspOutput(Output):
                     frame = last = draw_caption(image, lines).tobytes()
                     # A new frame waits for its slot; stop waiting if told to stop.
                     if self._stop.wait(max(0.0, next_at - time.monotonic())):
+                        self.frames_dropped += 1  # taken from the queue, never shown
                         break
                 stdin.write(frame)
                 stdin.flush()
@@ -250,6 +252,9 @@ class RtspOutput(Output):
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=5)
+        if self._queue is not None:
+            self.frames_dropped += self._queue.qsize()  # not shown: the stream ends now
+            self._queue = None
         process, self._process = self._process, None
         if process is not None:
             try:
