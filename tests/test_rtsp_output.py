@@ -191,12 +191,17 @@ def test_the_stream_reads_back_over_rtsp(gstreamer, monkeypatch):
                 break
             frames.append(frame)
         capture.release()
+        # A client that comes after the first one left, and two at once, get the stream too.
+        again = [cv2.VideoCapture(output.url, cv2.CAP_FFMPEG) for _ in range(2)]
+        later = [sum(c.read()[0] for _ in range(5)) for c in again]
+        for c in again:
+            c.release()
     finally:
         stop.set()
         feeder.join(timeout=5)
         process = output._process
         output.close()
-    assert len(frames) == 15
+    assert len(frames) == 15 and later == [5, 5]
     assert all(f.shape == (120, 160, 3) for f in frames)
     # What was served is the frame with the caption drawn (H.264 is lossy: compared on average,
     # and far closer to the drawn reference than to the plain frame).
