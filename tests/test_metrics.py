@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from vbedge.errors import InvalidInputError, MissingDependencyError  # noqa: E402
 from vbedge.outputs import Output, OutputContext, OutputSet  # noqa: E402
-from vbedge.outputs.metrics import LATENCY_BUCKETS, STAGES, MetricsOutput, parse_host_port  # noqa: E402
+from vbedge.outputs.metrics import LATENCY_BUCKETS, QUEUES, STAGES, MetricsOutput, parse_host_port  # noqa: E402
 from vbedge.pipeline import ClipEvent  # noqa: E402
 from vbedge.sources import SourceEvent, SourceStats  # noqa: E402
 
@@ -60,10 +60,12 @@ def make_events(rng, source, count, drop_every=3):
             dropped_frames += 7
         # log-uniform 0.5 ms .. 12 s: every bucket and the +Inf overflow get some
         latency = {stage: float(np.exp(rng.uniform(np.log(0.5), np.log(12000)))) for stage in STAGES}
+        waits = {stage: float(rng.uniform(0, 3000)) for stage in QUEUES}
         events.append(ClipEvent(source_id=source, clip_index=i, start=1.5 * i, end=1.5 * (i + 1), leaf=i,
                                 token_id=100 + i, token=f"[V:{i}]", caption=f"c{i // 2}",
                                 caption_changed=i % 2 == 0, latency_ms=latency,
-                                dropped_clips=dropped_clips, dropped_frames=dropped_frames))
+                                dropped_clips=dropped_clips, dropped_frames=dropped_frames,
+                                timings={"queue_ms": waits, "batch": {}}))
     return events
 
 
@@ -95,6 +97,12 @@ def check_histograms(parsed, events, source):
             assert bucket == np.count_nonzero(observed <= le), (stage, le)
             previous = bucket
         assert value(parsed, "vbedge_stage_latency_seconds_bucket", le="+Inf", **labels) == count
+    for stage in QUEUES:
+        waited = np.array([e.timings["queue_ms"][stage] / 1000.0 for e in events])
+        labels = {"stage": stage, "source": source}
+        assert value(parsed, "vbedge_queue_wait_seconds_count", **labels) == len(events)
+        assert value(parsed, "vbedge_queue_wait_seconds_sum", **labels) == pytest.approx(waited.sum())
+        assert value(parsed, "vbedge_queue_wait_seconds_bucket", le="1.0", **labels) == np.count_nonzero(waited <= 1.0)
 
 
 def test_scrapes_during_and_after_follow_the_events(running):
@@ -237,6 +245,8 @@ def test_caption_sources_with_metrics_end_to_end(small_bundle, tmp_path):
             assert value(parsed, "vbedge_stage_latency_seconds_count", stage=stage, source="cam0") == n
             assert value(parsed, "vbedge_stage_latency_seconds_sum", stage=stage, source="cam0") == pytest.approx(
                 sum(r["latency_ms"][stage] for r in rows[:n]) / 1000.0, rel=1e-3, abs=1e-5)
+        for stage in QUEUES:
+            assert value(parsed, "vbedge_queue_wait_seconds_count", stage=stage, source="cam0") == n
         assert value(parsed, "vbedge_source_frames_read_total", source="cam0") >= 1
     assert value(samples(scrapes[-1]), "vbedge_caption_changes_total", source="cam0") == sum(
         r["caption_changed"] for r in rows)

@@ -28,7 +28,7 @@ import time
 from ..errors import InvalidInputError, MissingDependencyError
 from .base import Output
 
-__all__ = ["LATENCY_BUCKETS", "STAGES", "MetricsOutput", "parse_host_port"]
+__all__ = ["LATENCY_BUCKETS", "QUEUES", "STAGES", "MetricsOutput", "parse_host_port"]
 
 #: The pipeline stages of :attr:`vbedge.pipeline.ClipEvent.latency_ms`, exported in this order.
 STAGES = ("capture", "preprocess", "s3d", "tokenize", "videobert", "total")
@@ -36,6 +36,9 @@ STAGES = ("capture", "preprocess", "s3d", "tokenize", "videobert", "total")
 #: Histogram buckets in seconds: 1 ms .. 10 s, about 2.5 per decade (a clip is 1.5 s of video; a
 #: stage slower than that cannot keep up, so the buckets are densest below it).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+
+#: The queues a clip waits in before a stage (:attr:`vbedge.pipeline.ClipEvent.timings` ``queue_ms``).
+QUEUES = ("s3d", "tokenize", "videobert", "consumer")
 
 #: ``vbedge_source_state`` values: ``connected`` until a source reports otherwise.
 SOURCE_STATES = ("connected", "disconnected", "ended")
@@ -141,6 +144,8 @@ class MetricsOutput(Output):
             if milliseconds is None or milliseconds != milliseconds:  # None or NaN: not measured
                 continue
             self._latency.labels(stage=stage, source=source).observe(float(milliseconds) / 1000.0)
+        for stage, milliseconds in ((event.timings or {}).get("queue_ms") or {}).items():
+            self._queue_wait.labels(stage=stage, source=source).observe(float(milliseconds) / 1000.0)
         self._clips.labels(source=source).inc()
         if event.caption_changed:
             self._changes.labels(source=source).inc()
@@ -175,6 +180,9 @@ class MetricsOutput(Output):
             "vbedge_stage_latency_seconds", "Latency of each pipeline stage per clip (event.latency_ms); "
             "s3d and videobert are the whole batch the clip ran in, total is frame read to event.",
             ["stage", "source"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._queue_wait = prometheus.Histogram(
+            "vbedge_queue_wait_seconds", "Time a clip waited in the queue before a stage (part of the "
+            "total latency).", ["stage", "source"], buckets=LATENCY_BUCKETS, registry=registry)
         self._clips = prometheus.Counter("vbedge_clips_total", "Clips captioned (caption events).",
                                          ["source"], registry=registry)
         self._changes = prometheus.Counter("vbedge_caption_changes_total",
@@ -201,6 +209,8 @@ class MetricsOutput(Output):
         for source in sources:
             for stage in STAGES:
                 self._latency.labels(stage=stage, source=source)
+            for stage in QUEUES:
+                self._queue_wait.labels(stage=stage, source=source)
             self._clips.labels(source=source)
             self._changes.labels(source=source)
 
