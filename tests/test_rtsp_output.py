@@ -251,3 +251,34 @@ def test_caption_sources_into_rtsp_end_to_end(gstreamer, small_bundle, tmp_path,
     width, height = SIZE
     assert seen == [(height - height % 2, width - width % 2, 3)] * 5
     assert output.frames_sent - output.frames_repeated + output.frames_dropped == 40
+
+
+def test_a_restarted_server_gets_the_stream_again(tmp_path):
+    # Dies the first time (leaving a marker), records its stdin the second time.
+    marker, record = tmp_path / "died-once", tmp_path / "stdin.bin"
+    script = tmp_path / "flaky-python"
+    script.write_text(f'#!/bin/sh\necho "READY $3"\nif [ ! -e "{marker}" ]; then touch "{marker}"; exit 0; fi\n'
+                      f'exec cat > "{record}"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    outputs = OutputSet(retry_delay=1.0, clock=clock)
+    output = outputs.add(RtspOutput("rtsp://@:0/x", python=str(script)))
+    outputs.open(OutputContext(fps=50, sources=("cam0",)))
+    frames = [np.full((24, 32, 3), 77, np.uint8)] * 3
+    outputs.write(event(0, frames))
+    assert wait_for(lambda: output._error is not None)
+    outputs.write(event(1, frames))                      # fails: closed, waits 1 s to retry
+    clock.now = 2.0
+    outputs.write(event(2, frames))                      # reopens (a new server) and writes
+    assert wait_for(lambda: output.frames_sent >= 3)
+    outputs.close()
+    status = outputs.status()[0]
+    assert (status.failures, status.events) == (1, 2)    # event 0 went to the server that died
+    assert record.read_bytes().startswith(b"32 24\n")
