@@ -33,6 +33,8 @@ def register(subparsers):
     p.add_argument("--forecast-step", type=int, default=1, help="forecast this many clips ahead "
                                                                 "(0: off)")
     p.add_argument("--live", action="store_true", help="treat an http(s) URL as a live stream")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at "
+                   "http://HOST:PORT/metrics (:PORT = every interface; pip install 'vbedge[metrics]')")
     p.set_defaults(func=run_caption)
 
     p = subparsers.add_parser("tokenize", help="turn videos into visual tokens (JSON lines) for corpora")
@@ -80,6 +82,11 @@ def run_caption(args):
     outputs = OutputSet()
     for target in targets:
         outputs.add(open_output(target))
+    if args.metrics:
+        from ..outputs.metrics import MetricsOutput
+
+        outputs.add(MetricsOutput(args.metrics, on_serving=lambda url: print(
+            f"vbedge: metrics at {url}", file=sys.stderr, flush=True)))
     source = int(args.source) if args.source.isdigit() else args.source
     result = caption_sources(args.bundle, source, outputs, backend=args.backend, precision=args.precision,
                              trusted_keys=trusted_keys(args), source_options=source_options,

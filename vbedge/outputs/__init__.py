@@ -16,6 +16,7 @@ below; :func:`output_kinds` lists them.
 from .base import Output, OutputContext, OutputSet, OutputStatus, open_output, output_kinds, register_output
 from . import files  # noqa: F401  (registers .jsonl, .mp4, .avi)
 from . import preview  # noqa: F401  (registers http://@:PORT, the live preview page)
+from . import rtsp  # noqa: F401  (registers rtsp://@:PORT/NAME)
 
 __all__ = ["Output", "OutputContext", "OutputSet", "OutputStatus", "open_output", "output_kinds",
            "register_output"]
