@@ -15,6 +15,10 @@ untrained one.
                                                   [--videobert trained|minilm] [--train-steps 150]
     .venv/bin/python benchmarks/bench_int8_cpu.py --study [--videobert ...]   # after one normal run
 
+Where OpenVINO is installed (the ``openvino`` extra) the report also runs it as a contender, in the
+same process and interleaved: ``ov-fp32`` (the FP32 graphs) and ``ov-int8`` (the Q/DQ graphs);
+``--no-openvino`` leaves them out.
+
 ``--study`` reuses the exported VideoBERT and asks where INT8 accuracy is lost: each row quantizes a
 subset of the 36 encoder weight MatMuls (one role in all layers, or one layer) and reports held-out
 text/visual top-1 agreement, for the static Q/DQ placement (percentile 99.99) and for the dynamic
@@ -43,6 +47,8 @@ def main():
     parser.add_argument("--videobert", choices=("trained", "minilm"), default="trained",
                         help="MLM-trained MiniLM VideoBERT (default) or the untrained head")
     parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--no-openvino", action="store_true",
+                        help="leave out the OpenVINO contenders (ov-fp32, ov-int8); they run when openvino imports")
     args = parser.parse_args()
     vb_dir = Path(args.work) / ("vb" if args.videobert == "minilm" else f"vb_trained{args.train_steps}")
     if args.study:
@@ -77,10 +83,16 @@ def main():
     report = calibrate_models(work / "int8", videos=vids, spec=spec, codebook=codebook, vocab=videobert.vocab,
                               s3d_fp32=work / "s3d" / "s3d.onnx", videobert_fp32=vb_dir / "videobert.onnx",
                               method=args.method, max_clips=36, clips_per_video=3, max_sequences=128,
-                              repeats=args.repeats)
+                              repeats=args.repeats, openvino=not args.no_openvino and _have_openvino())
     print(f"VideoBERT: {args.videobert}" + (f" ({args.train_steps} MLM steps)" if args.videobert == "trained" else ""))
     print(format_report(report))
     print(f"report: {work / 'int8' / 'int8_report.json'}")
+
+
+def _have_openvino():
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 ROLES = ("q", "k", "v", "attn_out", "ffn1", "ffn2")

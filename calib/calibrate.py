@@ -47,7 +47,7 @@ def _tokens_by_video(session, clipset, codebook):
 def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videobert_fp32=None,
                      method="minmax", holdout=0.25, max_clips=64, clips_per_video=None, corpus=None,
                      max_sequences=256, repeats=5, seed=0, progress=True, videobert_method=None,
-                     videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None) -> dict:
+                     videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None, openvino=False) -> dict:
     """Calibrate and evaluate; write ``s3d.int8.onnx`` (+ ``.cpu.onnx``), ``videobert.int8.onnx`` (+
     ``.cpu.onnx``) and ``int8_report.json`` into ``out_dir``; return the report dict (with ``files``).
 
@@ -56,12 +56,15 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
     the calibration clips' tokens plus masked kitchen sentences (or ``corpus``); the report uses the
     held-out clips' tokens and a disjoint set of sentences. ``videobert_cpu_float``: the parts the
     VideoBERT CPU form keeps in float (default ``quantize.DEFAULT_CPU_FORM_FLOAT``).
+    ``openvino``: also report OpenVINO on the FP32 and the Q/DQ graphs (``ov-fp32``, ``ov-int8``),
+    timed interleaved with ONNX Runtime's variants in the same process.
     """
     from vbedge.calib.quantize import check_options, quantize_model
     from vbedge.calib.readers import (S3DCalibrationReader, VideoBertCalibrationReader, collect_clips,
                                       corpus_sequences, sentence_sequences, split_sentences,
                                       template_sequences)
-    from vbedge.calib.report import evaluate_s3d, evaluate_videobert, goals_met, machine_description, write_report
+    from vbedge.calib.report import (evaluate_s3d, evaluate_videobert, goals_met, machine_description,
+                                     openvino_contenders, write_report)
     from vbedge.export.verify import make_session
 
     check_options(method)
@@ -79,7 +82,8 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
         report = {"machine": machine_description(), "method": method, "calibration": calib_set.summary(),
                   "held_out": held_set.summary(), "s3d_quantization": s3d_q.to_dict(),
                   "files": {"s3d": {"int8": s3d_int8.name, "int8_cpu": s3d_cpu.name}}}
-        report["s3d"] = evaluate_s3d(s3d_fp32, {"qdq": s3d_int8, "cpu": s3d_cpu}, held_set.clips, codebook,
+        extra = openvino_contenders(s3d_fp32, s3d_int8) if openvino else {}
+        report["s3d"] = evaluate_s3d(s3d_fp32, {"qdq": s3d_int8, "cpu": s3d_cpu, **extra}, held_set.clips, codebook,
                                      repeats=repeats)
         if videobert_fp32 is not None:
             from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, transformer_cpu_form
@@ -112,8 +116,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
             report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(videobert_fp32, vb_cpu,
                                                                                 float_parts=cpu_float)
             report["files"]["videobert"] = {"int8": vb_int8.name, "int8_cpu": vb_cpu.name}
-            report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": vb_int8, "cpu": vb_cpu}, held_feeds,
-                                                     repeats=max(repeats, 10))
+            extra = openvino_contenders(videobert_fp32, vb_int8) if openvino else {}
+            report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": vb_int8, "cpu": vb_cpu, **extra},
+                                                     held_feeds, repeats=max(repeats, 10))
     for w in recorded:
         caught.append(str(w.message))
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,60 @@ DECISIVE_MARGIN = math.log(2.0)
 TIE_TOLERANCE = 1e-4
 
 
-def _session(path, threads=None):
+@dataclass(frozen=True)
+class Contender:
+    """A graph run by another runtime, reported beside ONNX Runtime's variants.
+
+    ``runtime``: ``"onnxruntime"`` or ``"openvino"``; ``precision``: the backend's precision
+    (OpenVINO: ``fp32``, ``bf16`` or ``int8`` for a Q/DQ graph). Plain paths in ``int8_paths``
+    mean ONNX Runtime.
+    """
+
+    path: Path
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
+
+
+class _OpenVinoRunner:
+    """ONNX Runtime's ``run(names, feeds)`` shape over :class:`vbedge.backends.openvino.OpenVinoBackend`."""
+
+    def __init__(self, contender, threads):
+        from vbedge.backends.openvino import OpenVinoBackend
+
+        self.backend = OpenVinoBackend(contender.path, precision=contender.precision, intra_op_threads=threads)
+
+    def run(self, names, feeds):
+        out = self.backend.run(feeds)
+        return [out[name] for name in names]
+
+
+def _session(spec, threads=None):
+    """A runner with ONNX Runtime's ``run(names, feeds)`` for a path or a :class:`Contender`."""
+    if isinstance(spec, Contender) and spec.runtime == "openvino":
+        return _OpenVinoRunner(spec, threads)
+    if isinstance(spec, Contender) and spec.runtime != "onnxruntime":
+        raise InvalidInputError(f"unknown contender runtime {spec.runtime!r}; expected onnxruntime or openvino")
     from vbedge.export.verify import make_session
 
-    return make_session(path, threads=threads)
+    return make_session(spec.path if isinstance(spec, Contender) else spec, threads=threads)
+
+
+def _runtime_of(spec, runner):
+    """``{"runtime", "precision"}`` of a variant: what ran (OpenVINO reports its compute layers)."""
+    if isinstance(runner, _OpenVinoRunner):
+        return {"runtime": "openvino", "precision": runner.backend.actual_precision,
+                "compute_layers": runner.backend.precision_report["compute_layers"]}
+    return {"runtime": "onnxruntime"}
+
+
+def openvino_contenders(fp32_path, qdq_path):
+    """The OpenVINO variants the report adds when asked: FP32 on the FP32 graph, INT8 on the Q/DQ
+    graph. Raises :class:`vbedge.backends.base.BackendUnavailableError` when OpenVINO is missing."""
+    from vbedge.backends.openvino import import_openvino
+
+    import_openvino()
+    return {"ov-fp32": Contender(Path(fp32_path), "openvino", "fp32"),
+            "ov-int8": Contender(Path(qdq_path), "openvino", "int8")}
 
 
 def _interleaved_times(runs, repeats):
@@ -81,12 +132,19 @@ def _speed(times, label):
 
 
 def machine_description():
-    """CPU model, logical cores and ONNX Runtime version (for the report)."""
+    """CPU model, logical cores, ONNX Runtime version and OpenVINO's where installed (for the report)."""
     import onnxruntime
 
     from vbedge.info import cpu_model
 
-    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    machine = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    try:
+        import openvino
+
+        machine["openvino"] = openvino.get_version()
+    except ImportError:
+        pass
+    return machine
 
 
 def _cos(a, b):
@@ -98,7 +156,8 @@ def _cos(a, b):
 def evaluate_s3d(fp32_path, int8_paths, clips, codebook, repeats=5, threads=None) -> dict:
     """Compare INT8 S3D graphs with FP32 on held-out ``clips`` ((3, T, H, W) arrays).
 
-    ``int8_paths``: {label: path}, e.g. {"qdq": ..., "cpu": ...}. Returns a JSON-ready dict.
+    ``int8_paths``: {label: path or :class:`Contender`}, e.g. {"qdq": ..., "cpu": ...,
+    "ov-int8": Contender(qdq, "openvino", "int8")}. Returns a JSON-ready dict.
     """
     clips = list(clips)
     if not clips:
@@ -118,6 +177,7 @@ def evaluate_s3d(fp32_path, int8_paths, clips, codebook, repeats=5, threads=None
         result["variants"][label] = {
             "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
             "token_agreement": float(np.mean(tokens == ref_tokens)), **_speed(times, label),
+            **_runtime_of(int8_paths[label], sessions[label]),
         }
     result["fp32_seconds"] = float(np.median(times["fp32"]))
     result["timing"] = {"repeats": repeats, "input_shape": list(clips[0][None].shape),
@@ -171,7 +231,9 @@ def masked_position_kinds(feeds) -> dict:
 
 
 def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -> dict:
-    """Compare INT8 VideoBERT graphs with FP32 at the masked positions of held-out ``feeds``."""
+    """Compare INT8 VideoBERT graphs with FP32 at the masked positions of held-out ``feeds``.
+
+    ``int8_paths``: {label: path or :class:`Contender`}, as in :func:`evaluate_s3d`."""
     feeds = list(feeds)
     if not feeds:
         raise InvalidInputError("no held-out VideoBERT sequences to evaluate on")
@@ -220,6 +282,7 @@ def evaluate_videobert(fp32_path, int8_paths, feeds, repeats=10, threads=None) -
         entry["top1_agreement"] = min(entry[f"{part}_top1_agreement"] for part in ("text", "visual")
                                       if entry[f"{part}_top1_agreement"] is not None)
         entry.update(_speed(times, label))
+        entry.update(_runtime_of(int8_paths[label], sessions[label]))
         result["variants"][label] = entry
     result["fp32_seconds"] = float(np.median(times["fp32"]))
     result["timing"] = {"repeats": repeats, "sequence_length": int(feeds[0]["input_ids"].shape[1]),
@@ -253,13 +316,21 @@ def _quartiles(variant):
     return f"{q[0]:.2f}-{q[1]:.2f}x" if q else ""
 
 
+def _ran(variant):
+    """'  openvino, ran int8' for another runtime's variant ('' for ONNX Runtime's)."""
+    if variant.get("runtime", "onnxruntime") == "onnxruntime":
+        return ""
+    return f"  {variant['runtime']}, ran {variant.get('precision')}"
+
+
 def format_report(report) -> str:
     """The report as a plain-text table."""
     lines = []
     machine = report.get("machine", {})
     if machine:
         lines.append(f"machine: {machine.get('cpu')}, {machine.get('logical_cores')} logical cores, "
-                     f"onnxruntime {machine.get('onnxruntime')}")
+                     f"onnxruntime {machine.get('onnxruntime')}"
+                     + (f", openvino {machine['openvino']}" if machine.get("openvino") else ""))
     s3d = report.get("s3d")
     if s3d:
         t = s3d["timing"]
@@ -271,7 +342,7 @@ def format_report(report) -> str:
         lines.append(f"  {'fp32':<8} {1.0:9.5f} {1.0:9.5f} {1.0:7.3f} {s3d['fp32_seconds'] * 1e3:9.1f} {1.0:7.2f}x")
         for label, v in s3d["variants"].items():
             lines.append(f"  {label:<8} {v['cosine_mean']:9.5f} {v['cosine_worst']:9.5f} {v['token_agreement']:7.3f} "
-                         f"{v['seconds'] * 1e3:9.1f} {v['speedup']:7.2f}x {_quartiles(v):>12}")
+                         f"{v['seconds'] * 1e3:9.1f} {v['speedup']:7.2f}x {_quartiles(v):>12}{_ran(v)}")
     vb = report.get("videobert")
     if vb:
         t = vb["timing"]
@@ -288,7 +359,7 @@ def format_report(report) -> str:
         for label, v in vb["variants"].items():
             lines.append(f"  {label:<8} {_fmt(v['text_top1_agreement']):>9} {_fmt(v[f'text_top{n}_agreement']):>9} "
                          f"{_fmt(v['visual_top1_agreement']):>9} {_fmt(v[f'visual_top{n}_agreement']):>9} "
-                         f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x {_quartiles(v):>12}")
+                         f"{v['seconds'] * 1e3:8.2f} {v['speedup']:7.2f}x {_quartiles(v):>12}{_ran(v)}")
         if any("text_decisive_fraction" in v for v in vb["variants"].values()):
             lines.append(f"  top-1 agreement where FP32 is decisive (best logit >= second + "
                          f"{vb.get('decisive_margin', DECISIVE_MARGIN):.3f}) / at FP32's near ties:")

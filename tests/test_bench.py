@@ -3,6 +3,7 @@
 Timings are never asserted: only that every stage was measured and lands in the report.
 """
 
+import importlib.util
 import json
 import math
 import types
@@ -271,3 +272,23 @@ def test_pipeline_events_carry_queue_waits_and_batch_sizes(small_bundle):
         assert event.timings["batch"]["s3d"] == event.s3d_batch_size
         assert set(event.timings["batch"]) == {"s3d", "tokenize", "videobert"}
         assert "timings" not in event.to_dict()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_model_bench_runs_openvino_beside_onnxruntime(small_bundle, tmp_path, monkeypatch):
+    """Issue 17: `vbedge bench --model s3d --backend onnxruntime,openvino` times both in one run
+    (BF16 only where the CPU reports it: otherwise skipped with the reason)."""
+    from vbedge.bench import run_model_bench
+    from vbedge.openvino_cache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "ov-cache"))
+    report = run_model_bench(small_bundle, "s3d", ["onnxruntime", "openvino"], ["fp32", "bf16"],
+                             iterations=3, warmup=1)
+    labels = [(r["backend"], r["precision"]) for r in report["runs"]]
+    assert ("onnxruntime", "fp32") in labels and ("openvino", "fp32") in labels, report["skipped"]
+    assert ("openvino", "bf16") in labels or any(
+        s["backend"] == "openvino" and s["precision"] == "bf16" and s["reason"] for s in report["skipped"])
+    assert ("onnxruntime", "bf16") not in labels
+    for run in report["runs"]:
+        assert run["stages"]["compute"]["count"] == 3
+    assert "openvino" in format_report(report)

@@ -57,3 +57,17 @@ def test_every_command_module_registers_its_commands_in_order():
             continue    # groups: their actions carry the handlers
         handler = command.get_default("func")
         assert callable(handler) and handler.__module__.startswith("vbedge.cli."), name
+
+
+def test_a_closed_pipe_on_stdout_ends_quietly():
+    """`vbedge info | head -1`: no BrokenPipeError traceback, SIGPIPE's exit status."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+            "from vbedge.cli import main\n"
+            "sys.exit(main(['info']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -7,6 +7,7 @@ the calibration code are imported inside the handlers. The library never imports
 """
 
 import argparse
+import os
 import sys
 
 from ..errors import VbedgeError
@@ -40,3 +41,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("vbedge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `vbedge ... | head`: the reader left. Point stdout at /dev/null so the interpreter's
+        # final flush does not raise again, and exit as a process killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

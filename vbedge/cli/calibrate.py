@@ -26,6 +26,9 @@ def register(subparsers):
                    help="VideoBERT CPU form: comma-separated parts kept in float, from mlm_transform, pooler, "
                         "ffn_out, or 'none' (default all three; mlm_transform,pooler is ~25%% faster and less "
                         "accurate, docs/int8.md)")
+    p.add_argument("--openvino", action="store_true",
+                   help="also report OpenVINO (FP32 graph and Q/DQ graph as INT8) beside ONNX Runtime; needs "
+                        "vbedge[openvino]")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_trusted_key_option(p)
     p.set_defaults(func=run_calibrate)
@@ -65,7 +68,8 @@ def run_calibrate(args):
         codebook=bundle.codebook, vocab=bundle.vocab, s3d_fp32=bundle.onnx_path("s3d", "fp32"),
         videobert_fp32=None if args.s3d_only else bundle.onnx_path("videobert", "fp32"), method=args.method,
         holdout=args.holdout, max_clips=args.max_clips, clips_per_video=args.clips_per_video, corpus=args.corpus,
-        repeats=args.repeats, progress=not args.quiet, videobert_cpu_float=parse_cpu_float(args.cpu_float))
+        repeats=args.repeats, progress=not args.quiet, videobert_cpu_float=parse_cpu_float(args.cpu_float),
+        openvino=args.openvino)
     print(format_report(report))
     print(f"wrote {Path(args.output) / 'int8_report.json'}")
     return 0
