@@ -63,6 +63,8 @@ def test_bad_per_source_options_fail_at_load_naming_the_source(small_bundle):
         Pipeline.load(small_bundle, backend="onnxruntime", captioning={"cam1": {"template": "no slots here"}})
     with pytest.raises(InvalidInputError, match=r"captioning\['cam1'\]: unknown option\(s\) \['templat'\]"):
         Pipeline.load(small_bundle, backend="onnxruntime", captioning={"cam1": {"templat": "howto"}})
+    with pytest.raises(InvalidInputError, match=r"source 'cam1'.*none of the verbs \['zzqxv'\]"):
+        Pipeline.load(small_bundle, backend="onnxruntime", captioning={"cam1": {"verbs": ["zzqxv"]}})
     with pytest.raises(InvalidInputError, match=r"source 'cam1'.*stable_clips"):
         Pipeline.load(small_bundle, backend="onnxruntime", captioning={"cam1": {"stable_clips": 0}})
 

@@ -99,6 +99,8 @@ BAD = [
     ("cameras: {a: {input: 0, min-confidence: 2}}\n", r"camera 'a': key 'min-confidence': expected a number in \[0, 1\]"),
     ("cameras: {a: {input: 0, verbs: []}}\n", r"camera 'a': key 'verbs': expected a non-empty list of words"),
     ("cameras: {a: {input: 0, nouns: [onion, 3]}}\n", r"camera 'a': key 'nouns': expected a non-empty list of words"),
+    ("cameras: {a: {input: 0, nouns: lists/nouns.txt}}\n",
+     r"camera 'a': key 'nouns': the word-list file /cfg/lists/nouns.txt does not exist"),
     ("cameras: {a: {input: 0, input-loop: -2}}\n", r"camera 'a': key 'input-loop': expected an integer >= -1 \(-1: forever"),
     ("cameras: {a: {input: 0, input-rate: 0}}\n", r"camera 'a': key 'input-rate': expected a positive number"),
     ("cameras: {a: {input: 0, input-rtsp-latency: fast}}\n",

@@ -307,6 +307,8 @@ class _Checker:
             if not words:
                 self.fail(at, f"the word list {candidate} has no words")
             return words
+        if "," not in value and ("/" in value or value.strip().endswith(".txt")):
+            self.fail(at, f"the word-list file {candidate} does not exist (a list of words is [a, b] or 'a, b')")
         return [w.strip() for w in value.split(",") if w.strip()]
 
     def resolve(self, text):
