@@ -13,7 +13,7 @@ import vbedge.captioner  # noqa: E402
 from vbedge.errors import InvalidInputError  # noqa: E402
 from vbedge.pipeline import Pipeline  # noqa: E402
 
-from test_pipeline import varied_codebook, videos  # noqa: E402,F401  (module fixtures reused)
+from test_pipeline import no_thread_left, varied_codebook, videos  # noqa: E402,F401  (fixtures reused)
 
 
 def captions_alone(bundle, codebook, video, **options):
