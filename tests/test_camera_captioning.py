@@ -87,3 +87,48 @@ def test_tensorrt_limits_cover_every_captioner(small_bundle):
     assert both == {"batch": 4, "sequence": long.max_sequence_length, "positions": 5}
     assert pipeline_limits(4, 2, short)["videobert"] == {"batch": 2, "sequence": short.max_sequence_length,
                                                          "positions": 2}
+
+
+def test_engines_built_ahead_cover_per_source_captioning(small_bundle, tmp_path, monkeypatch):
+    """vbedge.engines over the FAKE TensorRT (tests/fake_tensorrt.py; no TensorRT here): engines built with a
+    camera's longer template and context are the ones the pipeline with that camera loads, without a rebuild."""
+    pytest.importorskip("onnx")
+    import fake_tensorrt
+
+    from vbedge.engines import build_engines
+
+    fake = fake_tensorrt.install(monkeypatch)
+    cache = tmp_path / "cache"
+    captioning = {"cam": {"template": "caption", "context_clips": 4}}
+    build_engines(small_bundle, cache_dir=cache, captioning=captioning)
+
+    def videobert_built(**options):
+        with Pipeline.load(small_bundle, backend="tensorrt", backend_options={"cache_dir": cache}, **options) as pipe:
+            fake.calls.clear()
+            pipe._videobert_backend()
+            return "build_serialized_network" in fake.names()
+
+    assert not videobert_built(captioning=captioning)
+    # without the camera's options the VideoBERT profile is shorter: another engine (the check can fail)
+    assert videobert_built()
+
+
+def test_cli_engines_build_with_a_camera_config(small_bundle, tmp_path, monkeypatch):
+    """``vbedge engines build --config`` over the FAKE TensorRT: the cameras' captioning bounds VideoBERT."""
+    pytest.importorskip("onnx")
+    import fake_tensorrt
+
+    from vbedge.camera_config import load_camera_config
+    from vbedge.cli import main
+
+    fake = fake_tensorrt.install(monkeypatch)
+    cache = tmp_path / "cache"
+    config = tmp_path / "cameras.yaml"
+    config.write_text("cameras:\n  cam: {input: 0, template: caption, context: 4}\n")
+    assert main(["engines", "build", "--bundle", str(small_bundle.root), "--engine-cache", str(cache),
+                 "--config", str(config), "--models", "videobert"]) == 0
+    with Pipeline.load(small_bundle, backend="tensorrt", backend_options={"cache_dir": cache},
+                       captioning=load_camera_config(config).captioning) as pipe:
+        fake.calls.clear()
+        pipe._videobert_backend()
+        assert "build_serialized_network" not in fake.names()

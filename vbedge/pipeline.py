@@ -47,7 +47,8 @@ from .stage_queues import ClipQueue as _ClipQueue
 from .stage_queues import Handoff as _Handoff
 from .stage_queues import SourceEnd as _End
 
-__all__ = ["CAPTIONING_OPTIONS", "ClipEvent", "Pipeline", "PipelineError", "SourceFailedError", "SourceSummary"]
+__all__ = ["CAPTIONING_OPTIONS", "ClipEvent", "Pipeline", "PipelineError", "SourceFailedError", "SourceSummary",
+           "pipeline_captioners"]
 
 log = logging.getLogger("vbedge.pipeline")
 
@@ -305,6 +306,40 @@ def _captioner_key(options):
             options["forecast_step"])
 
 
+def pipeline_captioners(vocab, options):
+    """The captioners a pipeline with (checked) ``options`` uses: ``(default, {key: captioner},
+    {source_id: (captioner, stable_clips, min_confidence)})``.
+
+    One :class:`~vbedge.captioner.Captioner` per distinct option set of ``options`` and of its
+    per-source ``captioning`` overrides; building them validates every template, word list and
+    hysteresis setting. :func:`vbedge.engines.build_engines` sizes TensorRT profiles from the same
+    list, so engines built ahead of time match the pipeline's.
+    """
+    from .captioner import CaptionStabilizer, Captioner
+
+    def make(merged):
+        return Captioner(vocab, template=merged["template"], context_clips=merged["context_clips"],
+                         verbs=merged["verbs"], nouns=merged["nouns"], forecast_step=merged["forecast_step"])
+
+    default = make(options)
+    # Validated now (a bad value is the caller's error at load, not mid-stream).
+    CaptionStabilizer(options["stable_clips"], options["min_confidence"])
+    captioners = {_captioner_key(options): default}
+    per_source = {}
+    for source_id, own in (options["captioning"] or {}).items():
+        merged = {name: options[name] for name in CAPTIONING_OPTIONS}
+        merged.update(own)
+        key = _captioner_key(merged)
+        try:
+            if key not in captioners:
+                captioners[key] = make(merged)
+            CaptionStabilizer(merged["stable_clips"], merged["min_confidence"])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"captioning of source {str(source_id)!r}: {exc}") from None
+        per_source[str(source_id)] = (captioners[key], merged["stable_clips"], merged["min_confidence"])
+    return default, captioners, per_source
+
+
 def _looks_like_frame(item):
     from .sources import Frame
 
@@ -322,7 +357,6 @@ class Pipeline:
 
     def __init__(self, bundle, backend="auto", precision="fp32", trusted_keys=None, **options):
         from .bundle import Bundle
-        from .captioner import Captioner
         from .preprocess import PreprocessSpec
 
         self.options = _check_options(options)
@@ -338,31 +372,7 @@ class Pipeline:
         self.codebook = self.bundle.codebook
         self.vocab = self.bundle.vocab
         opts = self.options
-        self.captioner = Captioner(self.vocab, template=opts["template"],
-                                   context_clips=opts["context_clips"], verbs=opts["verbs"],
-                                   nouns=opts["nouns"], forecast_step=opts["forecast_step"])
-        # Validated now (a bad value is the caller's error at load, not mid-stream).
-        from .captioner import CaptionStabilizer
-
-        CaptionStabilizer(opts["stable_clips"], opts["min_confidence"])
-        # Per-source captioning: one Captioner per distinct option set, all built (and so validated)
-        # here, before any stream thread starts; they also bound the TensorRT VideoBERT profile.
-        self._captioners = {_captioner_key(opts): self.captioner}
-        self._source_captioning = {}
-        for source_id, own in (opts["captioning"] or {}).items():
-            merged = {name: opts[name] for name in CAPTIONING_OPTIONS}
-            merged.update(own)
-            key = _captioner_key(merged)
-            try:
-                if key not in self._captioners:
-                    self._captioners[key] = Captioner(
-                        self.vocab, template=merged["template"], context_clips=merged["context_clips"],
-                        verbs=merged["verbs"], nouns=merged["nouns"], forecast_step=merged["forecast_step"])
-                CaptionStabilizer(merged["stable_clips"], merged["min_confidence"])
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"captioning of source {str(source_id)!r}: {exc}") from None
-            self._source_captioning[str(source_id)] = (self._captioners[key], merged["stable_clips"],
-                                                       merged["min_confidence"])
+        self.captioner, self._captioners, self._source_captioning = pipeline_captioners(self.vocab, opts)
         # Per model: the shared backend options, then that model's own (which win), so S3D's
         # TensorRT profiles never reach VideoBERT.
         self._backend_options = {
