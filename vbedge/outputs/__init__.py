@@ -15,6 +15,7 @@ below; :func:`output_kinds` lists them.
 
 from .base import Output, OutputContext, OutputSet, OutputStatus, open_output, output_kinds, register_output
 from . import files  # noqa: F401  (registers .jsonl, .mp4, .avi)
+from . import preview  # noqa: F401  (registers http://@:PORT, the live preview page)
 
 __all__ = ["Output", "OutputContext", "OutputSet", "OutputStatus", "open_output", "output_kinds",
            "register_output"]
