@@ -4,6 +4,7 @@
 #   python3-gi + gir1.2-gst-rtsp-server-1.0 + GStreamer plugins
 #                                a small RTSP server run by the system python3
 #   mosquitto                    a real MQTT broker for tests/test_outputs_mqtt.py
+#   chromium                     headless browser for the preview page test (tests/test_preview_browser.py)
 # Idempotent: when every package is already installed it does not touch apt at all.
 # Runs apt-get as root, or through sudo when that is available without a password.
 set -euo pipefail
@@ -19,6 +20,7 @@ PACKAGES=(
   gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
   mosquitto
+  chromium
 )
 
 missing=()

@@ -56,6 +56,7 @@ __all__ = [
     "SlotPrediction",
     "allowed_word_mask",
     "pad_rows",
+    "predict_mixed",
 ]
 
 log = logging.getLogger("vbedge.captioner")
@@ -393,6 +394,45 @@ class Captioner:
         """Run ``backend`` (the bundle's VideoBERT) on leaf contexts; return their results."""
         contexts = list(contexts)
         return self.decode(backend.run(self.build_batch(contexts)), len(contexts))
+
+
+def predict_mixed(backend, pairs) -> list:
+    """Caption ``(captioner, leaves)`` pairs whose captioners may differ, in one backend run.
+
+    Each captioner builds its own rows (its template, context, forecast) and decodes its own
+    outputs (its word lists); the rows of all of them are padded into one batch, as
+    :meth:`Captioner.predict` pads rows of different lengths. Returns one
+    :class:`CaptionResult` per pair, in order. With a single captioner this is exactly
+    :meth:`Captioner.predict`.
+    """
+    pairs = list(pairs)
+    groups = {}
+    for index, (captioner, leaves) in enumerate(pairs):
+        groups.setdefault(id(captioner), (captioner, []))[1].append(index)
+    if len(groups) <= 1:
+        if not pairs:
+            return []
+        captioner = pairs[0][0]
+        return captioner.predict(backend, [leaves for _, leaves in pairs])
+    rows, spans = [], []
+    for captioner, indices in groups.values():
+        contexts = [pairs[i][1] for i in indices]
+        first = len(rows)
+        rows += [captioner.caption_row(c) for c in contexts]
+        if captioner.forecast_step:
+            rows += [captioner.forecast_row(c) for c in contexts]
+        spans.append((captioner, indices, np.arange(first, len(rows))))
+    vocabularies = {id(captioner.vocab) for captioner, _, _ in spans}
+    if len(vocabularies) != 1:
+        raise InvalidInputError("predict_mixed needs captioners of one vocabulary (one bundle)")
+    outputs = backend.run(pad_rows(rows, pad_id=spans[0][0].vocab.pad_id))
+    results = [None] * len(pairs)
+    for captioner, indices, row_ids in spans:
+        # The group's rows in the layout decode() expects: its caption rows, then its forecast rows.
+        own = {name: np.asarray(value)[row_ids] for name, value in outputs.items()}
+        for index, result in zip(indices, captioner.decode(own, len(indices))):
+            results[index] = result
+    return results
 
 
 def _merge(slots, role):

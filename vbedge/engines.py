@@ -107,20 +107,19 @@ def build_engines(bundle, precision="fp32", models=MODELS, cache_dir=None, progr
     """Build (or find in the cache) the TensorRT engines a pipeline with ``pipeline_options`` will load.
 
     ``pipeline_options``: the Pipeline options that shape the profiles (``max_batch``,
-    ``queue_size``, ``template``, ``context_clips``, ``forecast_step``, ``verbs``, ``nouns``) and
+    ``queue_size``, ``template``, ``context_clips``, ``forecast_step``, ``verbs``, ``nouns``,
+    ``captioning``) and
     per-model ``s3d_options`` / ``videobert_options``. ``progress``: callable ``(model, phase,
     step, steps)`` for TensorRT's build progress. Returns a list of dicts (model, engine path,
     layer precisions). Raises when TensorRT is unavailable or a build fails (no fallback here).
     """
     from .backends.select import create_bundle_backend
     from .backends.trt_policy import pipeline_limits
-    from .captioner import Captioner
-    from .pipeline import _check_options
+    from .pipeline import _check_options, pipeline_captioners
 
     options = _check_options(pipeline_options)
-    captioner = Captioner(bundle.vocab, template=options["template"], context_clips=options["context_clips"],
-                          verbs=options["verbs"], nouns=options["nouns"], forecast_step=options["forecast_step"])
-    limits = pipeline_limits(options["max_batch"], options["queue_size"], captioner)
+    captioners = pipeline_captioners(bundle.vocab, options)[1]  # per-source ``captioning`` included
+    limits = pipeline_limits(options["max_batch"], options["queue_size"], list(captioners.values()))
     built = []
     for model in models:
         extra = {**(options["backend_options"] or {}), **(options[f"{model}_options"] or {})}

@@ -47,7 +47,8 @@ from .stage_queues import ClipQueue as _ClipQueue
 from .stage_queues import Handoff as _Handoff
 from .stage_queues import SourceEnd as _End
 
-__all__ = ["ClipEvent", "Pipeline", "PipelineError", "SourceFailedError", "SourceSummary"]
+__all__ = ["CAPTIONING_OPTIONS", "ClipEvent", "Pipeline", "PipelineError", "SourceFailedError", "SourceSummary",
+           "pipeline_captioners"]
 
 log = logging.getLogger("vbedge.pipeline")
 
@@ -223,6 +224,7 @@ class _Slot:
         self.end = None           # _End, set by the consumer's thread when it arrives
         self.end_taken = False    # its _End left the clip queue (under the queue's lock)
         self.history = None       # deque of leaves, VideoBERT thread
+        self.captioner = None     # this source's Captioner (set before the threads start)
         self.stabilizer = None    # VideoBERT thread
 
     def dropped_frames(self):
@@ -255,7 +257,12 @@ _DEFAULTS = {
     "s3d_options": None,
     "videobert_options": None,
     "device_features": "auto",
+    "captioning": None,
 }
+
+#: Captioning options a source may override (``captioning={source_id: {...}}``).
+CAPTIONING_OPTIONS = ("template", "context_clips", "verbs", "nouns", "forecast_step", "stable_clips",
+                      "min_confidence")
 
 
 def _check_options(options):
@@ -276,10 +283,61 @@ def _check_options(options):
                                     f"number of seconds, got {value!r}")
     if merged["device_features"] not in ("auto", True, False):
         raise InvalidInputError(f"device_features must be 'auto', True or False, got {merged['device_features']!r}")
-    for name in ("source_options", "backend_options", "s3d_options", "videobert_options"):
+    for name in ("source_options", "backend_options", "s3d_options", "videobert_options", "captioning"):
         if merged[name] is not None and not isinstance(merged[name], dict):
             raise InvalidInputError(f"{name} must be a dict, got {type(merged[name]).__name__}")
+    for source_id, own in (merged["captioning"] or {}).items():
+        if not isinstance(own, dict):
+            raise InvalidInputError(f"captioning[{source_id!r}] must be a dict of captioning options, got "
+                                    f"{type(own).__name__}")
+        unknown = sorted(set(own) - set(CAPTIONING_OPTIONS))
+        if unknown:
+            raise InvalidInputError(f"captioning[{source_id!r}]: unknown option(s) {unknown}; a source may set "
+                                    f"{list(CAPTIONING_OPTIONS)}")
     return merged
+
+
+def _captioner_key(options):
+    """What makes two captioners the same (word lists as tuples so the key is hashable)."""
+    def frozen(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    return (options["template"], options["context_clips"], frozen(options["verbs"]), frozen(options["nouns"]),
+            options["forecast_step"])
+
+
+def pipeline_captioners(vocab, options):
+    """The captioners a pipeline with (checked) ``options`` uses: ``(default, {key: captioner},
+    {source_id: (captioner, stable_clips, min_confidence)})``.
+
+    One :class:`~vbedge.captioner.Captioner` per distinct option set of ``options`` and of its
+    per-source ``captioning`` overrides; building them validates every template, word list and
+    hysteresis setting. :func:`vbedge.engines.build_engines` sizes TensorRT profiles from the same
+    list, so engines built ahead of time match the pipeline's.
+    """
+    from .captioner import CaptionStabilizer, Captioner
+
+    def make(merged):
+        return Captioner(vocab, template=merged["template"], context_clips=merged["context_clips"],
+                         verbs=merged["verbs"], nouns=merged["nouns"], forecast_step=merged["forecast_step"])
+
+    default = make(options)
+    # Validated now (a bad value is the caller's error at load, not mid-stream).
+    CaptionStabilizer(options["stable_clips"], options["min_confidence"])
+    captioners = {_captioner_key(options): default}
+    per_source = {}
+    for source_id, own in (options["captioning"] or {}).items():
+        merged = {name: options[name] for name in CAPTIONING_OPTIONS}
+        merged.update(own)
+        key = _captioner_key(merged)
+        try:
+            if key not in captioners:
+                captioners[key] = make(merged)
+            CaptionStabilizer(merged["stable_clips"], merged["min_confidence"])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"captioning of source {str(source_id)!r}: {exc}") from None
+        per_source[str(source_id)] = (captioners[key], merged["stable_clips"], merged["min_confidence"])
+    return default, captioners, per_source
 
 
 def _looks_like_frame(item):
@@ -299,7 +357,6 @@ class Pipeline:
 
     def __init__(self, bundle, backend="auto", precision="fp32", trusted_keys=None, **options):
         from .bundle import Bundle
-        from .captioner import Captioner
         from .preprocess import PreprocessSpec
 
         self.options = _check_options(options)
@@ -315,13 +372,7 @@ class Pipeline:
         self.codebook = self.bundle.codebook
         self.vocab = self.bundle.vocab
         opts = self.options
-        self.captioner = Captioner(self.vocab, template=opts["template"],
-                                   context_clips=opts["context_clips"], verbs=opts["verbs"],
-                                   nouns=opts["nouns"], forecast_step=opts["forecast_step"])
-        # Validated now (a bad value is the caller's error at load, not mid-stream).
-        from .captioner import CaptionStabilizer
-
-        CaptionStabilizer(opts["stable_clips"], opts["min_confidence"])
+        self.captioner, self._captioners, self._source_captioning = pipeline_captioners(self.vocab, opts)
         # Per model: the shared backend options, then that model's own (which win), so S3D's
         # TensorRT profiles never reach VideoBERT.
         self._backend_options = {
@@ -359,7 +410,11 @@ class Pipeline:
             options: captioning: ``template`` ("howto", "caption" or a text with
                 ``[VERB]``/``[NOUN]``/``[MASK]``), ``context_clips`` (2), ``verbs``, ``nouns``,
                 ``forecast_step`` (1; 0 = off), ``stable_clips`` (2), ``min_confidence`` (0),
-                ``captions`` (True; False skips VideoBERT); clips: ``hop`` (clip length),
+                ``captions`` (True; False skips VideoBERT); ``captioning``: per-source
+                overrides ``{source_id: {option: value}}`` of the options in
+                :data:`CAPTIONING_OPTIONS` (the ids of a dict of sources; one Captioner per
+                distinct set, built here, so a bad template fails at load; clips of sources with
+                different templates still share one VideoBERT run); clips: ``hop`` (clip length),
                 ``live_max_gap`` (1 s); scheduling: ``max_batch`` (4 clips per S3D run),
                 ``batch_timeout`` (0.01 s to wait for other sources' clips),
                 ``live_pending_clips`` (1), ``live_in_flight`` (2), ``queue_size`` (2);
@@ -382,7 +437,8 @@ class Pipeline:
 
         from .backends.trt_policy import pipeline_limits
 
-        limits = pipeline_limits(self.options["max_batch"], self.options["queue_size"], self.captioner)[model]
+        limits = pipeline_limits(self.options["max_batch"], self.options["queue_size"],
+                                 list(self._captioners.values()))[model]
         return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
                                      limits=limits, **dict(self._backend_options[model]))
 
@@ -557,13 +613,21 @@ class _Run:
         self.threads = []
         self._shutdown_lock = threading.Lock()
         self._joined = False
-        captioner = pipe.captioner
         from .captioner import CaptionStabilizer
 
+        own = pipe._source_captioning
+        if options["captions"]:
+            unknown = sorted(set(own) - {slot.source_id for slot in slots})
+            if unknown:
+                raise InvalidInputError(f"captioning options for source(s) {unknown}, which this stream does not "
+                                        f"have (its sources: {[slot.source_id for slot in slots]})")
         for slot in slots:
             self.clips.add_slot(slot)
+            captioner, stable, min_confidence = own.get(
+                slot.source_id, (pipe.captioner, options["stable_clips"], options["min_confidence"]))
+            slot.captioner = captioner
             slot.history = collections.deque(maxlen=captioner.context_clips + 1)
-            slot.stabilizer = CaptionStabilizer(options["stable_clips"], options["min_confidence"])
+            slot.stabilizer = CaptionStabilizer(stable, min_confidence)
         if options["captions"]:
             pipe._videobert_backend()  # fail here, in the consumer's thread, if it cannot load
 
@@ -753,7 +817,8 @@ class _Run:
 
     def _videobert(self):
         pipe = self.pipe
-        vocab, captioner = pipe.vocab, pipe.captioner
+        from .captioner import predict_mixed
+
         captions = self.options["captions"]
         backend = pipe._videobert_backend() if captions else None
         while not self.stop.is_set():
@@ -767,9 +832,10 @@ class _Run:
                 contexts = []
                 for w in work:
                     w.slot.history.append(w.leaf)
-                    contexts.append(list(w.slot.history))
+                    contexts.append((w.slot.captioner, list(w.slot.history)))
                 t0 = time.monotonic()
-                decoded = captioner.predict(backend, contexts)
+                # Sources with different templates share one VideoBERT run (rows are padded).
+                decoded = predict_mixed(backend, contexts)
                 ms = (time.monotonic() - t0) * 1000.0
                 for w, result in zip(work, decoded):
                     w.latency["videobert"] = ms

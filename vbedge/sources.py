@@ -60,6 +60,7 @@ __all__ = [
     "VideoSource",
     "csi_pipeline",
     "open_source",
+    "rtsp_pipeline",
     "opencv_has_gstreamer",
 ]
 
@@ -208,6 +209,21 @@ def csi_pipeline(sensor_id=0, width=1280, height=720, framerate=30, flip_method=
             f"appsink drop=true max-buffers=1 sync=false")
 
 
+def rtsp_pipeline(uri, latency_ms=2000) -> str:
+    """The GStreamer pipeline that reads an RTSP stream into OpenCV as BGR frames.
+
+    ``rtspsrc latency=`` sizes its jitter buffer (milliseconds; GStreamer's default is 2000, as
+    is jetson-utils' ``--input-rtsp-latency``); ``decodebin`` picks the decoder (the hardware one
+    on a Jetson) and the appsink keeps only the newest frame.
+    """
+    if not isinstance(uri, str) or '"' in uri or not uri.lower().startswith(("rtsp://", "rtsps://")):
+        raise InvalidInputError(f"expected an rtsp:// or rtsps:// URL without double quotes, got {uri!r}")
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, int) or latency_ms < 0:
+        raise InvalidInputError(f"rtsp latency must be a non-negative integer of milliseconds, got {latency_ms!r}")
+    return (f'rtspsrc location="{uri}" latency={latency_ms} ! decodebin ! videoconvert ! '
+            f"video/x-raw, format=(string)BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
 # OpenCV's property ids (stable across versions: part of its C API). Spelled out so fake
 # captures in tests and custom factories work without importing cv2.
 _CAP_PROP_POS_MSEC = 0
@@ -254,7 +270,8 @@ _LIVE_OPTIONS = {
     "wait_for_connection": False,
     "max_clock_drift": 2.0,
 }
-_COMMON_OPTIONS = {"on_event": None, "capture_factory": None, "fps": None, "live": None}
+_COMMON_OPTIONS = {"on_event": None, "capture_factory": None, "fps": None, "live": None, "loop": 0, "rate": None,
+                   "rtsp_latency": None}
 _CSI_OPTIONS = {"width": 1280, "height": 720, "framerate": 30, "flip_method": 0}
 _ALL_OPTIONS = {**_LIVE_OPTIONS, **_COMMON_OPTIONS, **_CSI_OPTIONS}
 
@@ -295,6 +312,18 @@ def _check_options(options):
             raise InvalidInputError(f"{name} must be callable, got {type(merged[name]).__name__}")
     if merged["live"] not in (None, True, False):
         raise InvalidInputError(f"live must be True, False or None, got {merged['live']!r}")
+    loop = merged["loop"]
+    if isinstance(loop, bool) or not isinstance(loop, int) or loop < -1:
+        raise InvalidInputError(f"loop must be an integer: -1 (forever), 0 (no loop) or N > 0 (N plays), "
+                                f"got {loop!r}")
+    rate = merged["rate"]
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or not math.isfinite(rate) or rate <= 0):
+        raise InvalidInputError(f"rate must be a positive number of frames per second or None, got {rate!r}")
+    latency = merged["rtsp_latency"]
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int) or latency < 0):
+        raise InvalidInputError(f"rtsp_latency must be a non-negative integer of milliseconds or None, "
+                                f"got {latency!r}")
     return merged
 
 
@@ -524,8 +553,17 @@ class _FileSource(VideoSource):
     # before calling a file truncated.
     _COUNT_SLACK_FRACTION = 0.02
 
-    def __init__(self, target, description, factory, fps=None, on_event=None):
+    def __init__(self, target, description, factory, fps=None, on_event=None, loop=0, rate=None):
         super().__init__(description, is_live=False, on_event=on_event)
+        self._target, self._factory = target, factory
+        # jetson-utils' --input-loop: -1 forever, 0 or 1 one play, N plays in all.
+        self._plays = None if loop == -1 else max(1, int(loop))
+        self._play = 1
+        self._play_start = 0        # frame index where the current play began
+        self._offset = 0.0          # added to the container's timestamps from the 2nd play on
+        self._limiter = _RateLimiter(rate) if rate is not None else None
+        self._origin = None         # monotonic time of timestamp 0 (pacing with rate=)
+        self._due = None            # a paced frame that was not due yet
         self._capture = factory(target)
         if self._capture is None or not self._capture.isOpened():
             _release(self._capture)
@@ -561,7 +599,7 @@ class _FileSource(VideoSource):
         if not ok or image is None:
             return None
         pos = _capture_get(self._capture, _CAP_PROP_POS_MSEC)
-        ts = pos / 1000.0 if math.isfinite(pos) and pos >= 0 else math.nan
+        ts = self._offset + pos / 1000.0 if math.isfinite(pos) and pos >= 0 else math.nan
         if self._last_ts is None:
             if not math.isfinite(ts):
                 ts = 0.0
@@ -577,17 +615,35 @@ class _FileSource(VideoSource):
     def _next_frame(self, timeout):
         if self.ended:
             return _END
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        frame = self._decode()
-        if frame is None:
-            self._finish_file()
-            return _END
+        frame, self._due = self._due, None
+        while frame is None:
+            if self._pending is not None:
+                frame, self._pending = self._pending, None
+            else:
+                frame = self._decode()
+                if frame is None:
+                    if self._next_play():
+                        continue
+                    return _END
+            if self._limiter is not None and not self._limiter.admit(frame.timestamp):
+                frame = None  # above the rate: skipped, as videorate drop-only does
+        if self._limiter is not None:
+            # Real-time pacing: frame t is returned at origin + t, never earlier.
+            now = time.monotonic()
+            if self._origin is None:
+                self._origin = now - frame.timestamp
+            wait = self._origin + frame.timestamp - now
+            if wait > 0:
+                if timeout is not None and wait > timeout:
+                    time.sleep(timeout)
+                    self._due = frame
+                    return None
+                time.sleep(wait)
         return frame
 
-    def _finish_file(self):
-        read = self._index
+    def _next_play(self) -> bool:
+        """At the end of a play: start the next one (True) or end the source (False)."""
+        read = self._index - self._play_start
         expected = self._expected
         if expected is not None and read < expected - max(1, int(expected *
                                                                   self._COUNT_SLACK_FRACTION)):
@@ -595,15 +651,50 @@ class _FileSource(VideoSource):
                       f"or damaged")
             self._count(last_error=reason)
             self._set_end(reason, failed=True)
-        else:
-            self._set_end("end of file")
+            self._close()
+            return False
+        if self._plays is not None and self._play >= self._plays:
+            self._set_end("end of file" if self._plays == 1 else f"end of file (after {self._play} plays)")
+            self._close()
+            return False
         _release(self._capture)
-        self._capture = None
+        self._capture = self._factory(self._target)
+        if self._capture is None or not self._capture.isOpened():
+            reason = f"could not reopen the file for play {self._play + 1}"
+            self._count(last_error=reason)
+            self._set_end(reason, failed=True)
+            self._close()
+            return False
+        self._play += 1
+        self._play_start = self._index
+        # Timestamps keep increasing across plays: the next play starts one frame after the last.
+        self._offset = (self._last_ts if self._last_ts is not None else 0.0) + 1.0 / self._fps
+        log.info("%s: play %d%s", self._description, self._play,
+                 "" if self._plays is None else f" of {self._plays}")
+        return True
 
     def _close(self):
         if self._capture is not None:
             _release(self._capture)
             self._capture = None
+
+
+class _RateLimiter:
+    """At most ``rate`` frames per second of timestamps (drop-only, like GStreamer's
+    ``videorate drop-only=true max-rate=``): a frame passes when it is at least one period after
+    the last one that passed (less a little slack for jittery timestamps)."""
+
+    def __init__(self, rate):
+        self._period = 1.0 / float(rate)
+        self._next = None
+
+    def admit(self, timestamp) -> bool:
+        if self._next is not None and timestamp < self._next - 0.1 * self._period:
+            return False
+        # Next slot one period on; after a gap, counted from this frame (no burst to catch up).
+        base = timestamp if self._next is None or timestamp > self._next + self._period else self._next
+        self._next = base + self._period
+        return True
 
 
 # -- offline and live: iterables -----------------------------------------------------------------
@@ -747,6 +838,7 @@ class _LiveCaptureSource(_LiveSource):
         super().__init__(description, options)
         self._target = target
         self._factory = factory
+        self._limiter = _RateLimiter(options["rate"]) if options["rate"] is not None else None
         self._last_ts = None
         self._index = 0
         capture = None
@@ -869,8 +961,11 @@ class _LiveCaptureSource(_LiveSource):
                 last_frame_time = time.monotonic()
                 delay = options["reconnect_delay"]
                 attempt = 0
-                frame = Frame(image=image, timestamp=self._timestamp(capture, connection),
-                              index=self._index)
+                timestamp = self._timestamp(capture, connection)
+                if self._limiter is not None and not self._limiter.admit(timestamp):
+                    self._count(frames_read=1)  # above rate=: skipped on purpose, not a drop
+                    continue
+                frame = Frame(image=image, timestamp=timestamp, index=self._index)
                 self._index += 1
                 self._deliver(frame)
         finally:
@@ -966,6 +1061,20 @@ def open_source(source, **options) -> VideoSource:
             * ``fps``: iterables of bare images: their frame rate (timestamps ``index / fps``);
               files: the rate used where the container lacks timestamps.
             * ``live``: iterables and http(s) URLs: force live (True) or offline (False).
+            * ``loop`` (0): files: plays in all, as jetson-utils' ``--input-loop``: 0 or 1 one
+              play, N plays N times, -1 forever. Timestamps keep increasing across plays (each
+              play starts one frame period after the last frame of the previous one).
+            * ``rate``: at most this many frames per second pass (drop-only, as jetson-utils'
+              ``--input-rate`` / GStreamer's ``videorate drop-only=true max-rate=``), by the
+              frames' timestamps; files are also *paced in real time*: frame ``t`` is returned
+              ``t`` seconds after the first (still offline: nothing else is dropped, a slow
+              consumer slows it down). A rate above the file's own only paces it. Iterables
+              ignore it.
+            * ``rtsp_latency``: ``rtsp://`` streams: milliseconds of GStreamer ``rtspsrc``
+              jitter buffer (its ``latency=``); the stream is then opened through
+              :func:`rtsp_pipeline`, which needs an OpenCV with GStreamer (pip's has none:
+              :class:`~vbedge.errors.MissingDependencyError`). Without it, OpenCV's FFmpeg
+              backend opens the stream with FFmpeg's own buffering.
             * ``width``, ``height``, ``framerate``, ``flip_method``: ``csi://`` capture mode.
             * ``capture_factory``: callable ``factory(CaptureTarget) -> capture`` replacing
               ``cv2.VideoCapture`` (for tests or custom capture stacks); the capture needs
@@ -1028,6 +1137,12 @@ def _open_uri(uri, opts, factory, live_capture):
                                 opts["flip_method"])
         return live_capture(CaptureTarget("gstreamer", pipeline,
                                           _cv2_const("CAP_GSTREAMER", opts)), uri)
+    if scheme in ("rtsp", "rtsps") and opts["rtsp_latency"] is not None:
+        # FFmpeg's RTSP client has no jitter buffer to size; GStreamer's rtspsrc has (latency=).
+        _require_gstreamer(f"rtsp_latency for {uri} (GStreamer's rtspsrc latency; OpenCV's FFmpeg "
+                           f"backend has no such setting)", opts)
+        return live_capture(CaptureTarget("gstreamer", rtsp_pipeline(uri, opts["rtsp_latency"]),
+                                          _cv2_const("CAP_GSTREAMER", opts)), uri)
     if scheme in _STREAM_SCHEMES:
         params = _ffmpeg_params(opts) if opts["capture_factory"] is None else ()
         target = CaptureTarget("stream", uri, _cv2_const("CAP_FFMPEG", opts), params)
@@ -1035,7 +1150,8 @@ def _open_uri(uri, opts, factory, live_capture):
             if scheme in ("rtsp", "rtsps"):
                 raise InvalidInputError(f"{uri}: an RTSP stream is always live (live=False only "
                                         f"applies to http(s) URLs of video files)")
-            return _FileSource(target, uri, factory, fps=opts["fps"], on_event=opts["on_event"])
+            return _FileSource(target, uri, factory, fps=opts["fps"], on_event=opts["on_event"],
+                               loop=opts["loop"], rate=opts["rate"])
         return live_capture(target, uri)
     if scheme == "file":
         uri = urlsplit(uri).path
@@ -1059,8 +1175,8 @@ def _open_uri(uri, opts, factory, live_capture):
     if os.path.getsize(uri) == 0:
         raise FormatError(f"video file {uri!r} is empty (0 bytes)")
     # Any backend for files: JetPack's OpenCV may decode some containers only via GStreamer.
-    return _FileSource(CaptureTarget("file", uri), uri, factory,
-                       fps=opts["fps"], on_event=opts["on_event"])
+    return _FileSource(CaptureTarget("file", uri), uri, factory, fps=opts["fps"], on_event=opts["on_event"],
+                       loop=opts["loop"], rate=opts["rate"])
 
 
 def _cv2_const(name, opts):

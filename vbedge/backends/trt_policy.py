@@ -107,13 +107,15 @@ def pipeline_limits(max_batch, queue_size, captioner):
     S3D sees batches of at most ``max_batch`` clips (one per source and turn). VideoBERT sees at
     most ``queue_size`` contexts per call (the hand-off before it holds that many), each one
     caption row plus one forecast row when forecasting; rows are as long as the captioner's
-    longest and predict at most one position per template slot.
+    longest and predict at most one position per template slot. ``captioner`` may be a list
+    (per-source captioners sharing one VideoBERT run): the bounds cover all of them.
     """
-    rows = queue_size * (2 if captioner.forecast_step else 1)
+    captioners = list(captioner) if isinstance(captioner, (list, tuple)) else [captioner]
+    rows = queue_size * (2 if any(c.forecast_step for c in captioners) else 1)
     return {
         "s3d": {"batch": int(max_batch)},
-        "videobert": {"batch": int(rows), "sequence": int(captioner.max_sequence_length),
-                      "positions": max(1, len(captioner.template.roles))},
+        "videobert": {"batch": int(rows), "sequence": int(max(c.max_sequence_length for c in captioners)),
+                      "positions": max(1, max(len(c.template.roles) for c in captioners))},
     }
 
 

@@ -30,6 +30,8 @@ def register(subparsers):
     b.add_argument("--queue-size", type=int, default=2, help="the pipeline's queue_size (VideoBERT batch bound)")
     b.add_argument("--context", type=int, default=2, help="the pipeline's context_clips")
     b.add_argument("--template", default="howto", help="caption template (sets the VideoBERT sequence bound)")
+    b.add_argument("--config", metavar="CAMERAS.yaml",
+                   help="also cover the per-camera captioning of a vbedge caption --config file")
     b.add_argument("--rebuild", action="store_true", help="ignore cached engines")
     b.set_defaults(func=run_build)
 
@@ -69,10 +71,17 @@ def run_build(args):
             bars.pop(key, None)
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.config is not None:
+        from ..camera_config import load_camera_config
+
+        captioning = load_camera_config(args.config).captioning or None
+    else:
+        captioning = None
     try:
         built = build_engines(_bundle(args), precision=args.precision, models=models, cache_dir=args.engine_cache,
                               progress=progress, rebuild=args.rebuild, max_batch=args.max_batch,
-                              queue_size=args.queue_size, context_clips=args.context, template=args.template)
+                              queue_size=args.queue_size, context_clips=args.context, template=args.template,
+                              captioning=captioning)
     finally:
         for bar in bars.values():
             bar.close()

@@ -17,6 +17,8 @@ from .base import Output, OutputContext, OutputSet, OutputStatus, open_output, o
 from . import files  # noqa: F401  (registers .jsonl, .mp4, .avi)
 from . import subtitles  # noqa: F401  (registers .srt, .vtt)
 from . import mqtt  # noqa: F401  (registers mqtt://, mqtts://)
+from . import preview  # noqa: F401  (registers http://@:PORT, the live preview page)
+from . import rtsp  # noqa: F401  (registers rtsp://@:PORT/NAME)
 
 __all__ = ["Output", "OutputContext", "OutputSet", "OutputStatus", "open_output", "output_kinds",
            "register_output"]
