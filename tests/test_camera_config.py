@@ -192,8 +192,10 @@ def test_two_cameras_through_one_pipeline(small_bundle, two_videos, tmp_path):
             outputs: [hall.jsonl]
             template: "the person will [VERB] it"
         """))
-    result = vbedge("caption", "--config", config, "--backend", "onnxruntime", cwd=tmp_path)
+    result = vbedge("caption", "--config", config, "--backend", "onnxruntime", "--metrics", "127.0.0.1:0",
+                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "vbedge: metrics at http://127.0.0.1:" in result.stderr  # --metrics serves --config runs too
     kitchen, hall, every = (read_jsonl(tmp_path / f"{n}.jsonl") for n in ("kitchen", "hall", "all"))
     assert {e["source"] for e in kitchen} == {"kitchen"} and [e["clip"] for e in kitchen] == [0, 1, 2]
     assert {e["source"] for e in hall} == {"hall"} and [e["clip"] for e in hall] == [0, 1]

@@ -116,11 +116,7 @@ def run_caption(args):
     outputs = OutputSet()
     for target in targets:
         outputs.add(open_output(target))
-    if args.metrics:
-        from ..outputs.metrics import MetricsOutput
-
-        outputs.add(MetricsOutput(args.metrics, on_serving=lambda url: print(
-            f"vbedge: metrics at {url}", file=sys.stderr, flush=True)))
+    _add_metrics(outputs, args)
     source = int(args.source) if args.source.isdigit() else args.source
     result = caption_sources(args.bundle, source, outputs, backend=args.backend, precision=args.precision,
                              trusted_keys=trusted_keys(args), source_options=source_options,
@@ -151,6 +147,7 @@ def _run_camera_config(args, options, source_options):
     for camera in config.cameras:
         for target in camera.outputs:
             outputs.add(open_output(target), sources=[camera.name])
+    _add_metrics(outputs, args)
     result = caption_sources(bundle, config.sources, outputs, backend=args.backend, precision=args.precision,
                              trusted_keys=trusted_keys(args), source_options=source_options,
                              per_source_options=config.source_options,
@@ -159,6 +156,15 @@ def _run_camera_config(args, options, source_options):
                              captioning=config.captioning, **options)
     _report_outputs(result)
     return 0
+
+
+def _add_metrics(outputs, args):
+    """``--metrics HOST:PORT``: Prometheus metrics for every source, beside the outputs."""
+    if args.metrics:
+        from ..outputs.metrics import MetricsOutput
+
+        outputs.add(MetricsOutput(args.metrics, on_serving=lambda url: print(
+            f"vbedge: metrics at {url}", file=sys.stderr, flush=True)))
 
 
 def _report_outputs(result):
