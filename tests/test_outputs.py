@@ -119,3 +119,39 @@ def test_jsonl_truncates_at_first_open_and_appends_on_resume(tmp_path):
     out.write(event(1))
     out.close()
     assert [json.loads(line)["clip"] for line in path.read_text().splitlines()] == [0, 1]
+
+
+def test_what_an_unnamed_source_reports_while_opening_reaches_the_outputs_with_its_id(small_bundle, monkeypatch):
+    """A live source's failed first connection is reported during open_source, before its id (its
+    description) is known: caption_sources hands it on under that id, not as None."""
+    import numpy as np
+
+    import vbedge.sources as sources
+    from vbedge.caption_job import caption_sources
+    from vbedge.sources import SourceEvent
+
+    real_open = sources.open_source
+
+    def open_reporting(spec, on_event=None, **options):
+        on_event(SourceEvent("connect_failed", "camera not there yet", attempt=1, retry_in=0.5))
+        return real_open(spec, **options)
+
+    class Recorder(Output):
+        kind = "recorder"
+
+        def __init__(self):
+            super().__init__("recorder")
+            self.reports, self.events = [], []
+
+        def write(self, e):
+            self.events.append(e.source_id)
+
+        def source_event(self, source_id, e):
+            self.reports.append((source_id, e.kind))
+
+    monkeypatch.setattr(sources, "open_source", open_reporting)
+    frames = [np.full((120, 160, 3), i, np.uint8) for i in range(40)]
+    recorder = Recorder()
+    result = caption_sources(small_bundle, frames, [recorder], backend="onnxruntime", source_options={"fps": 20})
+    assert result.events >= 1 and set(recorder.events) == {result.sources[0].source_id}
+    assert recorder.reports == [(result.sources[0].source_id, "connect_failed")]

@@ -15,6 +15,7 @@ only the sources ending (or Ctrl-C) stops it, and every output is closed properl
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
@@ -100,10 +101,16 @@ def caption_sources(bundle, sources, outputs=(), backend="auto", precision="fp32
         for name, spec in named:
             own = {**(source_options or {}), **((per_source_options or {}).get(name) or {})}
             user_hook = own.pop("on_event", None)
-            slot = {}
+            # An unnamed source's id is its description, known only once it is open; what it
+            # reports before that (a failed first connection) is kept and handed on with the id.
+            slot = {"id": name, "early": [], "lock": threading.Lock()}
 
             def hook(event, slot=slot, user_hook=user_hook):
-                output_set.source_event(slot.get("id"), event)
+                with slot["lock"]:
+                    if slot["id"] is None:
+                        slot["early"].append(event)
+                    else:
+                        output_set.source_event(slot["id"], event)
                 if user_hook is not None:
                     user_hook(event)
 
@@ -111,7 +118,10 @@ def caption_sources(bundle, sources, outputs=(), backend="auto", precision="fp32
             source_id = name or source.description
             if source_id in opened:
                 source_id = f"{source_id}#{len(opened)}"
-            slot["id"] = source_id
+            with slot["lock"]:
+                slot["id"] = source_id
+                for event in slot.pop("early"):
+                    output_set.source_event(source_id, event)
             opened[source_id] = source
 
         def source_stats(source_id):
