@@ -58,17 +58,7 @@ def pipe(small_bundle):
         yield pipeline
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left():
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not left:
-            return
-        time.sleep(0.02)
-    pytest.fail(f"threads left running: {left}")
+from thread_checks import no_thread_left  # noqa: E402,F401  (autouse: no test leaves a thread)
 
 
 def independent_features(small_bundle, path):

@@ -31,17 +31,7 @@ from vbedge.sources import SourceEvent, SourceStats  # noqa: E402
 SIZE = (160, 120)  # width, height
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left():
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not left:
-            return
-        time.sleep(0.02)
-    pytest.fail(f"threads left running: {left}")
+from thread_checks import no_thread_left  # noqa: E402,F401  (autouse: no test leaves a thread)
 
 
 def colour(clip, frame):
