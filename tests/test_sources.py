@@ -675,3 +675,16 @@ def test_importing_sources_and_clips_does_not_import_opencv():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) is False
+
+
+def test_a_frame_put_after_the_buffer_ended_is_not_handed_out():
+    """The close() race CI hit once: the reader delivered a frame after close() ended and cleared
+    the buffer, and read() returned it instead of raising SourceEnded."""
+    from vbedge.sources import _END, _NewestFrameBuffer
+
+    buffer = _NewestFrameBuffer(1)
+    buffer.put("before")
+    buffer.end()
+    buffer.clear()
+    assert buffer.put("late") == 0
+    assert buffer.get(timeout=0) is _END

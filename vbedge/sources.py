@@ -340,8 +340,12 @@ class _NewestFrameBuffer:
         self._ended = False
 
     def put(self, frame) -> int:
-        """Add a frame; return how many unread frames were evicted (0 or 1)."""
+        """Add a frame; return how many unread frames were evicted (0 or 1). A frame put after
+        :meth:`end` is dropped: the reader can still be finishing a read while ``close()`` ends
+        and clears the buffer, and a closed source must not hand out that frame."""
         with self._cond:
+            if self._ended:
+                return 0
             evicted = 0
             while len(self._frames) >= self._capacity:
                 self._frames.popleft()
