@@ -4,10 +4,11 @@ Everything here is probed without importing torch or TensorRT (package metadata 
 ``vbedge info`` is fast and works on a bare device.
 """
 
-import importlib.metadata
 import importlib.util
 import platform
 import sys
+
+from .versions import package_version
 
 
 def cpu_model():
@@ -27,13 +28,6 @@ def machine_summary():
     import os
 
     return f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
-
-
-def _package_version(name):
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _onnxruntime_info():
@@ -94,11 +88,11 @@ def collect_info():
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "numpy": _package_version("numpy"),
+        "numpy": package_version("numpy"),
         "onnxruntime": _onnxruntime_info(),
-        "tensorrt": _package_version("tensorrt"),
-        "pycuda": _package_version("pycuda"),
-        "torch": _package_version("torch"),
+        "tensorrt": package_version("tensorrt"),
+        "pycuda": package_version("pycuda"),
+        "torch": package_version("torch"),
         "kernels": kernels,
         "gpus": gpus,
         "opencv": _opencv_info(),

@@ -6,13 +6,13 @@ does not import TensorRT, pycuda or torch (seconds of start-up, and GPU context 
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import logging
 import os
 import platform
 
 from ..errors import InvalidInputError
+from ..versions import package_version
 from .base import BackendUnavailableError
 from .install_hints import TENSORRT_HINT
 
@@ -31,15 +31,6 @@ def _has_module(name):
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # a broken parent package counts as absent
         return False
-
-
-def _version(*dists):
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def gpu_status():
@@ -75,7 +66,7 @@ def _onnxruntime_status():
 def _tensorrt_status():
     if not _has_module("tensorrt"):
         return False, f"TensorRT's Python package is not installed: {TENSORRT_HINT}"
-    version = _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12") or "unknown version"
+    version = package_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12") or "unknown version"
     buffers = "pycuda" if _has_module("pycuda") else ("torch" if _has_module("torch") else None)
     if buffers is None:
         return False, (
@@ -91,13 +82,13 @@ def _tensorrt_status():
 def _openvino_status():
     if not _has_module("openvino"):
         return False, "OpenVINO is not installed: pip install 'vbedge[openvino]'"
-    return True, f"OpenVINO {_version('openvino') or 'unknown version'} (CPU)"
+    return True, f"OpenVINO {package_version('openvino') or 'unknown version'} (CPU)"
 
 
 def _torch_status():
     if not _has_module("torch"):
         return False, "torch is not installed: pip install 'vbedge[export]' (the torch backend is the reference, not for deployment)"
-    return True, f"torch {_version('torch') or 'unknown version'}"
+    return True, f"torch {package_version('torch') or 'unknown version'}"
 
 
 def available_backends():

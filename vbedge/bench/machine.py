@@ -7,7 +7,6 @@ whether the clocks are at their maximum (what ``jetson_clocks`` sets) are read f
 """
 
 import glob
-import importlib.metadata
 import os
 import platform
 import re
@@ -16,15 +15,7 @@ import subprocess
 import sys
 
 from ..info import cpu_model
-
-
-def _version(*dists):
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+from ..versions import package_version
 
 
 def _run(command, timeout=5.0):
@@ -185,12 +176,12 @@ def machine_info():
         "versions": {
             "vbedge": __version__,
             "python": sys.version.split()[0],
-            "numpy": _version("numpy"),
-            "onnxruntime": _version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-            "openvino": _version("openvino"),
-            "tensorrt": _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13",
+            "numpy": package_version("numpy"),
+            "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+            "openvino": package_version("openvino"),
+            "tensorrt": package_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13",
                                  "tensorrt_cu12"),
-            "torch": _version("torch"),
+            "torch": package_version("torch"),
             "cuda": _cuda_version() if gpus else None,
         },
         "jetson": jetson,
