@@ -10,7 +10,7 @@ heads: what is kept is a torchvision-layout S3D state dict (``features.*`` keys)
 Budget (the demo must fit in minutes on 2 CPU cores): a full S3D training step (forward and
 backward through all ~60 convolutions) measured 2.1 s per clip at 15 x 112 x 112 and 1.4 s at
 15 x 80 x 80 on the shared 2-core machine, so only the top of the network is trained: the stem
-(``S3D.features[:trainable_from]``, by default everything before Mixed_4e) keeps its seeded
+(``S3D.features[:trainable_from]``, by default everything before Mixed_4b) keeps its seeded
 random initialisation, its output is computed once per clip and cached, and the blocks from
 ``trainable_from`` on plus the heads are trained on the cached activations for several epochs
 (an epoch over 384 clips took 10-20 s from Mixed_5b and 13-20 s from Mixed_4e on that loaded
@@ -37,8 +37,9 @@ __all__ = ["PretrainResult", "WORLD_SPEC", "clip_features", "pretrain_s3d", "ste
            "world_clips"]
 
 
-#: First block of S3D.features that pretraining trains (12 = Mixed_4e); the blocks before stay random.
-DEFAULT_TRAINABLE_FROM = 12
+#: First block of S3D.features that pretraining trains (8 = Mixed_4b; 12 would be Mixed_4f); the
+#: blocks before (the stem, Mixed_3b and Mixed_3c) stay at their seeded random initialisation.
+DEFAULT_TRAINABLE_FROM = 8
 
 
 def _world_spec():

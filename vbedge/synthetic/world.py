@@ -170,11 +170,15 @@ def _noun_parts(noun):
         pts = np.stack([0.72 * np.cos(theta) * (1.0 + 0.18 * y), 1.0 * y], axis=1)
         return [(pts, 1.0, True)]
     if noun == "bread":
-        theta = np.linspace(np.pi, 2.0 * np.pi, 12)
-        dome = np.stack([1.3 * np.cos(theta), -0.2 + 0.55 * np.sin(theta)], axis=1)
-        pts = np.concatenate([[[-1.3, 0.6]], dome, [[1.3, 0.6]]])
-        scores = [(np.array([[x - 0.2, -0.55], [x + 0.2, -0.15]]), 0.6, False) for x in (-0.6, 0.0, 0.6)]
-        return [(pts, 1.0, True)] + scores
+        # A slice of bread: a square body under a wide rounded top, a darker crust and a crumb
+        # dot pattern. Its silhouette (straight sides, corners) sets it apart from the potato's
+        # oval and the banana's crescent, which share its hue.
+        theta = np.linspace(np.pi, 2.0 * np.pi, 14)
+        top = np.stack([1.15 * np.cos(theta), -0.35 + 0.75 * np.sin(theta)], axis=1)
+        pts = np.concatenate([[[-0.95, 1.0]], top, [[0.95, 1.0]]])
+        crust = (np.concatenate([pts, pts[:1]]), 0.55, False)
+        crumbs = [(_ring(0.09, 0.09, 6) + [x, y], 0.8, True) for x, y in ((-0.4, 0.0), (0.35, 0.3), (-0.1, 0.6))]
+        return [(pts, 1.0, True), crust] + crumbs
     if noun == "banana":
         outer = np.linspace(np.deg2rad(200), np.deg2rad(340), 14)
         inner = outer[::-1]
@@ -183,9 +187,11 @@ def _noun_parts(noun):
         tips = [(_ring(0.12, 0.12, 8) + p, 0.35, True) for p in (pts[0], pts[13])]
         return [(pts, 1.0, True)] + tips
     if noun == "fish":
-        tail = np.array([[0.85, 0.0], [1.5, -0.55], [1.5, 0.55]])
-        eye = _ring(0.1, 0.1, 8) + [-0.6, -0.1]
-        return [(_ring(1.0, 0.5), 1.0, True), (tail, 0.85, True), (eye, 0.2, True)]
+        # A long body with a wide forked tail and a fin, so it is not read as a round onion.
+        tail = np.array([[1.0, 0.0], [1.75, -0.75], [1.5, 0.0], [1.75, 0.75]])
+        fin = np.array([[-0.2, -0.38], [0.3, -0.8], [0.45, -0.3]])
+        eye = _ring(0.1, 0.1, 8) + [-0.8, -0.08]
+        return [(_ring(1.2, 0.42), 1.0, True), (tail, 0.85, True), (fin, 0.7, True), (eye, 0.2, True)]
     raise InvalidInputError(f"unknown noun {noun!r}; expected one of {NOUNS}")  # pragma: no cover
 
 

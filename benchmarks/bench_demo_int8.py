@@ -1,0 +1,97 @@
+"""INT8 judged on a model that means something: the demo's trained bundle, FP32 vs INT8, on a SYNTHETIC world.
+
+Needs a finished `vbedge demo --workdir W` (its trained S3D, codebook, VideoBERT and worlds). Then:
+
+1. `vbedge calibrate W/bundle --videos W/world-test -o W/int8-report --holdout 0.5 --max-clips 96
+   --openvino`: the bundle's models calibrated on half of the held-out world's clips and judged on
+   the other half (clips never calibrated on): S3D visual-token agreement, VideoBERT text top-1
+   agreement at the masked words (caption templates and held-out sentences), and the speed of each
+   INT8 form beside FP32, timed interleaved in one process;
+2. `W/bundle-int8`: the same trained models exported with fp32 and int8 graphs, calibrated on the
+   *training* world's clips (`build_bundle(..., precisions=("fp32", "int8"))`);
+3. the zero-shot table of that bundle on the held-out world at fp32 and at int8, side by side
+   (same backend, same videos), and the INT8 - FP32 differences.
+
+Everything is measured on rendered videos (vbedge.synthetic), not real ones.
+
+    python benchmarks/bench_demo_int8.py --workdir vbedge-demo [--backend onnxruntime] [--json out.json]
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="vbedge-demo", help="a finished `vbedge demo` work folder")
+    p.add_argument("--backend", default="onnxruntime", help="zero-shot backend (onnxruntime or openvino)")
+    p.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out of the calibrate report")
+    p.add_argument("--json", help="write every figure here")
+    args = p.parse_args(argv)
+
+    from vbedge import HierarchicalCodebook
+    from vbedge.cli import main as cli_main
+    from vbedge.export.bundle import build_bundle
+    from vbedge.info import machine_summary
+    from vbedge.models.videobert import VideoBert
+    from vbedge.synthetic.evaluate import zero_shot
+    from vbedge.synthetic.pretrain import WORLD_SPEC
+
+    work = Path(args.workdir)
+    needed = [work / "bundle" / "manifest.json", work / "world-train" / "world.json", work / "world-test" / "world.json",
+              work / "videobert" / "model", work / "codebook.npz", work / "s3d-pretrained.pth"]
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        sys.exit(f"{work} is not a finished demo folder (missing {', '.join(missing)}): run `vbedge demo --workdir {work}`")
+    print(f"machine: {machine_summary()}")
+    print("SYNTHETIC world (vbedge synth): every figure below is about rendered videos, not real ones")
+    started = time.perf_counter()
+
+    report_dir = work / "int8-report"
+    command = ["calibrate", str(work / "bundle"), "--videos", str(work / "world-test"), "-o", str(report_dir),
+               "--holdout", "0.5", "--max-clips", "96", "-q"] + ([] if args.no_openvino else ["--openvino"])
+    print("$ vbedge " + " ".join(command))
+    rc = cli_main(command)
+    if rc not in (0, None):
+        sys.exit(f"vbedge calibrate failed ({rc})")
+    calibrate_report = json.loads((report_dir / "int8_report.json").read_text())
+
+    int8_dir = work / "bundle-int8"
+    if not (int8_dir / "manifest.json").is_file():
+        print("building W/bundle-int8 (fp32 + int8, calibrated on the training world's clips)")
+        codebook = HierarchicalCodebook.load(work / "codebook.npz")
+        videobert = VideoBert.load(work / "videobert" / "model", codebook=codebook)
+        build_bundle(int8_dir, videobert=videobert, codebook=codebook, s3d_weights=work / "s3d-pretrained.pth",
+                     precisions=("fp32", "int8"), spec=WORLD_SPEC, top_k=min(10, codebook.num_leaves),
+                     calib_videos=[str(work / "world-train")], overwrite=True, progress=False)
+    keys = ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "prior_verb_top1", "prior_noun_top1")
+    tables = {}
+    for precision in ("fp32", "int8"):
+        result, _ = zero_shot(int8_dir, work / "world-test", backend=args.backend, precision=precision,
+                              train_world=work / "world-train", progress=False)
+        tables[precision] = {k: result[k] for k in keys + ("steps",)}
+    print(f"\nzero-shot on the held-out SYNTHETIC world ({tables['fp32']['steps']} steps), backend {args.backend}")
+    print(f"{'':8s}" + "".join(f"{k:>16s}" for k in keys[:4]))
+    for precision, row in tables.items():
+        print(f"{precision:8s}" + "".join(f"{100 * row[k]:16.1f}" for k in keys[:4]))
+    diff = {k: round(100 * (tables["int8"][k] - tables["fp32"][k]), 1) for k in keys[:4]}
+    print(f"{'int8-fp32':8s}" + "".join(f"{diff[k]:+16.1f}" for k in keys[:4]) + "   (points)")
+    within = all(abs(diff[k]) <= 2.0 for k in ("verb_top1", "noun_top1"))
+    print(f"INT8 zero-shot verb/noun top-1 within 2 points of FP32: {'yes' if within else 'NO'}")
+    print(f"calibrate goals met: {calibrate_report.get('goals_met')}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine_summary(), "synthetic": True,
+                                               "calibrate": {"s3d": calibrate_report.get("s3d"),
+                                                             "videobert": calibrate_report.get("videobert"),
+                                                             "goals_met": calibrate_report.get("goals_met")},
+                                               "zero_shot": tables, "int8_minus_fp32_points": diff,
+                                               "zero_shot_within_2_points": within}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
