@@ -110,14 +110,44 @@ def test_tokenize_video_matches_independent_computation(small_bundle, videos, pi
     np.testing.assert_allclose([(s, e) for s, e, _ in tokens], spans, atol=1e-6)
 
 
-def test_two_sources_batched_together(small_bundle, videos, pipe_varied):
-    expected = {k: pipe_varied.codebook.tokenize(independent_features(small_bundle, videos[k])[0])
-                for k in ("a", "b")}
-    pipe_varied.options["batch_timeout"] = 5.0  # wait for the other file's clip: deterministic
+def test_auto_max_batch_runs_one_clip_at_a_time_on_a_cpu_backend(videos, pipe_varied):
+    assert pipe_varied.options["max_batch"] == "auto"
+    pipe_varied.options["batch_timeout"] = 5.0  # time enough for the other file's clip to join
     try:
         events = list(pipe_varied.stream({"a": videos["a"], "b": videos["b"]}))
     finally:
         pipe_varied.options["batch_timeout"] = 0.01
+    assert {e.source_id for e in events} == {"a", "b"}
+    assert all(e.s3d_batch_size == 1 for e in events)
+
+
+def test_resolve_max_batch_follows_the_backend_device():
+    from types import SimpleNamespace
+
+    from vbedge.pipeline import AUTO_MAX_BATCH, profile_max_batch, resolve_max_batch
+
+    torch = pytest.importorskip("torch")
+    cpu, gpu = AUTO_MAX_BATCH["cpu"], AUTO_MAX_BATCH["gpu"]
+    assert cpu == 1 and gpu > cpu
+    assert resolve_max_batch("auto", SimpleNamespace(device="cpu")) == cpu          # onnxruntime, openvino
+    assert resolve_max_batch("auto", SimpleNamespace(device="cuda")) == gpu         # onnxruntime on CUDA
+    assert resolve_max_batch("auto", SimpleNamespace(device=0)) == gpu              # tensorrt: a GPU index
+    assert resolve_max_batch("auto", SimpleNamespace(_device=torch.device("cpu"))) == cpu   # torch backend
+    assert resolve_max_batch("auto", SimpleNamespace(_device=torch.device("cuda", 0))) == gpu
+    assert resolve_max_batch(3, SimpleNamespace(device="cpu")) == 3                 # a number is kept
+    assert profile_max_batch("auto") == gpu and profile_max_batch(2) == 2
+
+
+def test_two_sources_batched_together(small_bundle, videos, pipe_varied):
+    expected = {k: pipe_varied.codebook.tokenize(independent_features(small_bundle, videos[k])[0])
+                for k in ("a", "b")}
+    # wait for the other file's clip: deterministic; max_batch 4 explicitly (a CPU backend's
+    # "auto" runs one clip at a time, tested below)
+    pipe_varied.options.update(batch_timeout=5.0, max_batch=4)
+    try:
+        events = list(pipe_varied.stream({"a": videos["a"], "b": videos["b"]}))
+    finally:
+        pipe_varied.options.update(batch_timeout=0.01, max_batch="auto")
     for key in ("a", "b"):
         mine = [e for e in events if e.source_id == key]
         assert [e.clip_index for e in mine] == list(range(len(expected[key])))

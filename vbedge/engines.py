@@ -115,11 +115,12 @@ def build_engines(bundle, precision="fp32", models=MODELS, cache_dir=None, progr
     """
     from .backends.select import create_bundle_backend
     from .backends.trt_policy import pipeline_limits
-    from .pipeline import _check_options, pipeline_captioners
+    from .pipeline import _check_options, pipeline_captioners, profile_max_batch
 
     options = _check_options(pipeline_options)
     captioners = pipeline_captioners(bundle.vocab, options)[1]  # per-source ``captioning`` included
-    limits = pipeline_limits(options["max_batch"], options["queue_size"], list(captioners.values()))
+    limits = pipeline_limits(profile_max_batch(options["max_batch"]), options["queue_size"],
+                             list(captioners.values()))
     built = []
     for model in models:
         extra = {**(options["backend_options"] or {}), **(options[f"{model}_options"] or {})}

@@ -243,7 +243,7 @@ _DEFAULTS = {
     "min_confidence": 0.0,
     "captions": True,
     "hop": None,
-    "max_batch": 4,
+    "max_batch": "auto",
     "batch_timeout": 0.01,
     "live_pending_clips": 1,
     "live_in_flight": 2,
@@ -265,6 +265,33 @@ CAPTIONING_OPTIONS = ("template", "context_clips", "verbs", "nouns", "forecast_s
                       "min_confidence")
 
 
+#: S3D clips per run for ``max_batch="auto"``: a GPU gains from batches; a CPU backend already
+#: keeps every core busy on one clip, so a batch only adds activation memory and latency (on a
+#: 2-core Xeon, OpenVINO INT8 at 4 live streams: batches of up to 4 peaked at 1,496 MB RSS and a
+#: p99 of 1,414 ms, batches of 1 at 1,077 MB and 748 ms, the same throughput; docs/benchmarks.md).
+AUTO_MAX_BATCH = {"cpu": 1, "gpu": 4}
+
+
+def _on_cpu(backend) -> bool:
+    """Whether a model backend computes on the CPU (its ``device`` is 'cpu', or a torch CPU device)."""
+    device = getattr(backend, "device", None)
+    if device is None:
+        device = getattr(backend, "_device", "cpu")
+    return str(getattr(device, "type", device)) == "cpu"
+
+
+def resolve_max_batch(value, backend) -> int:
+    """``max_batch`` as a number: "auto" is :data:`AUTO_MAX_BATCH` for the S3D backend's device."""
+    if value != "auto":
+        return value
+    return AUTO_MAX_BATCH["cpu" if _on_cpu(backend) else "gpu"]
+
+
+def profile_max_batch(value) -> int:
+    """``max_batch`` for TensorRT profiles, built before any backend exists: "auto" is the GPU batch."""
+    return AUTO_MAX_BATCH["gpu"] if value == "auto" else value
+
+
 def _check_options(options):
     unknown = sorted(set(options) - set(_DEFAULTS))
     if unknown:
@@ -273,8 +300,11 @@ def _check_options(options):
     merged = {**_DEFAULTS, **options}
     for name in ("max_batch", "live_pending_clips", "live_in_flight", "queue_size"):
         value = merged[name]
+        if name == "max_batch" and value == "auto":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+            also = " or 'auto'" if name == "max_batch" else ""
+            raise InvalidInputError(f"{name} must be a positive integer{also}, got {value!r}")
     for name in ("batch_timeout", "live_max_gap"):
         value = merged[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -415,7 +445,8 @@ class Pipeline:
                 :data:`CAPTIONING_OPTIONS` (the ids of a dict of sources; one Captioner per
                 distinct set, built here, so a bad template fails at load; clips of sources with
                 different templates still share one VideoBERT run); clips: ``hop`` (clip length),
-                ``live_max_gap`` (1 s); scheduling: ``max_batch`` (4 clips per S3D run),
+                ``live_max_gap`` (1 s); scheduling: ``max_batch`` (clips per S3D run: "auto" = 1 on a
+                CPU backend, 4 on a GPU, :data:`AUTO_MAX_BATCH`),
                 ``batch_timeout`` (0.01 s to wait for other sources' clips),
                 ``live_pending_clips`` (1), ``live_in_flight`` (2), ``queue_size`` (2);
                 tokenization: ``tokenize_mode`` ("tree"), ``beam`` (1); ``keep_frames`` (False);
@@ -437,7 +468,7 @@ class Pipeline:
 
         from .backends.trt_policy import pipeline_limits
 
-        limits = pipeline_limits(self.options["max_batch"], self.options["queue_size"],
+        limits = pipeline_limits(profile_max_batch(self.options["max_batch"]), self.options["queue_size"],
                                  list(self._captioners.values()))[model]
         return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
                                      limits=limits, **dict(self._backend_options[model]))
@@ -758,7 +789,8 @@ class _Run:
 
     def _s3d(self):
         backend = self.pipe._s3d_backend()
-        max_batch, timeout = self.options["max_batch"], self.options["batch_timeout"]
+        max_batch = resolve_max_batch(self.options["max_batch"], backend)
+        timeout = self.options["batch_timeout"]
         while not self.stop.is_set():
             items = self.clips.get_batch(max_batch, timeout)
             if not items:
