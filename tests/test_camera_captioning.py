@@ -45,7 +45,9 @@ def test_two_sources_get_their_own_template_and_words(small_bundle, videos, vari
         return original(backend, pairs)
 
     monkeypatch.setattr(vbedge.captioner, "predict_mixed", spy)
-    with Pipeline.load(small_bundle, backend="onnxruntime", batch_timeout=5.0,
+    # max_batch 4: the two sources' clips share S3D and VideoBERT runs (a CPU backend's "auto"
+    # would run one clip at a time).
+    with Pipeline.load(small_bundle, backend="onnxruntime", batch_timeout=5.0, max_batch=4,
                        captioning={"b": own_b}) as pipe:
         pipe.codebook = varied_codebook
         events = list(pipe.stream({"a": videos["a"], "b": videos["b"]}))
