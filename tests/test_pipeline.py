@@ -132,8 +132,8 @@ def test_resolve_max_batch_follows_the_backend_device():
     assert resolve_max_batch("auto", SimpleNamespace(device="cpu")) == cpu          # onnxruntime, openvino
     assert resolve_max_batch("auto", SimpleNamespace(device="cuda")) == gpu         # onnxruntime on CUDA
     assert resolve_max_batch("auto", SimpleNamespace(device=0)) == gpu              # tensorrt: a GPU index
-    assert resolve_max_batch("auto", SimpleNamespace(_device=torch.device("cpu"))) == cpu   # torch backend
-    assert resolve_max_batch("auto", SimpleNamespace(_device=torch.device("cuda", 0))) == gpu
+    assert resolve_max_batch("auto", SimpleNamespace(device=torch.device("cpu"))) == cpu    # torch backend
+    assert resolve_max_batch("auto", SimpleNamespace(device=torch.device("cuda", 0))) == gpu
     assert resolve_max_batch(3, SimpleNamespace(device="cpu")) == 3                 # a number is kept
     assert profile_max_batch("auto") == gpu and profile_max_batch(2) == 2
 

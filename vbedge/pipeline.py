@@ -273,10 +273,9 @@ AUTO_MAX_BATCH = {"cpu": 1, "gpu": 4}
 
 
 def _on_cpu(backend) -> bool:
-    """Whether a model backend computes on the CPU (its ``device`` is 'cpu', or a torch CPU device)."""
-    device = getattr(backend, "device", None)
-    if device is None:
-        device = getattr(backend, "_device", "cpu")
+    """Whether a model backend computes on the CPU: its ``device`` is 'cpu' (ONNX Runtime, OpenVINO)
+    or a torch CPU device (torch); TensorRT's is a GPU index."""
+    device = getattr(backend, "device", "cpu")
     return str(getattr(device, "type", device)) == "cpu"
 
 
