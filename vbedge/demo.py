@@ -102,7 +102,7 @@ def _runtime_features(s3d_onnx, clips, batch=8):
     """S3D features of preprocessed clips with the runtime's ONNX Runtime backend."""
     from .backends.onnxruntime import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(s3d_onnx)
+    backend = OnnxRuntimeBackend(s3d_onnx, conv2d_form=True)
     try:
         return np.concatenate([backend.run({"clip": clips[i:i + batch]})["feature"]
                                for i in range(0, len(clips), batch)]).astype(np.float32)

@@ -7,7 +7,8 @@ bundle that was verified file by file can still make a runtime read a file nobod
 :func:`external_data_references` lists every such reference so :meth:`vbedge.bundle.Bundle.load`
 can refuse the ones the manifest does not cover, before any runtime sees the model.
 
-``onnx`` is not a runtime dependency of vbedge, so this module walks the protobuf wire format
+This runs before any runtime sees a file, on every load, so it does not parse the model with
+the ``onnx`` package (which would read every weight); it walks the protobuf wire format
 itself. It descends only into the messages that can hold a tensor (field numbers from onnx.proto,
 checked against the ``onnx`` package's descriptors in tests/test_signing.py)::
 

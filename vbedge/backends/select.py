@@ -145,7 +145,7 @@ def _openvino_fits(status, precision, device):
 #: Options each backend takes (see create_backend). ``device`` is a CUDA index (int) for TensorRT, a
 #: device name (str: 'cpu', 'cuda', 'tensorrt') for ONNX Runtime, either for torch ('cuda:0' or 0).
 BACKEND_OPTIONS = {
-    "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options"}),
+    "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options", "conv2d_form"}),
     "tensorrt": frozenset({"cache_dir", "profiles", "workspace_bytes", "dla_core", "strongly_typed", "device",
                            "buffers", "rebuild", "progress", "manifest_sha256"}),
     "openvino": frozenset({"device", "intra_op_threads", "cache_dir", "model_name"}),
@@ -219,7 +219,8 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
         options: passed to the backend: for TensorRT ``cache_dir``, ``profiles``,
             ``workspace_bytes``, ``dla_core``, ``strongly_typed``, ``device``, ``buffers``,
             ``rebuild``; for ONNX Runtime ``device`` ('cpu', 'cuda', 'tensorrt'),
-            ``intra_op_threads``, ``provider_options``; for OpenVINO ``intra_op_threads``,
+            ``intra_op_threads``, ``provider_options``, ``conv2d_form`` (S3D's separable 3D
+            convolutions as 2D ones on the CPU: :mod:`vbedge.backends.conv2d_form`); for OpenVINO ``intra_op_threads``,
             ``cache_dir`` (default ``$VBEDGE_OPENVINO_CACHE``, else none). With 'auto', options of the backend not
             chosen are left out (logged); with an explicit backend they are an error.
 
@@ -286,7 +287,7 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
         onnx_path = cpu_form
         log.info("backend for %s (int8): ONNX Runtime CPU form %s", label, os.path.basename(str(cpu_form)))
     opened = OnnxRuntimeBackend(onnx_path, precision=precision, **ort_options)
-    opened.selection = why
+    opened.selection = why if opened.graph_form == "file" else f"{why}; S3D's 3D convolutions as 2D ones"
     return opened
 
 
@@ -342,6 +343,9 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
                      options["profiles"])
         # Engines are tied to this bundle's (signed) manifest: one built for another is never loaded.
         options.setdefault("manifest_sha256", bundle.manifest_sha256)
+    if model == "s3d" and precision == "fp32" and (name == "onnxruntime" or backend == "auto"):
+        # ONNX Runtime's CPU runs 2D convolutions in faster kernels than 3D ones (docs/benchmarks.md).
+        options.setdefault("conv2d_form", True)
     cpu_form = bundle.manifest["models"][model].get("int8_cpu")
     return _open(name, why, backend, onnx_path, precision, options, model,
                  cpu_form=bundle.file_path(cpu_form) if cpu_form else None)
