@@ -4,11 +4,14 @@ One clip of 1 x 3 x 30 x 224 x 224 (the default preprocessing spec), batch 1, sa
 same input for every contender:
   torch eager   the S3DFeatureExtractor module, torch.inference_mode
   ORT FP32      s3d.onnx in ONNX Runtime, CPU execution provider, all graph optimisations
+  ORT FP32 2D   the same file with its separable 3D convolutions rewritten as 2D ones
+                (vbedge.backends.conv2d_form: what vbedge runs on ONNX Runtime's CPU)
   ORT FP16      s3d.fp16.onnx (for information: x86 CPUs without AVX-512 FP16 run it slowly)
 
 The contenders are timed round-robin (one run of each per round), so load from other processes
 on a shared machine hits them alike. Prints the median and p90 per contender, ratios to eager,
-the machine and the library versions.
+the machine and the library versions, then the peak resident memory of each ONNX Runtime FP32
+form, each measured alone in a fresh child process (one session, three runs).
 
 Usage: python benchmarks/bench_s3d_cpu.py [--rounds 7] [--threads N] [--weights W.pth] [--no-fp16]
 """
@@ -72,6 +75,11 @@ def main(argv=None):
     contenders = {"torch eager": eager}
     fp32 = session(result.onnx_path)
     contenders["ORT FP32"] = lambda: fp32.run(["feature"], {"clip": clip})[0]
+    from vbedge.backends.onnxruntime import OnnxRuntimeBackend
+
+    fp32_2d = OnnxRuntimeBackend(result.onnx_path, intra_op_threads=args.threads, conv2d_form=True)
+    assert fp32_2d.graph_form == "conv2d form", fp32_2d.graph_form
+    contenders["ORT FP32 2D"] = lambda: fp32_2d.run({"clip": clip})["feature"]
     if not args.no_fp16:
         fp16 = session(result.fp16_path)
         contenders["ORT FP16"] = lambda: fp16.run(["feature"], {"clip": clip})[0]
@@ -103,7 +111,31 @@ def main(argv=None):
         diff = float(np.max(np.abs(outputs[name] - ref)))
         print(f"| {name:<12} | {median:9.3f} | {p90:7.3f} | {eager_median / median:7.2f}x | "
               f"{diff:21.2e} |")
+    print("\npeak RSS of one ONNX Runtime FP32 session, three runs, alone in a child process:")
+    for form in (False, True):
+        print(f"  {'2D form' if form else 'file   '}: {_peak_rss_mb(result.onnx_path, args.threads, spec, form)} MB")
     return 0
+
+
+_CHILD = """
+import sys, numpy as np
+from vbedge.backends.onnxruntime import OnnxRuntimeBackend
+path, threads, shape, form = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), sys.argv[4] == "1"
+backend = OnnxRuntimeBackend(path, intra_op_threads=threads, conv2d_form=form)
+clip = np.zeros(shape, np.float32)
+for _ in range(3):
+    backend.run({"clip": clip})
+print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024)
+"""
+
+
+def _peak_rss_mb(onnx_path, threads, spec, conv2d_form):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(onnx_path), str(threads),
+                           repr(tuple(spec.clip_shape(batch=1))), "1" if conv2d_form else "0"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
