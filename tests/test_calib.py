@@ -153,6 +153,9 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     for label in ("qdq", "cpu"):
         assert s3d[label]["cosine_worst"] > 0.99, s3d
         assert s3d[label]["token_agreement"] >= 0.8, s3d
+    # The FP32 S3D vbedge runs on ONNX Runtime's CPU (2D form) is timed beside them and matches FP32.
+    assert s3d["fp32-2d"]["graph_form"] == "conv2d form" and s3d["fp32-2d"]["precision"] == "fp32", s3d
+    assert s3d["fp32-2d"]["cosine_worst"] > 0.99999 and s3d["fp32-2d"]["token_agreement"] == 1.0, s3d
     # VideoBERT Q/DQ: the 30 encoder weight MatMuls outside the FFN outputs read a DequantizeLinear;
     # the 6 FFN output projections (intermediate x hidden weights) stay float by default.
     qdq = onnx.load(str(out / "videobert.int8.onnx")).graph
