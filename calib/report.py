@@ -61,27 +61,20 @@ class Contender:
     conv2d_form: bool = False
 
 
-class _Conv2dFormRunner:
-    """ONNX Runtime's ``run(names, feeds)`` shape over the 2D form of a graph."""
+class _BackendRunner:
+    """ONNX Runtime's ``run(names, feeds)`` shape over a vbedge backend: OpenVINO, or ONNX
+    Runtime running the 2D form of a graph."""
 
     def __init__(self, contender, threads):
-        from vbedge.backends.onnxruntime import OnnxRuntimeBackend
+        if contender.runtime == "openvino":
+            from vbedge.backends.openvino import OpenVinoBackend
 
-        self.backend = OnnxRuntimeBackend(contender.path, precision=contender.precision, intra_op_threads=threads,
-                                          conv2d_form=True)
+            self.backend = OpenVinoBackend(contender.path, precision=contender.precision, intra_op_threads=threads)
+        else:
+            from vbedge.backends.onnxruntime import OnnxRuntimeBackend
 
-    def run(self, names, feeds):
-        out = self.backend.run(feeds)
-        return [out[name] for name in names]
-
-
-class _OpenVinoRunner:
-    """ONNX Runtime's ``run(names, feeds)`` shape over :class:`vbedge.backends.openvino.OpenVinoBackend`."""
-
-    def __init__(self, contender, threads):
-        from vbedge.backends.openvino import OpenVinoBackend
-
-        self.backend = OpenVinoBackend(contender.path, precision=contender.precision, intra_op_threads=threads)
+            self.backend = OnnxRuntimeBackend(contender.path, precision=contender.precision,
+                                              intra_op_threads=threads, conv2d_form=contender.conv2d_form)
 
     def run(self, names, feeds):
         out = self.backend.run(feeds)
@@ -90,12 +83,10 @@ class _OpenVinoRunner:
 
 def _session(spec, threads=None):
     """A runner with ONNX Runtime's ``run(names, feeds)`` for a path or a :class:`Contender`."""
-    if isinstance(spec, Contender) and spec.runtime == "openvino":
-        return _OpenVinoRunner(spec, threads)
-    if isinstance(spec, Contender) and spec.runtime != "onnxruntime":
+    if isinstance(spec, Contender) and spec.runtime not in ("onnxruntime", "openvino"):
         raise InvalidInputError(f"unknown contender runtime {spec.runtime!r}; expected onnxruntime or openvino")
-    if isinstance(spec, Contender) and spec.conv2d_form:
-        return _Conv2dFormRunner(spec, threads)
+    if isinstance(spec, Contender) and (spec.runtime == "openvino" or spec.conv2d_form):
+        return _BackendRunner(spec, threads)
     from vbedge.export.verify import make_session
 
     return make_session(spec.path if isinstance(spec, Contender) else spec, threads=threads)
@@ -103,11 +94,11 @@ def _session(spec, threads=None):
 
 def _runtime_of(spec, runner):
     """``{"runtime", "precision"}`` of a variant: what ran (OpenVINO reports its compute layers)."""
-    if isinstance(runner, _OpenVinoRunner):
+    if isinstance(runner, _BackendRunner) and runner.backend.name == "openvino":
         return {"runtime": "openvino", "precision": runner.backend.actual_precision,
                 "compute_layers": runner.backend.precision_report["compute_layers"]}
-    if isinstance(runner, _Conv2dFormRunner):
-        return {"runtime": "onnxruntime", "precision": "fp32", "graph_form": runner.backend.graph_form}
+    if isinstance(runner, _BackendRunner):
+        return {"runtime": "onnxruntime", "precision": runner.backend.precision, "graph_form": runner.backend.graph_form}
     return {"runtime": "onnxruntime"}
 
 

@@ -136,22 +136,15 @@ def test_bundle_s3d_conv2d_form_matches_the_file_and_is_the_default(small_bundle
 def test_without_onnx_or_with_a_broken_file(tmp_path, monkeypatch, caplog):
     """No onnx package: the file runs as it is (logged). A file onnx cannot parse: the backend's
     clear FormatError, as without the rewrite."""
-    import builtins
+    from hidden_imports import hide_package
 
     from vbedge.errors import FormatError
 
     path = _graph(tmp_path, [(16, (1, 1, 1), (1, 1, 1), (0,) * 6, 1, True, True)], shape=(8, 2, 4, 4))
-    real_import = builtins.__import__
-
-    def no_onnx(name, *args, **kwargs):
-        if name == "onnx" or name.startswith("onnx."):
-            raise ImportError("No module named 'onnx'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnx)
-    with caplog.at_level(logging.INFO, logger="vbedge"):
-        form, _ = _run(path, np.zeros((1, 8, 2, 4, 4), np.float32), True)
-    monkeypatch.setattr(builtins, "__import__", real_import)
+    with monkeypatch.context() as hidden:
+        hide_package(hidden, "onnx")
+        with caplog.at_level(logging.INFO, logger="vbedge"):
+            form, _ = _run(path, np.zeros((1, 8, 2, 4, 4), np.float32), True)
     assert form == "file"
     assert "onnx is not installed" in caplog.text
 

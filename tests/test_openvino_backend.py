@@ -5,7 +5,6 @@ clear error when OpenVINO is missing.
 The reference everywhere is ONNX Runtime FP32 on the same ONNX file (an independent runtime).
 """
 
-import builtins
 import json
 import logging
 import subprocess
@@ -16,6 +15,8 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from hidden_imports import hide_package  # noqa: E402
 
 from vbedge.backends import select  # noqa: E402
 from vbedge.backends.base import BackendUnavailableError  # noqa: E402
@@ -71,16 +72,7 @@ def test_importing_vbedge_and_probing_does_not_import_openvino():
 
 
 def _hide_openvino(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_openvino(name, *args, **kwargs):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError("No module named 'openvino'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
-    for name in [m for m in sys.modules if m == "openvino" or m.startswith("openvino.")]:
-        monkeypatch.delitem(sys.modules, name)
+    hide_package(monkeypatch, "openvino")
 
 
 def test_missing_openvino_gives_a_clear_error(model_path, monkeypatch):

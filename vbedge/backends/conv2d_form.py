@@ -19,8 +19,8 @@ tests/test_conv2d_form.py against the original graph).
 Spatial convolutions with fewer than :data:`MIN_SPATIAL_CHANNELS` input channels (S3D's 7 x 7
 stem on the RGB input) stay 3D: measured on an Intel Xeon (2 cores, onnxruntime 1.32), the stem
 as a 2D convolution saves 18 ms but moving its 30 x 64 x 112 x 112 output between the two
-layouts costs 36 ms. With that, S3D at 1 x 3 x 30 x 224 x 224 runs in about 0.77x the time of the
-original graph (``benchmarks/bench_s3d_cpu.py``; figures in docs/benchmarks.md).
+layouts costs 36 ms. With that, S3D at 1 x 3 x 30 x 224 x 224 runs in about 0.83x the time of the
+original graph (1.20x faster, ``benchmarks/bench_s3d_cpu.py``; figures in docs/benchmarks.md).
 
 Only ONNX Runtime on the CPU gains from this: TensorRT and OpenVINO run the bundle's graph as it
 is. The rewrite needs the ``onnx`` package and static T, H and W (the exported S3D has only a
@@ -58,7 +58,7 @@ def _static_shape(shapes, name):
 
 def _kind(node, weight, attrs):
     """'pointwise', 'spatial', 'temporal' or None (left as it is) for a 3D Conv node."""
-    if weight is None or len(weight.dims) != 5 or len(node.input) < 2:
+    if weight is None or len(weight.dims) != 5:
         return None
     if attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1, 1])):
         return None
