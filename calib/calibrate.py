@@ -44,10 +44,37 @@ def _tokens_by_video(session, clipset, codebook):
     return list(by_video.values())
 
 
+def videobert_feeds(s3d_fp32, calib_set, held_set, codebook, vocab, *, max_sequences=256, seed=0, corpus=None):
+    """(calibration feeds, held-out feeds) for VideoBERT, as ``vbedge calibrate`` makes them.
+
+    Caption templates over the FP32 S3D's visual words of each clip set, plus masked kitchen
+    sentences (disjoint between the two sets); ``corpus`` replaces the calibration side.
+    """
+    from vbedge.calib.readers import corpus_sequences, sentence_sequences, split_sentences, template_sequences
+    from vbedge.export.verify import make_session
+
+    fp32_s3d = make_session(s3d_fp32)
+    windows = _visual_windows(_tokens_by_video(fp32_s3d, calib_set, codebook))
+    held_windows = _visual_windows(_tokens_by_video(fp32_s3d, held_set, codebook))
+    # Real text besides the templates: templates alone repeat ~20 words, so their ranges miss
+    # what captions and transcripts look like. Held-out sentences are disjoint from these.
+    calib_sentences, held_sentences = split_sentences(max_sequences // 2, max(16, max_sequences // 4), seed=seed)
+    if corpus is not None:
+        calib_feeds = corpus_sequences(vocab, corpus, max_sequences=max_sequences)
+    else:
+        calib_feeds = (template_sequences(vocab, windows[:max_sequences - len(calib_sentences)])
+                       + sentence_sequences(vocab, calib_sentences, windows, seed=seed))
+    # Held-out feeds are not padded: each runs at its own length, as in the captioner.
+    held_feeds = (template_sequences(vocab, held_windows[:max_sequences])
+                  + sentence_sequences(vocab, held_sentences, held_windows, seed=seed + 1))
+    return calib_feeds, held_feeds
+
+
 def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videobert_fp32=None,
                      method="minmax", holdout=0.25, max_clips=64, clips_per_video=None, corpus=None,
                      max_sequences=256, repeats=5, seed=0, progress=True, videobert_method=None,
-                     videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None, openvino=False) -> dict:
+                     videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None,
+                     videobert_per_token=None, openvino=False) -> dict:
     """Calibrate and evaluate; write ``s3d.int8.onnx`` (+ ``.cpu.onnx``), ``videobert.int8.onnx`` (+
     ``.cpu.onnx``) and ``int8_report.json`` into ``out_dir``; return the report dict (with ``files``).
 
@@ -60,12 +87,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
     timed interleaved with ONNX Runtime's variants in the same process.
     """
     from vbedge.calib.quantize import check_options, quantize_model
-    from vbedge.calib.readers import (S3DCalibrationReader, VideoBertCalibrationReader, collect_clips,
-                                      corpus_sequences, sentence_sequences, split_sentences,
-                                      template_sequences)
+    from vbedge.calib.readers import S3DCalibrationReader, VideoBertCalibrationReader, collect_clips
     from vbedge.calib.report import (Contender, evaluate_s3d, evaluate_videobert, goals_met, machine_description,
                                      openvino_contenders, write_report)
-    from vbedge.export.verify import make_session
 
     check_options(method)
     out = Path(out_dir)
@@ -89,25 +113,12 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
         report["s3d"] = evaluate_s3d(s3d_fp32, {"qdq": s3d_int8, "cpu": s3d_cpu, **fp32_2d, **extra}, held_set.clips,
                                      codebook, repeats=repeats)
         if videobert_fp32 is not None:
-            from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, transformer_cpu_form
+            from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, DEFAULT_PER_TOKEN, transformer_cpu_form
 
             vb_method = videobert_method or VIDEOBERT_METHOD
             check_options(vb_method, videobert_percentile)
-            fp32_s3d = make_session(s3d_fp32)
-            windows = _visual_windows(_tokens_by_video(fp32_s3d, calib_set, codebook))
-            held_windows = _visual_windows(_tokens_by_video(fp32_s3d, held_set, codebook))
-            # Real text besides the templates: templates alone repeat ~20 words, so their ranges miss
-            # what captions and transcripts look like. Held-out sentences are disjoint from these.
-            calib_sentences, held_sentences = split_sentences(max_sequences // 2, max(16, max_sequences // 4),
-                                                              seed=seed)
-            if corpus is not None:
-                calib_feeds = corpus_sequences(vocab, corpus, max_sequences=max_sequences)
-            else:
-                calib_feeds = (template_sequences(vocab, windows[:max_sequences - len(calib_sentences)])
-                               + sentence_sequences(vocab, calib_sentences, windows, seed=seed))
-            # Held-out feeds are not padded: each runs at its own length, as in the captioner.
-            held_feeds = (template_sequences(vocab, held_windows[:max_sequences])
-                          + sentence_sequences(vocab, held_sentences, held_windows, seed=seed + 1))
+            calib_feeds, held_feeds = videobert_feeds(s3d_fp32, calib_set, held_set, codebook, vocab,
+                                                      max_sequences=max_sequences, seed=seed, corpus=corpus)
             vb_int8, vb_cpu = out / "videobert.int8.onnx", out / "videobert.int8.cpu.onnx"
             dyn = {n: [0, 1] for n in ("input_ids", "attention_mask", "token_type_ids", "predict_positions")}
             vb_q = quantize_model(videobert_fp32, vb_int8, VideoBertCalibrationReader(calib_feeds, vocab.pad_id),
@@ -116,10 +127,17 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
             report["videobert_quantization"] = vb_q.to_dict()
             report["videobert_quantization"]["percentile"] = videobert_percentile if vb_method == "percentile" else None
             cpu_float = DEFAULT_CPU_FORM_FLOAT if videobert_cpu_float is None else tuple(videobert_cpu_float)
-            report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(videobert_fp32, vb_cpu,
-                                                                                float_parts=cpu_float)
+            per_token = DEFAULT_PER_TOKEN if videobert_per_token is None else tuple(videobert_per_token)
+            report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(
+                videobert_fp32, vb_cpu, float_parts=cpu_float, per_token=per_token)
             report["files"]["videobert"] = {"int8": vb_int8.name, "int8_cpu": vb_cpu.name}
+            # The other way of scaling the CPU form's activations, side by side (not in the bundle):
+            # per-tensor everywhere, or (when that is what the bundle gets) the default per-token parts.
+            other_name, other = ("per-tensor", ()) if per_token else ("per-token", DEFAULT_PER_TOKEN)
+            vb_other = out / f"videobert.int8.cpu.{other_name}.onnx"
+            transformer_cpu_form(videobert_fp32, vb_other, float_parts=cpu_float, per_token=other)
             extra = openvino_contenders(videobert_fp32, vb_int8) if openvino else {}
+            extra[f"cpu-{other_name}"] = vb_other
             report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": vb_int8, "cpu": vb_cpu, **extra},
                                                      held_feeds, repeats=max(repeats, 10))
     for w in recorded:

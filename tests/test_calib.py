@@ -181,7 +181,8 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     # The VideoBERT CPU form: dynamic INT8 MatMuls (no Q/DQ); the 30 encoder MatMuls outside the FFN outputs quantized.
     vb_cpu = onnx.load(str(out / "videobert.int8.cpu.onnx"))
     cpu_ops = [n.op_type for n in vb_cpu.graph.node]
-    assert cpu_ops.count("MatMulInteger") >= 30 and "QuantizeLinear" not in cpu_ops
+    assert cpu_ops.count("MatMulInteger") + cpu_ops.count("MatMulIntegerToFloat") >= 30
+    assert "DequantizeLinear" not in cpu_ops
     assert report["files"]["videobert"]["int8_cpu"] == "videobert.int8.cpu.onnx"
     # Default float parts: the masked-LM transform (one square MatMul), the pooler/alignment Gemms and
     # the 6 FFN output projections stay float MatMul/Gemm nodes in the written graph.
@@ -193,6 +194,16 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     # Loose floor (docs/int8.md: ~0.6-0.7 text / ~0.9 visual top-1, ~0.99 top-3/5 on held-out text):
     # a broken CPU form (wrong weights, wrong layout) lands near 0.
     assert cpu["text_top3_agreement"] >= 0.8 and cpu["visual_top1_agreement"] >= 0.5, cpu
+    # The bundle's CPU form has per-token scales on the FFN inputs (6 layers, one quantizer each);
+    # per-tensor everywhere is written and judged beside it (not in the bundle).
+    assert report["videobert_quantization"]["cpu_form"]["per_token"] == ["ffn_in"]
+    per_tensor = report["videobert"]["variants"]["cpu-per-tensor"]
+    assert per_tensor["text_top3_agreement"] >= 0.8, per_tensor
+    tensor_ops = [n.op_type for n in onnx.load(str(out / "videobert.int8.cpu.per-tensor.onnx")).graph.node]
+    assert cpu_ops.count("QuantizeLinear") == 6 and "QuantizeLinear" not in tensor_ops
+    assert cpu_ops.count("DynamicQuantizeLinear") + 6 == tensor_ops.count("DynamicQuantizeLinear")
+    assert cpu_ops.count("MatMulIntegerToFloat") == 6 and "MatMulIntegerToFloat" not in tensor_ops
+    assert cpu_ops.count("MatMulInteger") + 6 == tensor_ops.count("MatMulInteger"), (cpu_ops, tensor_ops)
     assert report["videobert"]["positions"] > report["videobert"]["sequences"]  # sentences mask several words
     # Words are scored at text positions, visual words at masked visual tokens (token type 1); the
     # held-out sentences mask one visual token in two, so both kinds are there.
@@ -294,6 +305,16 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     assert _parse_cpu_float("mlm_transform, ffn_out") == ("mlm_transform", "ffn_out")
     with pytest.raises(InvalidInputError, match="--cpu-float"):
         _parse_cpu_float("mlm_transform,softmax")
+    with pytest.raises(InvalidInputError, match="--cpu-float"):
+        _parse_cpu_float("all")
+    # ... and --per-token
+    from vbedge.calib.quantize import PER_TOKEN_PARTS
+    from vbedge.cli.calibrate import parse_per_token
+
+    assert parse_per_token(None) is None and parse_per_token("none") == () and parse_per_token("all") == PER_TOKEN_PARTS
+    assert parse_per_token("ffn_in,qkv") == ("ffn_in", "qkv")
+    with pytest.raises(InvalidInputError, match="--per-token"):
+        parse_per_token("ffn_out")
 
 
 def test_masked_positions_are_words_or_visual_tokens_by_segment():
@@ -410,3 +431,61 @@ def test_report_agreement_is_tie_aware():
     ref_scores = np.array([[2.0, 2.0, 0.0], [3.0, 2.9, 0.0]])
     split = top1_agreement_by_margin(ref_ids, ref_scores, np.array([5, 2]))
     assert split["top1"] == pytest.approx(0.5) and split["near_tie_top1"] == pytest.approx(0.5)
+
+
+def test_per_token_activation_scales_rewrite(tmp_path):
+    """Per-token int8 scales: an integer MatMul with one input scale per row; an outlier row no longer
+    costs the other rows their precision; a quantizer used otherwise is refused, the graph untouched."""
+    pytest.importorskip("onnxruntime.quantization")
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vbedge.calib.quantize import per_token_activation_scales
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 48)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", 48])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "tensor.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True)
+    per_token = onnx.load(str(tmp_path / "tensor.onnx"))
+    assert per_token_activation_scales(per_token) == 1
+    ops = [n.op_type for n in per_token.graph.node]
+    assert "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops and "ReduceMax" in ops
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("QuantizeLinear") == 1
+    onnx.save(per_token, str(tmp_path / "token.onnx"))
+
+    x = rng.normal(size=(2, 10, 64)).astype(np.float32)
+    x[0, 0] *= 300.0  # one outlier token, like BERT's [SEP]
+    exact = x @ weight
+    errors = {}
+    outputs = {}
+    for name, level in (("tensor", "all"), ("token", "all"), ("token", "none")):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        out = outputs[name, level] = session.run(None, {"x": x})[0]
+        ordinary = np.abs(out - exact)[:, 1:] / np.abs(exact[:, 1:]).mean()
+        errors[name, level] = float(ordinary.mean())
+    # int8 per row: the ordinary rows' error is about 1% of their magnitude, however large the outlier
+    # (per tensor, the outlier's range leaves them a few levels); the same with ONNX Runtime's graph
+    # optimizations on and off (a fusion must not read the row scale as a per-tensor one).
+    assert errors["token", "all"] < 0.02 and errors["token", "all"] * 10 < errors["tensor", "all"], errors
+    np.testing.assert_allclose(outputs["token", "all"], outputs["token", "none"], rtol=1e-4, atol=1e-3)
+
+    # A quantizer whose uint8 output feeds something else: refused, nothing written.
+    reused = onnx.load(str(tmp_path / "tensor.onnx"))
+    quantized = next(n for n in reused.graph.node if n.op_type == "DynamicQuantizeLinear").output[0]
+    reused.graph.node.append(helper.make_node("Identity", [quantized], ["leak"], name="leak"))
+    before = [n.op_type for n in reused.graph.node]
+    with pytest.raises(FormatError, match="per-token scales cannot be applied"):
+        per_token_activation_scales(reused)
+    assert [n.op_type for n in reused.graph.node] == before

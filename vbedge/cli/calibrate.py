@@ -26,6 +26,10 @@ def register(subparsers):
                    help="VideoBERT CPU form: comma-separated parts kept in float, from mlm_transform, pooler, "
                         "ffn_out, or 'none' (default all three; mlm_transform,pooler is ~25%% faster and less "
                         "accurate, docs/int8.md)")
+    p.add_argument("--per-token", metavar="PARTS",
+                   help="VideoBERT CPU form: comma-separated parts whose MatMul inputs get one int8 scale per token "
+                        "instead of one uint8 range per tensor, from qkv, attention_out, ffn_in, head, or 'all' or "
+                        "'none' (default ffn_in; the report times per-tensor beside it, docs/int8.md)")
     p.add_argument("--openvino", action="store_true",
                    help="also report OpenVINO (FP32 graph and Q/DQ graph as INT8) beside ONNX Runtime; needs "
                         "vbedge[openvino]")
@@ -35,21 +39,39 @@ def register(subparsers):
     return p
 
 
-def parse_cpu_float(text):
-    """``--cpu-float``: None (the default), () for 'none', else the named parts (checked)."""
-    from vbedge.calib.quantize import CPU_FORM_FLOAT_PARTS
+def parse_parts(text, option, allowed, allow_all=False):
+    """A comma-separated list of ``allowed`` names: None when not given, () for 'none', every name
+    for 'all' (when ``allow_all``); anything else is an error naming ``option``."""
     from vbedge.errors import InvalidInputError
 
     if text is None:
         return None
-    if text.strip().lower() == "none":
+    word = text.strip().lower()
+    if word == "none":
         return ()
+    if allow_all and word == "all":
+        return tuple(allowed)
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = [p for p in parts if p not in CPU_FORM_FLOAT_PARTS]
+    unknown = [p for p in parts if p not in allowed]
     if unknown or not parts:
-        raise InvalidInputError(f"--cpu-float: unknown part(s) {unknown or [text]}; expected a comma-separated list "
-                                f"of {', '.join(CPU_FORM_FLOAT_PARTS)} or 'none'")
+        raise InvalidInputError(f"{option}: unknown part(s) {unknown or [text]}; expected a comma-separated list "
+                                f"of {', '.join(allowed)}{', ' if allow_all else ' or '}'none'"
+                                + (" or 'all'" if allow_all else ""))
     return parts
+
+
+def parse_cpu_float(text):
+    """``--cpu-float``: the VideoBERT CPU form's float parts (None: the default)."""
+    from vbedge.calib.quantize import CPU_FORM_FLOAT_PARTS
+
+    return parse_parts(text, "--cpu-float", CPU_FORM_FLOAT_PARTS)
+
+
+def parse_per_token(text):
+    """``--per-token``: the VideoBERT CPU form's per-token parts (None: the default)."""
+    from vbedge.calib.quantize import PER_TOKEN_PARTS
+
+    return parse_parts(text, "--per-token", PER_TOKEN_PARTS, allow_all=True)
 
 
 def run_calibrate(args):
@@ -69,7 +91,7 @@ def run_calibrate(args):
         videobert_fp32=None if args.s3d_only else bundle.onnx_path("videobert", "fp32"), method=args.method,
         holdout=args.holdout, max_clips=args.max_clips, clips_per_video=args.clips_per_video, corpus=args.corpus,
         repeats=args.repeats, progress=not args.quiet, videobert_cpu_float=parse_cpu_float(args.cpu_float),
-        openvino=args.openvino)
+        videobert_per_token=parse_per_token(args.per_token), openvino=args.openvino)
     print(format_report(report))
     print(f"wrote {Path(args.output) / 'int8_report.json'}")
     return 0
