@@ -6,11 +6,17 @@ S3D and the pretrained one (the same seeded stem, so both share one stem pass):
 
 - a ridge probe (linear read-out fitted on the training clips);
 - leaf-majority accuracy of a hierarchical k-means codebook fitted on the training clips
-  (2 x 8 and 3 x 6 leaves): what survives tokenization.
+  (2 x 8, 3 x 6 and the demo's 2 x 12 leaves): what survives tokenization.
+
+``--window-epochs 0,2`` adds contenders in the same run: S3D pretrained with every layer first
+trained that many epochs on short windows (``pretrain_s3d(window_epochs=...)``; 0 is the frozen
+random stem), each with its own pretraining time.
 
 Synthetic data: these figures are about the rendered world, not real video.
 
     python benchmarks/bench_synthetic_s3d.py --train-videos 48 --test-videos 16 --seconds 120
+    python benchmarks/bench_synthetic_s3d.py --train-videos 160 --test-videos 36 --epochs 6 --seconds 900 \
+        --window-epochs 0,2          # the demo's world and pretraining, frozen vs trained stem
 """
 
 import argparse
@@ -28,6 +34,9 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=120.0, help="S3D pretraining budget")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--trainable-from", type=int, default=None)
+    p.add_argument("--window-epochs", default="0",
+                   help="comma-separated window_epochs of the pretrained contenders (0: the frozen random stem)")
+    p.add_argument("--window-frames", type=int, default=6)
     p.add_argument("--workdir", default=None, help="keep the worlds here (default: a temporary folder)")
     args = p.parse_args(argv)
 
@@ -53,27 +62,44 @@ def main(argv=None):
     print(f"{len(train['clips'])} training clips, {len(test['clips'])} held-out clips "
           f"({time.perf_counter() - start:.0f} s)")
     random = build_s3d_feature_extractor(random_init=True, seed=0)
+    stem_started = time.perf_counter()
     stem_train = stem_activations(random, train["clips"], k)
+    stem_pass = time.perf_counter() - stem_started
     stem_test = stem_activations(random, test["clips"], k)
-    result = pretrain_s3d(work / "train", work / "s3d.pth", seconds=args.seconds, max_epochs=args.epochs,
-                          trainable_from=k, data=train, stem_cache=stem_train, progress=False)
-    print(f"pretraining: {result.epochs} epochs in {result.seconds:.0f} s, last {result.history[-1]}")
-    rows = []
-    for name, model in (("random S3D", random), ("pretrained S3D", result.extractor)):
-        a, b = top_features(model, stem_train, k), top_features(model, stem_test, k)
+    trees = ((2, 8), (3, 6), (2, 12))
+
+    def scores(name, model, stem_a, stem_b):
+        a, b = top_features(model, stem_a, k), top_features(model, stem_b, k)
         row = [name]
         for label in ("verb", "noun"):
             row.append(ridge_probe_accuracy(a, train[label], b, test[label], alpha=10.0))
-            for levels, branching in ((2, 8), (3, 6)):
+            for levels, branching in trees:
                 cb = HierarchicalCodebook.fit(a, levels=levels, branching=branching, seed=0, progress=False)
                 row.append(leaf_majority_accuracy(cb.tokenize(a), train[label], cb.tokenize(b), test[label]))
-        rows.append(row)
-    head = ["", "verb ridge", "verb 2x8", "verb 3x6", "noun ridge", "noun 2x8", "noun 3x6"]
-    print(" | ".join(f"{h:>14s}" for h in head))
+        return row
+
+    rows = [scores("random S3D", random, stem_train, stem_test)]
+    for window_epochs in (int(x) for x in args.window_epochs.split(",")):
+        shared = window_epochs == 0  # the frozen stem is the random one: reuse its pass
+        result = pretrain_s3d(work / "train", work / f"s3d-window{window_epochs}.pth", seconds=args.seconds,
+                              max_epochs=args.epochs, trainable_from=k, data=train,
+                              stem_cache=stem_train if shared else None, window_epochs=window_epochs,
+                              window_frames=args.window_frames, progress=False)
+        model = result.extractor
+        own = (stem_train, stem_test) if shared else (stem_activations(model, train["clips"], k),
+                                                     stem_activations(model, test["clips"], k))
+        name = "pretrained" if shared else f"+{window_epochs} window ep."
+        print(f"{name}: {result.seconds:.0f} s of pretraining "
+              f"({f'+ {stem_pass:.0f} s of the random stem pass' if shared else 'the stem trained, its pass included'}),"
+              f" {result.epochs} epochs of the top, last {result.history[-1]}")
+        rows.append(scores(name, model, *own))
+    head = ["", "verb ridge"] + [f"verb {a}x{b}" for a, b in trees] + ["noun ridge"] + [f"noun {a}x{b}" for a, b in trees]
+    print(" | ".join(f"{h:>15s}" for h in head))
     for row in rows:
-        print(" | ".join([f"{row[0]:>14s}"] + [f"{100 * v:13.1f}%" for v in row[1:]]))
-    ratio = np.asarray(rows[1][1:]) / np.maximum(np.asarray(rows[0][1:]), 1e-9)
-    print("pretrained / random: " + ", ".join(f"{h} {r:.2f}x" for h, r in zip(head[1:], ratio)))
+        print(" | ".join([f"{row[0]:>15s}"] + [f"{100 * v:14.1f}%" for v in row[1:]]))
+    for row in rows[1:]:
+        ratio = np.asarray(row[1:]) / np.maximum(np.asarray(rows[0][1:]), 1e-9)
+        print(f"{row[0]} / random: " + ", ".join(f"{h} {r:.2f}x" for h, r in zip(head[1:], ratio)))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -50,3 +50,32 @@ def test_pretraining_learns_and_writes_loadable_weights(tiny_world, tmp_path):
     assert feats.shape == (4, 1024) and np.isfinite(feats).all()
     meta = json.loads((tmp_path / "s3d.pth.json").read_text())
     assert meta["synthetic"] is True and meta["epochs"] == 5
+
+
+def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, tmp_path):
+    from vbedge.errors import InvalidInputError
+    from vbedge.models.s3d import build_s3d_feature_extractor
+
+    data = world_clips(tiny_world, progress=False)
+    for bad, match in (({"window_frames": 4}, "window_frames"), ({"window_frames": 13}, "window_frames"),
+                       ({"stem_cache": np.zeros(1)}, "stem_cache"), ({"window_epochs": -1}, "window_epochs")):
+        options = {"window_epochs": 1, **bad}
+        with pytest.raises(InvalidInputError, match=match):
+            pretrain_s3d(tiny_world, tmp_path / "bad.pth", max_epochs=1, batch=6, data=data, progress=False, **options)
+    assert not (tmp_path / "bad.pth").exists()
+
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=2, batch=6, data=data,
+                          window_epochs=2, window_frames=6, progress=False)
+    window = [h for h in result.history if h.get("phase") == "window"]
+    assert len(window) == 2 and result.epochs == 2 and len(result.history) == 4, result.history
+    assert all(np.isfinite(h["loss"]) for h in result.history), result.history
+    trained = build_s3d_feature_extractor(tmp_path / "s3d.pth")
+    random = build_s3d_feature_extractor(random_init=True, seed=0)
+    # every layer was trained this time, the first convolution too
+    assert not torch.equal(trained.features[0][0][0].weight, random.features[0][0][0].weight)
+    # the stem's batch-norm statistics were re-set on full-length clips, not left at the defaults
+    assert not torch.equal(trained.features[0][0][1].running_var, torch.ones_like(random.features[0][0][1].running_var))
+    feats = clip_features(trained, data["clips"][:4])
+    assert feats.shape == (4, 1024) and np.isfinite(feats).all()
+    meta = json.loads((tmp_path / "s3d.pth.json").read_text())
+    assert meta["window_epochs"] == 2 and meta["window_frames"] == 6 and "every layer" in meta["note"]
