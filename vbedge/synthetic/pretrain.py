@@ -18,6 +18,11 @@ machine, 60-90 s from Mixed_4b).
 Random low-level filters keep the motion and shape information (a ridge probe finds it in a
 random S3D's features); the trained top makes the pooled 1024-d feature *group* by label, which
 is what a k-means codebook needs.
+
+``window_epochs`` (off by default) first trains every layer, the stem too, on random 6-frame
+windows of the clips (a full step at 6 frames costs about half of one at 12), then caches the
+trained stem and trains the top as above: the noun's features gain several points, for about
+200 s more on 2 cores, which the demo's 8-minute budget does not take (docs/synthetic.md).
 """
 
 from __future__ import annotations
