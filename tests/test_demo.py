@@ -84,3 +84,37 @@ def test_demo_refuses_an_unknown_size(tmp_path):
     with pytest.raises(InvalidInputError):
         run_demo(tmp_path, size="huge")
     assert "tiny" in DEMO_SIZES
+
+
+def test_stem_size_trains_the_stem_and_the_cli_offers_every_size(tmp_path, monkeypatch):
+    """``--size stem`` hands its window epochs to S3D pretraining; the default and tiny sizes train none."""
+    import argparse
+
+    import vbedge.synthetic.pretrain as pretrain
+    import vbedge.synthetic.world as world
+    from vbedge.cli.demo import register
+
+    if _missing:
+        pytest.skip(f"demo needs {_missing}")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(world, "render_world", lambda *a, **k: None)
+    monkeypatch.setattr(pretrain, "world_clips", lambda *a, **k: {})
+    monkeypatch.setattr(pretrain, "pretrain_s3d", fake_pretrain)
+    for size, expected in (("stem", 2), ("default", 0), ("tiny", 0)):
+        seen.clear()
+        with pytest.raises(Stop):
+            run_demo(tmp_path / size, size=size)
+        assert seen["window_epochs"] == expected and seen["max_epochs"] == DEMO_SIZES[size]["pretrain_epochs"]
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["demo", "--size", "stem"]).size == "stem"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--size", "huge"])

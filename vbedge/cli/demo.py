@@ -3,6 +3,7 @@
 
 def register(subparsers):
     """Register ``vbedge demo``."""
+    from ..demo import DEMO_SIZES
     p = subparsers.add_parser("demo", help="train S3D, a codebook and VideoBERT on a SYNTHETIC kitchen world, build "
                                            "a bundle, caption a held-out video and score it zero-shot (needs "
                                            "vbedge[opencv,export,demo])")
@@ -10,8 +11,9 @@ def register(subparsers):
                                                             "run reuses what is there")
     p.add_argument("--s3d", default=None, help="your torchvision S3D state dict (.pth) instead of pretraining one "
                                                "on the synthetic world")
-    p.add_argument("--size", default="default", choices=("default", "tiny"),
-                   help="tiny: a small world trained in a short time (tests)")
+    p.add_argument("--size", default="default", choices=tuple(DEMO_SIZES),
+                   help="stem: S3D's stem trained too (better nouns, about 3 minutes more); tiny: a small world "
+                        "trained in a short time (tests)")
     p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt, openvino or torch")
     p.set_defaults(func=run_demo)
 
