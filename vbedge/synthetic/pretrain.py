@@ -21,8 +21,9 @@ is what a k-means codebook needs.
 
 ``window_epochs`` (off by default) first trains every layer, the stem too, on random 6-frame
 windows of the clips (a full step at 6 frames costs about half of one at 12), then caches the
-trained stem and trains the top as above: the noun's features gain several points, for about
-200 s more on 2 cores, which the demo's 8-minute budget does not take (docs/synthetic.md).
+trained stem and trains the top as above: with 2 epochs the noun's features gained 9 points and
+its codebook leaves 9-16, for about 170 s more on 2 cores, which the default demo's 8-minute
+budget does not take (``vbedge demo --size stem`` does; docs/synthetic.md).
 """
 
 from __future__ import annotations
@@ -274,8 +275,8 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             ``window_frames``-long windows of the clips (a full S3D step on 6 of the 12 frames
             costs about half of one on the whole clip), then re-set the stem's batch-norm
             statistics on full-length clips, cache the trained stem and train the top as
-            usual. 0 (the default) keeps the stem random. Measured in docs/synthetic.md: it
-            lifts the noun's features by about 6-13 points for about 200 s more on 2 cores.
+            usual. 0 (the default) keeps the stem random. Measured in docs/synthetic.md: 2
+            epochs lift the noun's features by about 9 points for about 170 s more on 2 cores.
         window_frames: frames per window (at least 5: S3D's temporal pooling needs them).
         progress: show progress bars.
 
