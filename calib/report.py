@@ -315,7 +315,10 @@ def goals_met(report) -> dict:
     vb = report.get("videobert")
     if vb:
         best = vb["variants"].get("cpu") or vb["variants"]["qdq"]
-        met["videobert_top1"] = best["top1_agreement"] >= GOALS["videobert_top1_agreement"]
+        # The goal is defined at the caption template's masked *words* (text top-1); visual-token
+        # top-1 is reported beside it, not folded in (31 masked visual tokens on the demo's set).
+        text = best.get("text_top1_agreement")
+        met["videobert_top1"] = (best["top1_agreement"] if text is None else text) >= GOALS["videobert_top1_agreement"]
         met["videobert_speedup"] = best["speedup"] >= GOALS["speedup"]
     return met
 
@@ -387,7 +390,7 @@ def format_report(report) -> str:
                 lines.append(f"  {label:<8} " + "; ".join(parts))
     goals = report.get("goals_met")
     if goals:
-        lines.append("goals (token >= 95%, VideoBERT top-1 >= 97%, INT8 >= 1.5x FP32): " +
+        lines.append("goals (token >= 95%, VideoBERT text top-1 >= 97%, INT8 >= 1.5x FP32): " +
                      ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
     for warning in report.get("warnings", []):
         lines.append(f"warning: {warning}")

@@ -489,3 +489,17 @@ def test_per_token_activation_scales_rewrite(tmp_path):
     with pytest.raises(FormatError, match="per-token scales cannot be applied"):
         per_token_activation_scales(reused)
     assert [n.op_type for n in reused.graph.node] == before
+
+
+def test_videobert_goal_is_judged_on_masked_words():
+    """The INT8 goal is text top-1 at the template's masked words; visual top-1 does not decide it."""
+    from vbedge.calib.report import goals_met
+
+    def report(text, visual):
+        cpu = {"text_top1_agreement": text, "visual_top1_agreement": visual,
+               "top1_agreement": min(text, visual), "speedup": 2.0}
+        return {"videobert": {"variants": {"cpu": cpu, "qdq": dict(cpu)}}}
+
+    assert goals_met(report(0.991, 0.903))["videobert_top1"] is True
+    assert goals_met(report(0.969, 1.0))["videobert_top1"] is False
+    assert goals_met(report(0.97, 0.5)) == {"videobert_top1": True, "videobert_speedup": True}
