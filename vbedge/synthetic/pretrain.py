@@ -207,6 +207,21 @@ def _recompute_batch_norm(module, batches):
     module.eval()
 
 
+def _training_step(network, heads, x, verbs, nouns, loss_fn, optimizer, schedule):
+    """One optimisation step of ``network`` (pooled to 1024-d) and the verb and noun heads on ``x``.
+
+    Returns the batch's summed loss and its right verb and noun answers."""
+    feature = network(x).mean(dim=(2, 3, 4))
+    out_v, out_n = heads["verb"](feature), heads["noun"](feature)
+    loss = loss_fn(out_v, verbs) + loss_fn(out_n, nouns)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return (float(loss.detach()) * len(x), int((out_v.argmax(1) == verbs).sum()),
+            int((out_n.argmax(1) == nouns).sum()))
+
+
 def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, batch, lr, generator, loss_fn,
                       progress):
     """Train every layer of ``extractor`` (and the heads) on random ``frames``-long windows of ``clips``.
@@ -233,17 +248,9 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
             # backward on such a view gave gradients of 1e26 (training diverged to NaN) where the
             # contiguous copy gives the right ones.
             x = clips[idx][:, :, offset:offset + frames].contiguous()
-            feature = extractor.features(x).mean(dim=(2, 3, 4))
-            out_v, out_n = heads["verb"](feature), heads["noun"](feature)
-            loss = loss_fn(out_v, verbs[idx]) + loss_fn(out_n, nouns[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(idx)
-            right_v += int((out_v.argmax(1) == verbs[idx]).sum())
-            right_n += int((out_n.argmax(1) == nouns[idx]).sum())
-            seen += len(idx)
+            loss, hits_v, hits_n = _training_step(extractor.features, heads, x, verbs[idx], nouns[idx], loss_fn,
+                                                  optimizer, schedule)
+            total, right_v, right_n, seen = total + loss, right_v + hits_v, right_n + hits_n, seen + len(idx)
         history.append({"phase": "window", "epoch": epoch + 1, "loss": round(total / seen, 4),
                         "train_verb_acc": round(right_v / seen, 4), "train_noun_acc": round(right_n / seen, 4)})
     return history
@@ -347,16 +354,9 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
                 # label-preserving (stir direction, cut strokes are fine; pour is not), so only
                 # small noise is added.
                 x = x + 0.05 * torch.randn(x.shape, generator=generator) * x.std()
-                feature = top(x).mean(dim=(2, 3, 4))
-                out_v, out_n = heads["verb"](feature), heads["noun"](feature)
-                loss = loss_fn(out_v, verbs[idx]) + loss_fn(out_n, nouns[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach()) * len(idx)
-                right_v += int((out_v.argmax(1) == verbs[idx]).sum())
-                right_n += int((out_n.argmax(1) == nouns[idx]).sum())
+                loss, hits_v, hits_n = _training_step(top, heads, x, verbs[idx], nouns[idx], loss_fn, optimizer,
+                                                      schedule)
+                total, right_v, right_n = total + loss, right_v + hits_v, right_n + hits_n
             epoch += 1
             entry = {"epoch": epoch, "loss": round(total / len(order), 4),
                      "train_verb_acc": round(right_v / len(order), 4), "train_noun_acc": round(right_n / len(order), 4)}
