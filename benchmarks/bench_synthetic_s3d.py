@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("--trainable-from", type=int, default=None)
     p.add_argument("--window-epochs", default="0",
                    help="comma-separated window_epochs of the pretrained contenders (0: the frozen random stem)")
-    p.add_argument("--window-frames", type=int, default=6)
+    p.add_argument("--window-frames", type=int, default=8)
     p.add_argument("--workdir", default=None, help="keep the worlds here (default: a temporary folder)")
     args = p.parse_args(argv)
 

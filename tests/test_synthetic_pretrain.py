@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytest.importorskip("cv2")
 
-from vbedge.synthetic.pretrain import WORLD_SPEC, clip_features, pretrain_s3d, world_clips  # noqa: E402
+from vbedge.synthetic.pretrain import (MIN_WINDOW_FRAMES, WORLD_SPEC, _channels_last, clip_features,  # noqa: E402
+                                       pretrain_s3d, world_clips)
 from vbedge.synthetic.world import NOUNS, VERBS, render_world  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, 
     from vbedge.models.s3d import build_s3d_feature_extractor
 
     data = world_clips(tiny_world, progress=False)
-    for bad, match in (({"window_frames": 4}, "window_frames"), ({"window_frames": 13}, "window_frames"),
+    for bad, match in (({"window_frames": 7}, "window_frames"), ({"window_frames": 13}, "window_frames"),
                        ({"stem_cache": np.zeros(1)}, "stem_cache"), ({"window_epochs": -1}, "window_epochs")):
         options = {"window_epochs": 1, **bad}
         with pytest.raises(InvalidInputError, match=match):
@@ -65,7 +66,7 @@ def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, 
     assert not (tmp_path / "bad.pth").exists()
 
     result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=2, batch=6, data=data,
-                          window_epochs=2, window_frames=6, progress=False)
+                          window_epochs=2, window_frames=8, progress=False)
     window = [h for h in result.history if h.get("phase") == "window"]
     assert len(window) == 2 and result.epochs == 2 and len(result.history) == 4, result.history
     assert all(np.isfinite(h["loss"]) for h in result.history), result.history
@@ -79,4 +80,34 @@ def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, 
     feats = clip_features(trained, data["clips"][:4])
     assert feats.shape == (4, 1024) and np.isfinite(feats).all()
     meta = json.loads((tmp_path / "s3d.pth.json").read_text())
-    assert meta["window_epochs"] == 2 and meta["window_frames"] == 6 and "every layer" in meta["note"]
+    assert meta["window_epochs"] == 2 and meta["window_frames"] == 8 and "every layer" in meta["note"]
+
+
+def _first_block_weight_gradients(frames, dtype, layout):
+    """Gradients of S3D's first block (spatial 7 x 7, then temporal 7 with stride 2) for one seeded batch."""
+    from vbedge.models.s3d import build_s3d_feature_extractor
+
+    block = build_s3d_feature_extractor(random_init=True, seed=0).features[0].to(dtype).to(memory_format=layout)
+    block.train()
+    x = torch.randn(4, 3, frames, 32, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y = block(x.contiguous(memory_format=layout))
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    (y * weight).sum().backward()
+    return [p.grad.double() for p in block.parameters()]
+
+
+def test_window_training_gets_the_stem_gradient_right():
+    # PyTorch 2.14's CPU weight gradient of the first temporal convolution (kernel 7, stride 2,
+    # padding 3) is garbage on 7 frames or fewer (1e25-1e34, NaN, or a crash): the window length
+    # pretraining allows, in the channels-last layout it trains in, must match a float64 reference.
+    reference = _first_block_weight_gradients(MIN_WINDOW_FRAMES, torch.float64, torch.contiguous_format)
+    trained = _first_block_weight_gradients(MIN_WINDOW_FRAMES, torch.float32, torch.channels_last_3d)
+    for got, want in zip(trained, reference):
+        assert torch.isfinite(got).all()
+        assert float((got - want).abs().max()) <= 1e-3 * float(want.abs().max())
+
+
+def test_channels_last_copy_keeps_the_values():
+    x = torch.randn(2, 3, 12, 8, 8)[:, :, 2:10]  # a time slice: a strided view
+    dense = _channels_last(x)
+    assert dense.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(dense, x)

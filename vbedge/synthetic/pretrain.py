@@ -19,11 +19,11 @@ Random low-level filters keep the motion and shape information (a ridge probe fi
 random S3D's features); the trained top makes the pooled 1024-d feature *group* by label, which
 is what a k-means codebook needs.
 
-``window_epochs`` (off by default) first trains every layer, the stem too, on random 6-frame
-windows of the clips (a full step at 6 frames costs about half of one at 12), then caches the
-trained stem and trains the top as above: with 2 epochs the noun's features gained 9 points and
-its codebook leaves 9-16, for about 170 s more on 2 cores, which the default demo's 8-minute
-budget does not take (``vbedge demo --size stem`` does; docs/synthetic.md).
+``window_epochs`` (off by default) first trains every layer, the stem too, on random 8-frame
+windows of the clips (:data:`MIN_WINDOW_FRAMES`: shorter ones meet a PyTorch bug), then caches
+the trained stem and trains the top as above (``vbedge demo --size stem``; figures in
+docs/synthetic.md). Training runs on channels-last tensors, which oneDNN's CPU convolutions take
+about twice as fast as the default layout (``benchmarks/bench_s3d_training_step.py``).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def stem_activations(extractor, clips, trainable_from, batch=16, progress=False)
 
     stem = extractor.features[:trainable_from].eval()
     with torch.no_grad():
-        return torch.cat([stem(torch.from_numpy(np.ascontiguousarray(clips[i:i + batch])))
+        return torch.cat([stem(_channels_last(torch.from_numpy(np.ascontiguousarray(clips[i:i + batch]))))
                           for i in tqdm(range(0, len(clips), batch), desc="S3D stem (frozen)", disable=not progress)])
 
 
@@ -184,6 +184,16 @@ def clip_features(extractor, clips, batch=16):
     return np.concatenate(feats).astype(np.float32)
 
 
+def _channels_last(x):
+    """``x`` (N, C, T, H, W) as a dense channels-last tensor (a copy unless it already is one).
+
+    oneDNN's CPU conv3d runs about twice as fast forward and backward on channels-last tensors
+    and weights (``benchmarks/bench_s3d_training_step.py``); the values are the same."""
+    import torch
+
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
 def _recompute_batch_norm(module, batches):
     """Batch-norm running statistics of ``module`` from a clean pass over ``batches`` (cumulative average).
 
@@ -201,7 +211,7 @@ def _recompute_batch_norm(module, batches):
     module.train()
     with torch.no_grad():
         for batch in batches:
-            module(batch)
+            module(_channels_last(batch))
     for layer, momentum in momenta.items():
         layer.momentum = momentum
     module.eval()
@@ -211,7 +221,7 @@ def _training_step(network, heads, x, verbs, nouns, loss_fn, optimizer, schedule
     """One optimisation step of ``network`` (pooled to 1024-d) and the verb and noun heads on ``x``.
 
     Returns the batch's summed loss and its right verb and noun answers."""
-    feature = network(x).mean(dim=(2, 3, 4))
+    feature = network(_channels_last(x)).mean(dim=(2, 3, 4))
     out_v, out_n = heads["verb"](feature), heads["noun"](feature)
     loss = loss_fn(out_v, verbs) + loss_fn(out_n, nouns)
     optimizer.zero_grad()
@@ -244,10 +254,7 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
         for step in range(steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
             offset = int(torch.randint(0, clips.shape[2] - frames + 1, (1,), generator=generator))
-            # contiguous: a time slice of a clip is a strided view, and torch 2.14's CPU conv3d
-            # backward on such a view gave gradients of 1e26 (training diverged to NaN) where the
-            # contiguous copy gives the right ones.
-            x = clips[idx][:, :, offset:offset + frames].contiguous()
+            x = _channels_last(clips[idx][:, :, offset:offset + frames])
             loss, hits_v, hits_n = _training_step(extractor.features, heads, x, verbs[idx], nouns[idx], loss_fn,
                                                   optimizer, schedule)
             total, right_v, right_n, seen = total + loss, right_v + hits_v, right_n + hits_n, seen + len(idx)
@@ -258,10 +265,16 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
 
 #: Full-length clips whose batch-norm statistics re-set the stem after training on short windows.
 WINDOW_BN_CLIPS = 256
+#: Shortest window ``window_epochs`` trains on. On 7 frames or fewer, PyTorch's (2.14) CPU
+#: weight gradient of S3D's first temporal convolution (kernel 7, stride 2, padding 3) reads
+#: memory it does not own: values of 1e25-1e34 or NaN, sometimes a crash (``double free``).
+#: From 8 frames on it matches a float64 reference (``tests/test_synthetic_pretrain.py``).
+MIN_WINDOW_FRAMES = 8
 
 
 def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=DEFAULT_TRAINABLE_FROM,
-                 batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, window_epochs=0, window_frames=6,
+                 batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, window_epochs=0,
+                 window_frames=MIN_WINDOW_FRAMES,
                  progress=True):
     """Pretrain S3D with verb and noun heads on a world's clips; save its state dict at ``out_path``.
 
@@ -279,12 +292,12 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             ``trainable_from``, when already computed (only without ``window_epochs``: the
             cache is the random stem's).
         window_epochs: first train *every* layer, the stem too, for this many epochs on random
-            ``window_frames``-long windows of the clips (a full S3D step on 6 of the 12 frames
-            costs about half of one on the whole clip), then re-set the stem's batch-norm
+            ``window_frames``-long windows of the clips (a full S3D step on 8 of the 12 frames
+            costs about two thirds of one on the whole clip), then re-set the stem's batch-norm
             statistics on full-length clips, cache the trained stem and train the top as
             usual. 0 (the default) keeps the stem random. Measured in docs/synthetic.md: 2
             epochs lift the noun's features by about 9 points for about 170 s more on 2 cores.
-        window_frames: frames per window (at least 5: S3D's temporal pooling needs them).
+        window_frames: frames per window, at least :data:`MIN_WINDOW_FRAMES` (8).
         progress: show progress bars.
 
     Returns:
@@ -302,6 +315,9 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     started = time.perf_counter()
     torch.manual_seed(seed)
     extractor = build_s3d_feature_extractor(random_init=True, seed=seed)
+    # Channels-last weights and activations throughout training (about 2x faster on the CPU);
+    # the weights go back to the default layout before they are saved.
+    extractor.to(memory_format=torch.channels_last_3d)
     blocks = extractor.features
     if not 1 <= trainable_from < len(blocks):
         raise InvalidInputError(f"trainable_from must be in [1, {len(blocks) - 1}], got {trainable_from}")
@@ -310,9 +326,11 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
         raise InvalidInputError(f"window_epochs must be a whole number >= 0, got {window_epochs!r}")
     if window_epochs:
         if isinstance(window_frames, bool) or not isinstance(window_frames, int) \
-                or not 5 <= window_frames <= clip_frames:
-            raise InvalidInputError(f"window_frames must be a whole number in [5, {clip_frames}] (S3D's temporal "
-                                    f"pooling needs 5 frames; the clips have {clip_frames}), got {window_frames!r}")
+                or not MIN_WINDOW_FRAMES <= window_frames <= clip_frames:
+            raise InvalidInputError(
+                f"window_frames must be a whole number in [{MIN_WINDOW_FRAMES}, {clip_frames}] (the clips have "
+                f"{clip_frames} frames; on fewer than {MIN_WINDOW_FRAMES}, PyTorch's CPU weight gradient of S3D's "
+                f"first temporal convolution is garbage), got {window_frames!r}")
         if stem_cache is not None:
             raise InvalidInputError("stem_cache holds the random stem's output; with window_epochs the stem is "
                                     "trained first, so leave stem_cache out")
@@ -366,7 +384,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
         _recompute_batch_norm(top, (cached[i:i + batch] for i in range(0, len(cached), batch)))
     finally:
         bar.close()
-    extractor.eval()
+    extractor.to(memory_format=torch.contiguous_format).eval()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".partial")
