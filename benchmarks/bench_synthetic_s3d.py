@@ -35,7 +35,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--trainable-from", type=int, default=None)
     p.add_argument("--window-epochs", default="0",
-                   help="comma-separated window_epochs of the pretrained contenders (0: the frozen random stem)")
+                   help="comma-separated contenders, each window_epochs (0: the frozen random stem) with optional "
+                        "+augment and +balance (pretrain_s3d's options), e.g. 0,2,2+augment+balance")
     p.add_argument("--window-frames", type=int, default=8)
     p.add_argument("--workdir", default=None, help="keep the worlds here (default: a temporary folder)")
     args = p.parse_args(argv)
@@ -79,24 +80,30 @@ def main(argv=None):
         return row
 
     rows = [scores("random S3D", random, stem_train, stem_test)]
-    for window_epochs in (int(x) for x in args.window_epochs.split(",")):
+    for contender in args.window_epochs.split(","):
+        window_epochs, *flags = contender.strip().split("+")
+        window_epochs = int(window_epochs)
+        unknown = set(flags) - {"augment", "balance"}
+        if unknown:
+            p.error(f"unknown contender option(s) {sorted(unknown)} in {contender!r}")
         shared = window_epochs == 0  # the frozen stem is the random one: reuse its pass
-        result = pretrain_s3d(work / "train", work / f"s3d-window{window_epochs}.pth", seconds=args.seconds,
+        result = pretrain_s3d(work / "train", work / f"s3d-{contender}.pth", seconds=args.seconds,
                               max_epochs=args.epochs, trainable_from=k, data=train,
                               stem_cache=stem_train if shared else None, window_epochs=window_epochs,
-                              window_frames=args.window_frames, progress=False)
+                              window_frames=args.window_frames, augment="augment" in flags,
+                              balance="balance" in flags, progress=False)
         model = result.extractor
         own = (stem_train, stem_test) if shared else (stem_activations(model, train["clips"], k),
                                                      stem_activations(model, test["clips"], k))
-        name = "pretrained" if shared else f"+{window_epochs} window ep."
+        name = ("pretrained" if shared else f"+{window_epochs} window ep.") + "".join(f" +{f}" for f in flags)
         print(f"{name}: {result.seconds:.0f} s of pretraining "
               f"({f'+ {stem_pass:.0f} s of the random stem pass' if shared else 'the stem trained, its pass included'}),"
               f" {result.epochs} epochs of the top, last {result.history[-1]}")
         rows.append(scores(name, model, *own))
     head = ["", "verb ridge"] + [f"verb {a}x{b}" for a, b in trees] + ["noun ridge"] + [f"noun {a}x{b}" for a, b in trees]
-    print(" | ".join(f"{h:>15s}" for h in head))
+    print(" | ".join(f"{h:>28s}" if i == 0 else f"{h:>11s}" for i, h in enumerate(head)))
     for row in rows:
-        print(" | ".join([f"{row[0]:>15s}"] + [f"{100 * v:14.1f}%" for v in row[1:]]))
+        print(" | ".join([f"{row[0]:>28s}"] + [f"{100 * v:10.1f}%" for v in row[1:]]))
     for row in rows[1:]:
         ratio = np.asarray(row[1:]) / np.maximum(np.asarray(rows[0][1:]), 1e-9)
         print(f"{row[0]} / random: " + ", ".join(f"{h} {r:.2f}x" for h, r in zip(head[1:], ratio)))

@@ -86,8 +86,8 @@ def test_demo_refuses_an_unknown_size(tmp_path):
     assert "tiny" in DEMO_SIZES
 
 
-def test_stem_size_trains_the_stem_and_the_cli_offers_every_size(tmp_path, monkeypatch):
-    """``--size stem`` hands its window epochs to S3D pretraining; the default and tiny sizes train none."""
+def test_sizes_hand_their_pretraining_to_s3d_and_the_cli_offers_every_size(tmp_path, monkeypatch):
+    """The default and large sizes train S3D's stem (window epochs); the tiny size keeps it random."""
     import argparse
 
     import vbedge.synthetic.pretrain as pretrain
@@ -108,13 +108,13 @@ def test_stem_size_trains_the_stem_and_the_cli_offers_every_size(tmp_path, monke
     monkeypatch.setattr(world, "render_world", lambda *a, **k: None)
     monkeypatch.setattr(pretrain, "world_clips", lambda *a, **k: {})
     monkeypatch.setattr(pretrain, "pretrain_s3d", fake_pretrain)
-    for size, expected in (("stem", 2), ("default", 0), ("tiny", 0)):
+    for size, expected in (("large", 2), ("default", 2), ("tiny", 0)):
         seen.clear()
         with pytest.raises(Stop):
             run_demo(tmp_path / size, size=size)
         assert seen["window_epochs"] == expected and seen["max_epochs"] == DEMO_SIZES[size]["pretrain_epochs"]
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    assert parser.parse_args(["demo", "--size", "stem"]).size == "stem"
+    assert parser.parse_args(["demo", "--size", "large"]).size == "large"
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--size", "huge"])

@@ -111,3 +111,28 @@ def test_channels_last_copy_keeps_the_values():
     x = torch.randn(2, 3, 12, 8, 8)[:, :, 2:10]  # a time slice: a strided view
     dense = _channels_last(x)
     assert dense.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(dense, x)
+
+
+def test_augmentation_flips_some_clips_and_shifts_each_colour_channel():
+    from vbedge.synthetic.pretrain import _augment
+
+    ramp = torch.arange(8.0).expand(64, 3, 2, 8, 8).contiguous()  # grows along the width
+    out = _augment(ramp, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape
+    # each clip and channel is an affine map of the ramp or of its mirror image
+    slope = out[..., 1] - out[..., 0]
+    flipped = slope < 0
+    assert 10 < int(flipped[:, 0, 0, 0].sum()) < 54  # about half of the 64 clips
+    assert bool((flipped == flipped[:, :1]).all())  # one flip per clip, all channels and frames
+    gains = slope.abs()[:, :, 0, 0]
+    assert float(gains.min()) >= 0.75 - 1e-6 and float(gains.max()) <= 1.25 + 1e-6
+    assert float(gains.std()) > 0.05  # gains differ between clips and channels
+
+
+def test_balanced_pretraining_runs_with_augmentation(tiny_world, tmp_path):
+    data = world_clips(tiny_world, progress=False)
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
+                          window_epochs=1, augment=True, balance=True, progress=False)
+    assert all(np.isfinite(h["loss"]) for h in result.history), result.history
+    meta = json.loads((tmp_path / "s3d.pth.json").read_text())
+    assert meta["augment"] is True and meta["balance"] is True

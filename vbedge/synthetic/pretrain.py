@@ -217,13 +217,13 @@ def _recompute_batch_norm(module, batches):
     module.eval()
 
 
-def _training_step(network, heads, x, verbs, nouns, loss_fn, optimizer, schedule):
+def _training_step(network, heads, x, verbs, nouns, losses, optimizer, schedule):
     """One optimisation step of ``network`` (pooled to 1024-d) and the verb and noun heads on ``x``.
 
     Returns the batch's summed loss and its right verb and noun answers."""
     feature = network(_channels_last(x)).mean(dim=(2, 3, 4))
     out_v, out_n = heads["verb"](feature), heads["noun"](feature)
-    loss = loss_fn(out_v, verbs) + loss_fn(out_n, nouns)
+    loss = losses["verb"](out_v, verbs) + losses["noun"](out_n, nouns)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -232,8 +232,22 @@ def _training_step(network, heads, x, verbs, nouns, loss_fn, optimizer, schedule
             int((out_n.argmax(1) == nouns).sum()))
 
 
-def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, batch, lr, generator, loss_fn,
-                      progress):
+def _augment(x, generator):
+    """Label-preserving augmentation of a batch (N, 3, T, H, W): a random horizontal flip per clip (the
+    world draws every motion's direction both ways) and a random gain and offset per clip and colour
+    channel (in the normalised space), so that shade alone names the ingredient less often."""
+    import torch
+
+    n = len(x)
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None, None], x.flip(-1), x)
+    gain = 1.0 + 0.25 * (2.0 * torch.rand(n, 3, 1, 1, 1, generator=generator) - 1.0)
+    offset = 0.25 * (2.0 * torch.rand(n, 3, 1, 1, 1, generator=generator) - 1.0)
+    return x * gain + offset
+
+
+def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, batch, lr, generator, losses,
+                      augment, progress):
     """Train every layer of ``extractor`` (and the heads) on random ``frames``-long windows of ``clips``.
 
     Returns the history entries (one per epoch, ``"phase": "window"``)."""
@@ -255,7 +269,9 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
             idx = order[step * batch:(step + 1) * batch]
             offset = int(torch.randint(0, clips.shape[2] - frames + 1, (1,), generator=generator))
             x = _channels_last(clips[idx][:, :, offset:offset + frames])
-            loss, hits_v, hits_n = _training_step(extractor.features, heads, x, verbs[idx], nouns[idx], loss_fn,
+            if augment:
+                x = _augment(x, generator)
+            loss, hits_v, hits_n = _training_step(extractor.features, heads, x, verbs[idx], nouns[idx], losses,
                                                   optimizer, schedule)
             total, right_v, right_n, seen = total + loss, right_v + hits_v, right_n + hits_n, seen + len(idx)
         history.append({"phase": "window", "epoch": epoch + 1, "loss": round(total / seen, 4),
@@ -274,8 +290,7 @@ MIN_WINDOW_FRAMES = 8
 
 def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=DEFAULT_TRAINABLE_FROM,
                  batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, window_epochs=0,
-                 window_frames=MIN_WINDOW_FRAMES,
-                 progress=True):
+                 window_frames=MIN_WINDOW_FRAMES, augment=False, balance=False, progress=True):
     """Pretrain S3D with verb and noun heads on a world's clips; save its state dict at ``out_path``.
 
     Args:
@@ -298,6 +313,11 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             usual. 0 (the default) keeps the stem random. Measured in docs/synthetic.md: 2
             epochs lift the noun's features by about 9 points for about 170 s more on 2 cores.
         window_frames: frames per window, at least :data:`MIN_WINDOW_FRAMES` (8).
+        augment: in the window phase, flip each clip left-right at random and jitter each colour
+            channel's gain and offset (:func:`_augment`). Measured: it cost the noun 5-8 points
+            of codebook-leaf accuracy on the demo's world (docs/synthetic.md), so it is off.
+        balance: weigh each verb and noun class in the loss by the inverse of its frequency.
+            Measured together with ``augment`` only (same cost); off.
         progress: show progress bars.
 
     Returns:
@@ -338,14 +358,21 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     verbs = torch.from_numpy(data["verb"].astype(np.int64))
     nouns = torch.from_numpy(data["noun"].astype(np.int64))
     heads = nn.ModuleDict({"verb": nn.Linear(1024, len(VERBS)), "noun": nn.Linear(1024, len(NOUNS))})
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    def loss_for(labels, classes):
+        weight = None
+        if balance:  # each class weighs as much as the others in the loss, however often the world drew it
+            counts = torch.bincount(labels, minlength=classes).clamp(min=1).float()
+            weight = counts.sum() / (classes * counts)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+
+    losses = {"verb": loss_for(verbs, len(VERBS)), "noun": loss_for(nouns, len(NOUNS))}
     history = []
     generator = torch.Generator().manual_seed(seed)
     if window_epochs:
         clips = torch.from_numpy(np.ascontiguousarray(data["clips"]))
         history += _train_on_windows(extractor, heads, clips, verbs, nouns, epochs=window_epochs,
                                      frames=window_frames, batch=max(2, batch // 2), lr=lr, generator=generator,
-                                     loss_fn=loss_fn, progress=progress)
+                                     losses=losses, augment=augment, progress=progress)
         subset = clips[torch.randperm(len(clips), generator=generator)[:WINDOW_BN_CLIPS]]
         _recompute_batch_norm(blocks[:trainable_from], (subset[i:i + batch] for i in range(0, len(subset), batch)))
     if stem_cache is None:
@@ -372,7 +399,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
                 # label-preserving (stir direction, cut strokes are fine; pour is not), so only
                 # small noise is added.
                 x = x + 0.05 * torch.randn(x.shape, generator=generator) * x.std()
-                loss, hits_v, hits_n = _training_step(top, heads, x, verbs[idx], nouns[idx], loss_fn, optimizer,
+                loss, hits_v, hits_n = _training_step(top, heads, x, verbs[idx], nouns[idx], losses, optimizer,
                                                       schedule)
                 total, right_v, right_n = total + loss, right_v + hits_v, right_n + hits_n
             epoch += 1
@@ -394,6 +421,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     meta = {**result.to_dict(), "synthetic": True, "spec": spec.to_dict(), "trainable_from": trainable_from,
             "seed": seed, "world": str(world_dir), "window_epochs": window_epochs,
             "window_frames": window_frames if window_epochs else None,
+            "augment": bool(augment), "balance": bool(balance),
             "note": "S3D pretrained (supervised, verb + noun heads) on a synthetic world; " + (
                 f"every layer first trained {window_epochs} epochs on {window_frames}-frame windows, then blocks "
                 f"from index {trainable_from} on full clips" if window_epochs else
