@@ -21,9 +21,9 @@ is what a k-means codebook needs.
 
 ``window_epochs`` (off by default) first trains every layer, the stem too, on random 8-frame
 windows of the clips (:data:`MIN_WINDOW_FRAMES`: shorter ones meet a PyTorch bug), then caches
-the trained stem and trains the top as above (``vbedge demo --size stem``; figures in
-docs/synthetic.md). Training runs on channels-last tensors, which oneDNN's CPU convolutions take
-about twice as fast as the default layout (``benchmarks/bench_s3d_training_step.py``).
+the trained stem and trains the top as above (the demo's default and large sizes; figures in
+docs/synthetic.md). Training runs on channels-last tensors, on which oneDNN's CPU convolutions
+train 1.2-1.4x faster than on the default layout (``benchmarks/bench_s3d_training_step.py``).
 """
 
 from __future__ import annotations
@@ -187,8 +187,8 @@ def clip_features(extractor, clips, batch=16):
 def _channels_last(x):
     """``x`` (N, C, T, H, W) as a dense channels-last tensor (a copy unless it already is one).
 
-    oneDNN's CPU conv3d runs about twice as fast forward and backward on channels-last tensors
-    and weights (``benchmarks/bench_s3d_training_step.py``); the values are the same."""
+    A training step of S3D on channels-last tensors and weights is 1.2-1.4x faster on the CPU
+    (``benchmarks/bench_s3d_training_step.py``); the values are the same."""
     import torch
 
     return x.contiguous(memory_format=torch.channels_last_3d)
