@@ -46,11 +46,11 @@ DEMO_SIZES = {
     "default": {"train_videos": 160, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
                 "pretrain_epochs": 6, "pretrain_window_epochs": 2, "train_steps": 400, "batch_size": 32,
                 "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
-    # "large": twice the training videos, the top trained 3 epochs instead of 6 (the noun generalises
-    # with more clips, not more epochs: its codebook leaves 74 -> 81% on held-out clips,
-    # docs/synthetic.md), for about 2.5 minutes more than the default.
+    # "large": twice the training videos, 3 window epochs, the top trained 3 epochs instead of 6 (the
+    # noun generalises with more clips, not more epochs: its codebook leaves 74 -> 85% on held-out
+    # clips, docs/synthetic.md), for about 3.5 minutes more than the default.
     "large": {"train_videos": 320, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
-              "pretrain_epochs": 3, "pretrain_window_epochs": 2, "train_steps": 400, "batch_size": 32,
+              "pretrain_epochs": 3, "pretrain_window_epochs": 3, "train_steps": 400, "batch_size": 32,
               "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
     # The tiny size (tests/test_demo.py) keeps the random stem and is bounded by epochs and steps,
     # not by time, so a test gets the same model on a loaded machine as on an idle one.

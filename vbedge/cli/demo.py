@@ -12,7 +12,7 @@ def register(subparsers):
     p.add_argument("--s3d", default=None, help="your torchvision S3D state dict (.pth) instead of pretraining one "
                                                "on the synthetic world")
     p.add_argument("--size", default="default", choices=tuple(DEMO_SIZES),
-                   help="large: twice the training videos (better nouns, about 2.5 minutes more); tiny: a small "
+                   help="large: twice the training videos (better nouns, about 3.5 minutes more); tiny: a small "
                         "world with S3D's stem left random, trained in a short time (tests)")
     p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt, openvino or torch")
     p.set_defaults(func=run_demo)
