@@ -98,7 +98,7 @@ def _first_block_weight_gradients(frames, dtype, layout):
 
 def test_window_training_gets_the_stem_gradient_right():
     # PyTorch 2.14's CPU weight gradient of the first temporal convolution (kernel 7, stride 2,
-    # padding 3) is garbage on 7 frames or fewer (1e25-1e34, NaN, or a crash): the window length
+    # padding 3) is garbage on 7 frames or fewer (1e20-1e34, NaN, or a crash): the window length
     # pretraining allows, in the channels-last layout it trains in, must match a float64 reference.
     reference = _first_block_weight_gradients(MIN_WINDOW_FRAMES, torch.float64, torch.contiguous_format)
     trained = _first_block_weight_gradients(MIN_WINDOW_FRAMES, torch.float32, torch.channels_last_3d)

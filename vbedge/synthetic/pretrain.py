@@ -269,7 +269,7 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
         for step in range(steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
             offset = int(torch.randint(0, clips.shape[2] - frames + 1, (1,), generator=generator))
-            x = _channels_last(clips[idx][:, :, offset:offset + frames])
+            x = clips[idx][:, :, offset:offset + frames]  # _training_step makes it a dense channels-last copy
             if augment:
                 x = _augment(x, generator)
             loss, hits_v, hits_n = _training_step(extractor.features, heads, x, verbs[idx], nouns[idx], losses,
