@@ -36,7 +36,8 @@ def main(argv=None):
     p.add_argument("--trainable-from", type=int, default=None)
     p.add_argument("--window-epochs", default="0",
                    help="comma-separated contenders, each window_epochs (0: the frozen random stem) with optional "
-                        "+augment and +balance (pretrain_s3d's options), e.g. 0,2,2+augment+balance")
+                        "+augment, +balance, +cropN (pretrain_s3d's options) and +topN (N epochs of the top instead "
+                        "of --epochs), e.g. 0,2,2+augment+balance,3+top0+crop56")
     p.add_argument("--window-frames", type=int, default=8)
     p.add_argument("--workdir", default=None, help="keep the worlds here (default: a temporary folder)")
     args = p.parse_args(argv)
@@ -58,8 +59,8 @@ def main(argv=None):
     print("SYNTHETIC world (vbedge.synthetic): figures are about rendered videos, not real ones")
     for name, n, seed, split in (("train", args.train_videos, 0, "train"), ("test", args.test_videos, 1000, "test")):
         if not (work / name / "world.json").is_file():
-            render_world(work / name, n, seed, split=split, progress=False)
-    train, test = world_clips(work / "train", progress=False), world_clips(work / "test", progress=False)
+            render_world(work / name, n, seed, split=split, progress=False, workers=None)
+    train, test = (world_clips(work / name, progress=False, workers=None) for name in ("train", "test"))
     print(f"{len(train['clips'])} training clips, {len(test['clips'])} held-out clips "
           f"({time.perf_counter() - start:.0f} s)")
     random = build_s3d_feature_extractor(random_init=True, seed=0)
@@ -83,14 +84,17 @@ def main(argv=None):
     for contender in args.window_epochs.split(","):
         window_epochs, *flags = contender.strip().split("+")
         window_epochs = int(window_epochs)
-        unknown = set(flags) - {"augment", "balance"}
+        top_epochs = [int(f[3:]) for f in flags if f.startswith("top") and f[3:].isdigit()]
+        crops = [int(f[4:]) for f in flags if f.startswith("crop") and f[4:].isdigit()]
+        unknown = set(flags) - {"augment", "balance"} - {f"top{n}" for n in top_epochs} - {f"crop{n}" for n in crops}
         if unknown:
             p.error(f"unknown contender option(s) {sorted(unknown)} in {contender!r}")
         shared = window_epochs == 0  # the frozen stem is the random one: reuse its pass
         result = pretrain_s3d(work / "train", work / f"s3d-{contender}.pth", seconds=args.seconds,
-                              max_epochs=args.epochs, trainable_from=k, data=train,
+                              max_epochs=top_epochs[-1] if top_epochs else args.epochs, trainable_from=k, data=train,
                               stem_cache=stem_train if shared else None, window_epochs=window_epochs,
-                              window_frames=args.window_frames, augment="augment" in flags,
+                              window_frames=args.window_frames, window_crop=crops[-1] if crops else None,
+                              augment="augment" in flags,
                               balance="balance" in flags, progress=False)
         model = result.extractor
         own = (stem_train, stem_test) if shared else (stem_activations(model, train["clips"], k),

@@ -32,6 +32,13 @@ def test_world_clips_are_labelled_like_the_narration(tiny_world):
         assert (VERBS[verb], NOUNS[noun]) == (step["verb"], step["noun"])
 
 
+def test_world_clips_decoded_on_two_processes_are_the_same(tiny_world):
+    one, two = world_clips(tiny_world, progress=False), world_clips(tiny_world, progress=False, workers=2)
+    assert sorted(two) == sorted(one)
+    for key in one:
+        np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+
+
 def test_pretraining_learns_and_writes_loadable_weights(tiny_world, tmp_path):
     from vbedge.models.s3d import build_s3d_feature_extractor, check_s3d_state_dict, load_s3d_state_dict
 
@@ -53,20 +60,32 @@ def test_pretraining_learns_and_writes_loadable_weights(tiny_world, tmp_path):
     assert meta["synthetic"] is True and meta["epochs"] == 5
 
 
-def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, tmp_path):
+def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, tmp_path, monkeypatch):
     from vbedge.errors import InvalidInputError
     from vbedge.models.s3d import build_s3d_feature_extractor
+    from vbedge.synthetic import pretrain
+
+    window_shapes = []
+    step = pretrain._training_step
+
+    def recording_step(network, heads, x, *args):
+        if x.shape[1] == 3:  # a batch of frames (the window phase), not the stem's activations
+            window_shapes.append(tuple(x.shape[2:]))
+        return step(network, heads, x, *args)
+
+    monkeypatch.setattr(pretrain, "_training_step", recording_step)
 
     data = world_clips(tiny_world, progress=False)
     for bad, match in (({"window_frames": 7}, "window_frames"), ({"window_frames": 13}, "window_frames"),
-                       ({"stem_cache": np.zeros(1)}, "stem_cache"), ({"window_epochs": -1}, "window_epochs")):
+                       ({"stem_cache": np.zeros(1)}, "stem_cache"), ({"window_epochs": -1}, "window_epochs"),
+                       ({"window_crop": 8}, "window_crop"), ({"window_crop": 65}, "window_crop")):
         options = {"window_epochs": 1, **bad}
         with pytest.raises(InvalidInputError, match=match):
             pretrain_s3d(tiny_world, tmp_path / "bad.pth", max_epochs=1, batch=6, data=data, progress=False, **options)
     assert not (tmp_path / "bad.pth").exists()
 
     result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=2, batch=6, data=data,
-                          window_epochs=2, window_frames=8, progress=False)
+                          window_epochs=2, window_frames=8, window_crop=56, progress=False)
     window = [h for h in result.history if h.get("phase") == "window"]
     assert len(window) == 2 and result.epochs == 2 and len(result.history) == 4, result.history
     assert all(np.isfinite(h["loss"]) for h in result.history), result.history
@@ -81,6 +100,7 @@ def test_window_pretraining_trains_the_stem_and_refuses_bad_options(tiny_world, 
     assert feats.shape == (4, 1024) and np.isfinite(feats).all()
     meta = json.loads((tmp_path / "s3d.pth.json").read_text())
     assert meta["window_epochs"] == 2 and meta["window_frames"] == 8 and "every layer" in meta["note"]
+    assert meta["window_crop"] == 56 and window_shapes and set(window_shapes) == {(8, 56, 56)}
 
 
 def _first_block_weight_gradients(frames, dtype, layout):

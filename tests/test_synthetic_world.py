@@ -105,6 +105,18 @@ def test_two_seeds_give_disjoint_videos(tmp_path):
     assert [v.steps for v in c] == [v.steps for v in a]
 
 
+def test_rendering_on_two_processes_writes_the_same_world(tmp_path):
+    pytest.importorskip("cv2")
+    one = render_world(tmp_path / "one", 3, seed=2, steps=2, step_seconds=0.5, size=48, progress=False)
+    two = render_world(tmp_path / "two", 3, seed=2, steps=2, step_seconds=0.5, size=48, progress=False, workers=2)
+    assert [(v.name, v.steps) for v in two] == [(v.name, v.steps) for v in one]
+    for video in one:  # every video has its own random stream, whichever process draws it
+        assert (tmp_path / "two" / video.name).read_bytes() == (tmp_path / "one" / video.name).read_bytes()
+    assert (tmp_path / "two" / "narration.jsonl").read_text() == (tmp_path / "one" / "narration.jsonl").read_text()
+    with pytest.raises(InvalidInputError, match="workers"):
+        render_world(tmp_path / "bad", 1, seed=0, progress=False, workers=0)
+
+
 def test_nuisances_vary_independently_of_labels():
     rng = np.random.default_rng(3)
     looks = collections.defaultdict(list)

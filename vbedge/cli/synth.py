@@ -14,6 +14,9 @@ def register(subparsers):
     p.add_argument("--step-seconds", type=float, default=3.0, help="seconds per step (default 3.0)")
     p.add_argument("--fps", type=float, default=20.0, help="frame rate (default 20)")
     p.add_argument("--size", type=int, default=96, help="frame width and height in pixels (default 96)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes rendering side by side (default: one per CPU core; the videos are the same "
+                        "for any number)")
     p.set_defaults(func=run_synth)
 
 
@@ -22,7 +25,8 @@ def run_synth(args):
     from ..synthetic.world import render_world
 
     made = render_world(args.output, args.videos, args.seed, split=args.split, steps=args.steps,
-                        step_seconds=args.step_seconds, fps=args.fps, size=args.size)
+                        step_seconds=args.step_seconds, fps=args.fps, size=args.size,
+                        workers=args.workers)
     steps = sum(len(v.steps) for v in made)
     print(f"wrote {len(made)} SYNTHETIC videos ({steps} narrated steps, split {args.split}, seed {args.seed}) "
           f"and narration.jsonl, world.json to {args.output}")

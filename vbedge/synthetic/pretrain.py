@@ -93,40 +93,58 @@ def step_of(steps, start, end):
     return None
 
 
-def world_clips(world_dir, spec=WORLD_SPEC, progress=True):
+def _video_clips(job):
+    """The narrated clips of one world video: (clips, verb, noun, start, end, step) lists (a process-pool job)."""
+    from ..clips import ClipAssembler
+    from ..preprocess import make_clip
+    from ..sources import open_source
+
+    world_dir, record, spec = job
+    assembler = ClipAssembler.from_spec(spec)
+    with open_source(str(Path(world_dir) / record["video"])) as source:
+        clips = [c for frame in source for c in assembler.push(frame)] + list(assembler.finish())
+    out = {k: [] for k in ("clips", "verb", "noun", "start", "end", "step")}
+    for clip in clips:
+        index = step_of(record["narration"], clip.start, clip.end)
+        if index is None:
+            continue
+        step = record["narration"][index]
+        out["clips"].append(make_clip(clip.frames, spec))
+        out["verb"].append(VERBS.index(step["verb"]))
+        out["noun"].append(NOUNS.index(step["noun"]))
+        out["start"].append(clip.start)
+        out["end"].append(clip.end)
+        out["step"].append(index)
+    return out
+
+
+def world_clips(world_dir, spec=WORLD_SPEC, progress=True, workers=1):
     """Every clip of a world's videos, preprocessed as the runtime does, with its labels.
 
     Clips are cut as :class:`vbedge.Pipeline` cuts them (:class:`~vbedge.clips.ClipAssembler`
     at ``spec``'s frame rate, consecutive clips, the same :func:`~vbedge.preprocess.make_clip`).
-    A clip whose midpoint lies in no narrated step is left out.
+    A clip whose midpoint lies in no narrated step is left out. ``workers`` processes decode
+    videos side by side (None: one per CPU core); the result is the same for any number.
 
     Returns a dict of arrays: ``clips`` (N, 3, T, H, W) float32, ``verb`` and ``noun`` (indices
     into :data:`VERBS` / :data:`NOUNS`), ``video`` (names), ``start``, ``end`` and ``step``.
     """
     from tqdm.auto import tqdm
 
-    from ..clips import ClipAssembler
-    from ..preprocess import make_clip
-    from ..sources import open_source
+    from .parallel import bar_map, check_workers
 
+    workers = check_workers(workers)
     records = read_world_narration(world_dir)
     out = {k: [] for k in ("clips", "verb", "noun", "video", "start", "end", "step")}
-    for record in tqdm(records, desc="decoding world clips", unit="video", disable=not progress):
-        assembler = ClipAssembler.from_spec(spec)
-        with open_source(str(Path(world_dir) / record["video"])) as source:
-            clips = [c for frame in source for c in assembler.push(frame)] + list(assembler.finish())
-        for clip in clips:
-            index = step_of(record["narration"], clip.start, clip.end)
-            if index is None:
-                continue
-            step = record["narration"][index]
-            out["clips"].append(make_clip(clip.frames, spec))
-            out["verb"].append(VERBS.index(step["verb"]))
-            out["noun"].append(NOUNS.index(step["noun"]))
-            out["video"].append(record["video"])
-            out["start"].append(clip.start)
-            out["end"].append(clip.end)
-            out["step"].append(index)
+    bar = tqdm(total=len(records), desc="decoding world clips", unit="video", disable=not progress)
+    try:
+        jobs = [(str(world_dir), record, spec) for record in records]
+        for record, video in zip(records, bar_map(_video_clips, jobs, workers, bar)):
+            for key, values in video.items():
+                out[key].extend(values)
+            out["video"].extend([record["video"]] * len(video["clips"]))
+    finally:
+        bar.close()
     if not out["clips"]:
         raise InvalidInputError(f"no narrated clip in {world_dir}")
     result = {k: np.asarray(v) for k, v in out.items() if k != "clips"}
@@ -248,7 +266,7 @@ def _augment(x, generator):
 
 
 def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, batch, lr, generator, losses,
-                      augment, progress):
+                      augment, progress, crop=None):
     """Train every layer of ``extractor`` (and the heads) on random ``frames``-long windows of ``clips``.
 
     Returns the history entries (one per epoch, ``"phase": "window"``)."""
@@ -270,6 +288,10 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
             idx = order[step * batch:(step + 1) * batch]
             offset = int(torch.randint(0, clips.shape[2] - frames + 1, (1,), generator=generator))
             x = clips[idx][:, :, offset:offset + frames]  # _training_step makes it a dense channels-last copy
+            if crop is not None:  # one random spatial crop for the batch, as the time window
+                top_px, left_px = (int(torch.randint(0, side - crop + 1, (1,), generator=generator))
+                                   for side in x.shape[-2:])
+                x = x[..., top_px:top_px + crop, left_px:left_px + crop]
             if augment:
                 x = _augment(x, generator)
             loss, hits_v, hits_n = _training_step(extractor.features, heads, x, verbs[idx], nouns[idx], losses,
@@ -291,7 +313,7 @@ MIN_WINDOW_FRAMES = 8
 
 def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=DEFAULT_TRAINABLE_FROM,
                  batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, window_epochs=0,
-                 window_frames=MIN_WINDOW_FRAMES, augment=False, balance=False, progress=True):
+                 window_frames=MIN_WINDOW_FRAMES, window_crop=None, augment=False, balance=False, progress=True):
     """Pretrain S3D with verb and noun heads on a world's clips; save its state dict at ``out_path``.
 
     Args:
@@ -314,6 +336,8 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             usual. 0 (the default) keeps the stem random. Measured in docs/synthetic.md: 2
             epochs lift the noun's codebook-leaf accuracy by about 10 points on the demo's world.
         window_frames: frames per window, at least :data:`MIN_WINDOW_FRAMES` (8).
+        window_crop: train the window phase on random ``window_crop`` x ``window_crop`` crops of
+            the frames (one crop per batch); None (the default) keeps the whole frame.
         augment: in the window phase, flip each clip left-right at random and jitter each colour
             channel's gain and offset (:func:`_augment`). Measured: it cost the noun 5-8 points
             of codebook-leaf accuracy on the demo's world (docs/synthetic.md), so it is off.
@@ -352,6 +376,10 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
                 f"window_frames must be a whole number in [{MIN_WINDOW_FRAMES}, {clip_frames}] (the clips have "
                 f"{clip_frames} frames; on fewer than {MIN_WINDOW_FRAMES}, PyTorch's CPU weight gradient of S3D's "
                 f"first temporal convolution is garbage), got {window_frames!r}")
+        side = min(data["clips"].shape[-2:])
+        if window_crop is not None and (isinstance(window_crop, bool) or not isinstance(window_crop, int)
+                                        or not 16 <= window_crop <= side):
+            raise InvalidInputError(f"window_crop must be None or a whole number in [16, {side}], got {window_crop!r}")
         if stem_cache is not None:
             raise InvalidInputError("stem_cache holds the random stem's output; with window_epochs the stem is "
                                     "trained first, so leave stem_cache out")
@@ -373,7 +401,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
         clips = torch.from_numpy(np.ascontiguousarray(data["clips"]))
         history += _train_on_windows(extractor, heads, clips, verbs, nouns, epochs=window_epochs,
                                      frames=window_frames, batch=max(2, batch // 2), lr=lr, generator=generator,
-                                     losses=losses, augment=augment, progress=progress)
+                                     losses=losses, augment=augment, progress=progress, crop=window_crop)
         subset = clips[torch.randperm(len(clips), generator=generator)[:WINDOW_BN_CLIPS]]
         _recompute_batch_norm(blocks[:trainable_from], (subset[i:i + batch] for i in range(0, len(subset), batch)))
     if stem_cache is None:
@@ -422,6 +450,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     meta = {**result.to_dict(), "synthetic": True, "spec": spec.to_dict(), "trainable_from": trainable_from,
             "seed": seed, "world": str(world_dir), "window_epochs": window_epochs,
             "window_frames": window_frames if window_epochs else None,
+            "window_crop": window_crop if window_epochs else None,
             "augment": bool(augment), "balance": bool(balance),
             "note": "S3D pretrained (supervised, verb + noun heads) on a synthetic world; " + (
                 f"every layer first trained {window_epochs} epochs on {window_frames}-frame windows, then blocks "

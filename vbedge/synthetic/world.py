@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .parallel import bar_map, check_workers
 from ..errors import InvalidInputError, MissingDependencyError
 
 __all__ = ["HELD_OUT_PAIRS", "NOUNS", "PHRASINGS", "START_VERBS", "VERBS", "VERB_TRANSITIONS",
@@ -368,6 +369,30 @@ def _render_frames(cv2, rng, recipe, look, size, fps, step_seconds):
             yield lit
 
 
+def _render_video(job):
+    """Render video ``index`` of world ``seed`` into ``out``; return its :class:`WorldVideo` (a process-pool job)."""
+    out, seed, index, split, steps, step_seconds, fps, size = job
+    cv2 = _cv2()
+    rng = np.random.default_rng([seed, index])
+    recipe = sample_recipe(rng, steps, split)
+    look = _video_look(rng, size)
+    name = f"synth-s{seed}-{index:04d}.mp4"
+    path = Path(out) / name
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    if not writer.isOpened():
+        raise MissingDependencyError(f"OpenCV cannot write {path} with the mp4v codec")
+    try:
+        for frame in _render_frames(cv2, rng, recipe, look, size, fps, step_seconds):
+            writer.write(frame)
+    finally:
+        writer.release()
+    frames_per_step = int(round(step_seconds * fps))
+    spans = [(k * frames_per_step / fps, (k + 1) * frames_per_step / fps) for k in range(len(recipe))]
+    return WorldVideo(name, (seed, index), [
+        {"start": round(a, 6), "end": round(b, 6), "text": step_sentence(rng, v, n), "verb": v, "noun": n}
+        for (a, b), (v, n) in zip(spans, recipe)])
+
+
 def _cv2():
     try:
         import cv2
@@ -377,7 +402,7 @@ def _cv2():
 
 
 def render_world(out_dir, videos, seed, *, split="train", steps=4, step_seconds=3.0, fps=20.0, size=96,
-                 progress=True):
+                 progress=True, workers=1):
     """Render ``videos`` recipe videos into ``out_dir``; return their :class:`WorldVideo` list.
 
     Args:
@@ -391,6 +416,8 @@ def render_world(out_dir, videos, seed, *, split="train", steps=4, step_seconds=
         fps: frame rate of the videos.
         size: width and height in pixels.
         progress: show a progress bar.
+        workers: processes that render videos side by side (None: one per CPU core). Every
+            video has its own random stream, so the files are the same for any number.
 
     Raises:
         InvalidInputError: a bad option. MissingDependencyError: no OpenCV, or no mp4v writer.
@@ -407,33 +434,16 @@ def render_world(out_dir, videos, seed, *, split="train", steps=4, step_seconds=
             raise InvalidInputError(f"{name} must be a positive number, got {value!r}")
     if size < 48:
         raise InvalidInputError(f"size must be at least 48 pixels, got {size}")
-    cv2 = _cv2()
+    workers = check_workers(workers)
+    _cv2()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    made = []
+    jobs = [(str(out), int(seed), index, split, steps, step_seconds, float(fps), size) for index in range(videos)]
     bar = tqdm(total=videos, desc=f"rendering synthetic world (seed {seed})", unit="video", disable=not progress)
     try:
-        for index in range(videos):
-            rng = np.random.default_rng([int(seed), index])
-            recipe = sample_recipe(rng, steps, split)
-            look = _video_look(rng, size)
-            name = f"synth-s{int(seed)}-{index:04d}.mp4"
-            writer = cv2.VideoWriter(str(out / name), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (size, size))
-            if not writer.isOpened():
-                raise MissingDependencyError(f"OpenCV cannot write {out / name} with the mp4v codec")
-            try:
-                for frame in _render_frames(cv2, rng, recipe, look, size, fps, step_seconds):
-                    writer.write(frame)
-            finally:
-                writer.release()
-            frames_per_step = int(round(step_seconds * fps))
-            spans = [(k * frames_per_step / fps, (k + 1) * frames_per_step / fps) for k in range(len(recipe))]
-            made.append(WorldVideo(name, (int(seed), index), [
-                {"start": round(a, 6), "end": round(b, 6), "text": step_sentence(rng, v, n), "verb": v, "noun": n}
-                for (a, b), (v, n) in zip(spans, recipe)]))
-            bar.update(1)
+        made = list(bar_map(_render_video, jobs, workers, bar))
     finally:
         bar.close()
     with open(out / "narration.jsonl", "w", encoding="utf-8") as handle:
