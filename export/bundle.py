@@ -36,7 +36,7 @@ def _check_precisions(precisions):
 def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_random_init=False, seed=0,
                  precisions=("fp32", "fp16"), spec=None, top_k=None, reference_weights=False,
                  overwrite=False, progress=True, calib_videos=None, calib_method="minmax",
-                 spec_reason=None, sign_key=None, sign_password=None):
+                 spec_reason=None, sign_key=None, sign_password=None, s3d_export=None):
     """Export both models into a new bundle folder ``output_dir`` and return the verified :class:`Bundle`.
 
     Args:
@@ -60,6 +60,10 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
             the bundle with (``manifest.sig``, :func:`vbedge.bundle.sign_bundle`); read before the
             export starts, so a wrong key or passphrase fails in seconds, not after minutes.
         sign_password: bytes passphrase of an encrypted ``sign_key`` PEM.
+        s3d_export: an :class:`~vbedge.export.s3d.S3DExportResult` (or its folder) that
+            :func:`~vbedge.export.s3d.export_s3d` already made from these weights and ``spec``:
+            its checked files are copied instead of exporting S3D again (about 14 s at the demo's
+            size). Refused unless its recorded weights hash, preprocessing and file hashes match.
     """
     from vbedge.codebook import HierarchicalCodebook
     from vbedge.export.s3d import export_s3d, spec_for_weights
@@ -88,9 +92,13 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         fp16 = "fp16" in precisions
-        log.info("bundle: exporting S3D")
-        s3d = export_s3d(staging, s3d_weights, random_init=s3d_random_init, seed=seed, spec=spec, fp16=fp16,
-                         progress=progress)
+        if s3d_export is None:
+            log.info("bundle: exporting S3D")
+            s3d = export_s3d(staging, s3d_weights, random_init=s3d_random_init, seed=seed, spec=spec, fp16=fp16,
+                             progress=progress)
+        else:
+            log.info("bundle: S3D exported already (%s)", s3d_export)
+            s3d = _reuse_s3d_export(s3d_export, staging, s3d_weights, s3d_random_init, seed, spec, fp16)
         feature_dim = int(s3d.metadata["outputs"][0]["shape"][-1])
         if feature_dim != codebook.dim:
             raise FormatError(f"S3D makes {feature_dim}-d features but the codebook is {codebook.dim}-d")
@@ -152,6 +160,44 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
         return Bundle.load(out, trusted_keys=[sign_key.public_key()])
     log.info("bundle %s is not signed: devices that check signatures will refuse it (vbedge sign)", out)
     return Bundle.load(out, verify_hashes=False, trusted_keys=False)
+
+
+def _reuse_s3d_export(export, staging, weights, random_init, seed, spec, fp16):
+    """Copy an earlier :func:`export_s3d` result into ``staging`` after checking it was made from the same inputs."""
+    import json
+
+    from vbedge.export.s3d import S3DExportResult, _sha256
+
+    folder = Path(export.metadata_path).parent if isinstance(export, S3DExportResult) else Path(export)
+    meta_path = folder / "s3d.json"
+    if not meta_path.is_file():
+        raise FormatError(f"s3d_export: {meta_path} not found (give the folder export_s3d wrote)")
+    meta = json.loads(meta_path.read_text())
+    source = meta.get("source", {})
+    expected = ({"kind": "random-init", "seed": int(seed)} if random_init else
+                {"kind": "torchvision-s3d-state-dict", "sha256": _sha256(weights)})
+    if any(source.get(k) != v for k, v in expected.items()):
+        raise FormatError(f"s3d_export {folder} was made from other S3D weights ({source}), not {expected}")
+    if meta.get("preprocess") != spec.to_dict():
+        raise FormatError(f"s3d_export {folder} was exported for another preprocessing: {meta.get('preprocess')}")
+    wanted = ("fp32", "fp16") if fp16 else ("fp32",)
+    missing = [p for p in wanted if p not in meta.get("files", {})]
+    if missing:
+        raise FormatError(f"s3d_export {folder} has no {', '.join(missing)} file")
+    paths = {}
+    for precision in wanted:
+        entry = meta["files"][precision]
+        src = folder / entry["path"]
+        if not src.is_file() or _sha256(src) != entry["sha256"]:
+            raise FormatError(f"s3d_export: {src} is missing or does not match the hash in {meta_path}")
+        paths[precision] = staging / entry["path"]
+        shutil.copy2(src, paths[precision])
+    if set(meta["files"]) == set(wanted):
+        shutil.copy2(meta_path, staging / "s3d.json")
+    else:  # an fp16 file the bundle does not take stays out of its metadata too
+        meta["files"] = {p: meta["files"][p] for p in wanted}
+        (staging / "s3d.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return S3DExportResult(paths["fp32"], paths.get("fp16"), staging / "s3d.json", meta)
 
 
 def _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models):

@@ -115,6 +115,38 @@ def test_build_refusals(built, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+def test_build_reuses_a_checked_s3d_export(built, tmp_path):
+    import shutil
+
+    from vbedge.preprocess import PreprocessSpec
+
+    codebook = small_codebook()
+    videobert = VideoBert.from_bert(BERT_DIR, codebook)
+    common = dict(videobert=videobert, codebook=codebook, s3d_random_init=True, spec=SMALL_SPEC, top_k=3,
+                  progress=False)
+    # the session bundle's S3D files are export_s3d's (seed 3): reused, byte for byte
+    bundle = build_bundle(tmp_path / "reused", seed=3, s3d_export=built.root, **common)
+    for name in ("s3d.onnx", "s3d.fp16.onnx", "s3d.json"):
+        assert (bundle.root / name).read_bytes() == (built.root / name).read_bytes(), name
+    with pytest.raises(FormatError, match="other S3D weights"):
+        build_bundle(tmp_path / "a", seed=4, s3d_export=built.root, **common)
+    with pytest.raises(FormatError, match="another preprocessing"):
+        build_bundle(tmp_path / "b", seed=3, s3d_export=built.root,
+                     **{**common, "spec": PreprocessSpec(clip_frames=16, short_side=128, crop=96)})
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for name in ("s3d.onnx", "s3d.fp16.onnx", "s3d.json"):
+        shutil.copy2(built.root / name, tampered / name)
+    with open(tampered / "s3d.onnx", "r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    with pytest.raises(FormatError, match="does not match the hash"):
+        build_bundle(tmp_path / "c", seed=3, s3d_export=tampered, **common)
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
+
+
 def test_build_cli_reports_errors(tmp_path):
     small_codebook().save(tmp_path / "cb.npz")
     run = subprocess.run(
