@@ -38,13 +38,16 @@ DEMO_REQUIREMENTS = (("torch", "torch"), ("transformers", "transformers"), ("onn
 DEMO_SIZES = {
     # S3D pretraining: every layer first trains 2 epochs on 8-frame windows of the clips (the stem
     # too: with a frozen random stem the noun stayed near 44-56%), then the top 6 epochs on whole
-    # clips (pretrain_s3d's window_epochs; about 210 s on an idle 2-core Xeon). It is bounded by
-    # epochs; the time cap only stops a very slow machine, because a time budget made the model
-    # depend on the machine's load (5 epochs instead of 6 cost 12 noun points once). VideoBERT's
-    # joint rows pair one step's sentence with that step's clips (max_concat 1, max_subsample 1: a
-    # step has only two clips) so a masked verb or noun has its own visual words beside it.
-    "default": {"train_videos": 160, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
-                "pretrain_epochs": 6, "pretrain_window_epochs": 2, "train_steps": 400, "batch_size": 32,
+    # clips (pretrain_s3d's window_epochs). Cost per clip and epoch on a 2-core Xeon: a window step
+    # about 36 ms, a top step about 14 ms, so the 240 videos (1,920 clips) take 4-5 minutes.
+    # It is bounded by epochs; the time cap only stops a very slow machine, because a time budget
+    # made the model depend on the machine's load (5 epochs instead of 6 cost 12 noun points once).
+    # VideoBERT: 300 steps (200 left it 10-15 points below what the codebook leaves name, and
+    # varied run to run; docs/synthetic.md). Its joint rows pair one step's sentence with that
+    # step's clips (max_concat 1, max_subsample 1: a step has only two clips) so a masked verb or
+    # noun has its own visual words beside it.
+    "default": {"train_videos": 240, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
+                "pretrain_epochs": 6, "pretrain_window_epochs": 2, "train_steps": 300, "batch_size": 32,
                 "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
     # "large": twice the training videos, 3 window epochs, the top trained 3 epochs instead of 6 (the
     # noun generalises with more clips, not more epochs: its codebook leaves 74 -> 85% on held-out
@@ -185,7 +188,7 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
     for folder, videos, seed, split in ((train_dir, cfg["train_videos"], TRAIN_SEED, "train"),
                                         (test_dir, cfg["test_videos"], TEST_SEED, "test")):
         if not (folder / "world.json").is_file():
-            render_world(folder, videos, seed, split=split, steps=cfg["steps"], progress=False)
+            render_world(folder, videos, seed, split=split, steps=cfg["steps"], progress=False, workers=None)
     data = None
     if s3d is not None:
         weights = Path(s3d)
@@ -197,7 +200,7 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
         else:
             stage(2, "S3D: pretraining (supervised, verb + noun heads) on the synthetic training world, as the "
                      "paper's S3D was pretrained on Kinetics; the held-out world is never trained on")
-            data = world_clips(train_dir, WORLD_SPEC, progress=False)
+            data = world_clips(train_dir, WORLD_SPEC, progress=False, workers=None)
             window_epochs = cfg.get("pretrain_window_epochs", 0)
             result = pretrain_s3d(train_dir, weights, spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
                                   max_epochs=cfg["pretrain_epochs"], data=data, progress=False,
@@ -213,7 +216,7 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
         from .export.s3d import export_s3d
 
         stage(3, "S3D features of the training clips through the runtime (ONNX Runtime), codebook")
-        data = data or world_clips(train_dir, WORLD_SPEC, progress=False)
+        data = data or world_clips(train_dir, WORLD_SPEC, progress=False, workers=None)
         exported = export_s3d(work / "s3d-onnx", weights, spec=WORLD_SPEC, fp16=False, progress=False)
         features = _runtime_features(exported.onnx_path, data["clips"])
         levels, branching = codebook_shape(len(features))
@@ -253,9 +256,11 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
 
         stage(5, "building and verifying the bundle (S3D + VideoBERT, fp32)")
         videobert = VideoBert.load(train_out / "model", codebook=codebook)
+        exported = work / "s3d-onnx"  # stage 3's export, checked against these weights before reuse
         bundle = build_bundle(bundle_dir, videobert=videobert, codebook=codebook, s3d_weights=weights,
                               precisions=("fp32",), spec=WORLD_SPEC, top_k=min(10, codebook.num_leaves),
-                              overwrite=True, progress=False)
+                              overwrite=True, progress=False,
+                              s3d_export=exported if (exported / "s3d.json").is_file() else None)
     else:
         stage(5, f"bundle (cached: {bundle_dir})")
         bundle = Bundle.load(bundle_dir)
