@@ -2,19 +2,23 @@
 
 Needs a finished `vbedge demo --workdir W` (its trained S3D, codebook, VideoBERT and worlds). Then:
 
-1. `vbedge calibrate W/bundle --videos W/world-test -o W/int8-report --holdout 0.5 --max-clips 96
-   --openvino`: the bundle's models calibrated on half of the held-out world's clips and judged on
+0. `W/world-judge`: a held-out world of ``--judge-videos`` videos (default 36) with the demo's
+   held-out seed, whose first 12 videos are the demo's own held-out videos (``--judge-videos 12``
+   judges on exactly those, 48 clips: one clip is then 2.1 points of token agreement);
+1. `vbedge calibrate W/bundle --videos W/world-judge -o W/int8-report --holdout 0.5 --max-clips N
+   --openvino`: the bundle's models calibrated on half of that world's clips and judged on
    the other half (clips never calibrated on): S3D visual-token agreement, VideoBERT text top-1
    agreement at the masked words (caption templates and held-out sentences), and the speed of each
    INT8 form beside FP32, timed interleaved in one process;
 2. `W/bundle-int8`: the same trained models exported with fp32 and int8 graphs, calibrated on the
    *training* world's clips (`build_bundle(..., precisions=("fp32", "int8"))`);
-3. the zero-shot table of that bundle on the held-out world at fp32 and at int8, side by side
+3. the zero-shot table of that bundle on `W/world-judge` at fp32 and at int8, side by side
    (same backend, same videos), and the INT8 - FP32 differences.
 
 Everything is measured on rendered videos (vbedge.synthetic), not real ones.
 
-    python benchmarks/bench_demo_int8.py --workdir vbedge-demo [--backend onnxruntime] [--json out.json]
+    python benchmarks/bench_demo_int8.py --workdir vbedge-demo [--judge-videos 36] [--backend onnxruntime]
+        [--json out.json]
 """
 
 import argparse
@@ -29,8 +33,13 @@ def main(argv=None):
     p.add_argument("--workdir", default="vbedge-demo", help="a finished `vbedge demo` work folder")
     p.add_argument("--backend", default="onnxruntime", help="zero-shot backend (onnxruntime or openvino)")
     p.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out of the calibrate report")
+    p.add_argument("--judge-videos", type=int, default=36,
+                   help="held-out videos to calibrate on (half) and judge on (the other half) and to run the "
+                        "zero-shot table on (default 36: 288 clips, 144 steps)")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
+    if args.judge_videos < 2:
+        p.error("--judge-videos must be at least 2 (half are calibrated on, half judged)")
 
     from vbedge import HierarchicalCodebook
     from vbedge.cli import main as cli_main
@@ -38,7 +47,9 @@ def main(argv=None):
     from vbedge.info import machine_summary
     from vbedge.models.videobert import VideoBert
     from vbedge.synthetic.evaluate import zero_shot
+    from vbedge.demo import DEMO_SIZES, TEST_SEED
     from vbedge.synthetic.pretrain import WORLD_SPEC
+    from vbedge.synthetic.world import render_world
 
     work = Path(args.workdir)
     needed = [work / "bundle" / "manifest.json", work / "world-train" / "world.json", work / "world-test" / "world.json",
@@ -50,9 +61,18 @@ def main(argv=None):
     print("SYNTHETIC world (vbedge synth): every figure below is about rendered videos, not real ones")
     started = time.perf_counter()
 
+    demo = json.loads((work / "demo.json").read_text())
+    judge = work / "world-judge"
+    made = json.loads((judge / "world.json").read_text()) if (judge / "world.json").is_file() else {}
+    if made.get("videos") != args.judge_videos:
+        render_world(judge, args.judge_videos, TEST_SEED, split="test",
+                     steps=demo.get("steps", DEMO_SIZES["default"]["steps"]), progress=False, workers=None)
+    print(f"judged on W/world-judge: {args.judge_videos} held-out videos (seed {TEST_SEED}, the first "
+          f"{min(args.judge_videos, demo.get('test_videos', 12))} are the demo's own)")
     report_dir = work / "int8-report"
-    command = ["calibrate", str(work / "bundle"), "--videos", str(work / "world-test"), "-o", str(report_dir),
-               "--holdout", "0.5", "--max-clips", "96", "-q"] + ([] if args.no_openvino else ["--openvino"])
+    clips = 8 * args.judge_videos  # every clip of the world (4 steps of 2 clips a video)
+    command = ["calibrate", str(work / "bundle"), "--videos", str(judge), "-o", str(report_dir),
+               "--holdout", "0.5", "--max-clips", str(clips), "-q"] + ([] if args.no_openvino else ["--openvino"])
     print("$ vbedge " + " ".join(command))
     rc = cli_main(command)
     if rc not in (0, None):
@@ -70,10 +90,11 @@ def main(argv=None):
     keys = ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "prior_verb_top1", "prior_noun_top1")
     tables = {}
     for precision in ("fp32", "int8"):
-        result, _ = zero_shot(int8_dir, work / "world-test", backend=args.backend, precision=precision,
+        result, _ = zero_shot(int8_dir, judge, backend=args.backend, precision=precision,
                               train_world=work / "world-train", progress=False)
         tables[precision] = {k: result[k] for k in keys + ("steps",)}
-    print(f"\nzero-shot on the held-out SYNTHETIC world ({tables['fp32']['steps']} steps), backend {args.backend}")
+    print(f"\nzero-shot on W/world-judge, held-out SYNTHETIC videos ({tables['fp32']['steps']} steps), "
+          f"backend {args.backend}")
     print(f"{'':8s}" + "".join(f"{k:>16s}" for k in keys[:4]))
     for precision, row in tables.items():
         print(f"{precision:8s}" + "".join(f"{100 * row[k]:16.1f}" for k in keys[:4]))
@@ -85,6 +106,7 @@ def main(argv=None):
     print(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_summary(), "synthetic": True,
+                                               "judge_videos": args.judge_videos,
                                                "calibrate": {"s3d": calibrate_report.get("s3d"),
                                                              "videobert": calibrate_report.get("videobert"),
                                                              "goals_met": calibrate_report.get("goals_met")},
