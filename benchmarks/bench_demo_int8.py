@@ -23,6 +23,7 @@ Everything is measured on rendered videos (vbedge.synthetic), not real ones.
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def main(argv=None):
     judge = work / "world-judge"
     made = json.loads((judge / "world.json").read_text()) if (judge / "world.json").is_file() else {}
     if made.get("videos") != args.judge_videos:
+        shutil.rmtree(judge, ignore_errors=True)  # calibrate takes every video in the folder
         render_world(judge, args.judge_videos, TEST_SEED, split="test",
                      steps=demo.get("steps", DEMO_SIZES["default"]["steps"]), progress=False, workers=None)
     print(f"judged on W/world-judge: {args.judge_videos} held-out videos (seed {TEST_SEED}, the first "

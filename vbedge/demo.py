@@ -156,6 +156,9 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
         backend: runtime backend for captioning and evaluation.
         size: ``"default"``, ``"large"`` or ``"tiny"`` (:data:`DEMO_SIZES`).
         echo: called with each line to show (the CLI passes ``print``); None shows nothing.
+
+    The worlds are rendered and decoded on one process per CPU core (spawned): a script calling
+    this keeps its top-level code under ``if __name__ == "__main__":``.
     """
     _require_demo_packages()
     if size not in DEMO_SIZES:

@@ -2,7 +2,9 @@
 
 Each video of a world is independent (its own random stream, its own file), so rendering and
 decoding split by video. The processes are *spawned*, not forked: the demo may already hold
-torch's and OpenCV's thread pools, which a forked child must not inherit.
+torch's and OpenCV's thread pools, which a forked child must not inherit. As with any spawned
+pool, a script that calls this with more than one worker must keep its top-level code under
+``if __name__ == "__main__":`` (a spawned child imports the script; the ``vbedge`` command does).
 """
 
 from __future__ import annotations
