@@ -64,15 +64,15 @@ def main(argv=None):
 
     demo = json.loads((work / "demo.json").read_text())
     judge = work / "world-judge"
+    steps = demo.get("steps", DEMO_SIZES["default"]["steps"])
     made = json.loads((judge / "world.json").read_text()) if (judge / "world.json").is_file() else {}
-    if made.get("videos") != args.judge_videos:
+    if (made.get("videos"), made.get("steps")) != (args.judge_videos, steps):
         shutil.rmtree(judge, ignore_errors=True)  # calibrate takes every video in the folder
-        render_world(judge, args.judge_videos, TEST_SEED, split="test",
-                     steps=demo.get("steps", DEMO_SIZES["default"]["steps"]), progress=False, workers=None)
+        render_world(judge, args.judge_videos, TEST_SEED, split="test", steps=steps, progress=False, workers=None)
     print(f"judged on W/world-judge: {args.judge_videos} held-out videos (seed {TEST_SEED}, the first "
           f"{min(args.judge_videos, demo.get('test_videos', 12))} are the demo's own)")
     report_dir = work / "int8-report"
-    clips = 8 * args.judge_videos  # every clip of the world (4 steps of 2 clips a video)
+    clips = 2 * steps * args.judge_videos  # every clip of the world (a 3 s step holds two 1.5 s clips)
     command = ["calibrate", str(work / "bundle"), "--videos", str(judge), "-o", str(report_dir),
                "--holdout", "0.5", "--max-clips", str(clips), "-q"] + ([] if args.no_openvino else ["--openvino"])
     print("$ vbedge " + " ".join(command))

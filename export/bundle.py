@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vbedge.bundle import PRECISIONS, Bundle, sign_bundle, write_manifest
+from vbedge.bundle import PRECISIONS, Bundle, sha256_file, sign_bundle, write_manifest
 from vbedge.errors import FormatError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _reuse_s3d_export(export, staging, weights, random_init, seed, spec, fp16):
     """Copy an earlier :func:`export_s3d` result into ``staging`` after checking it was made from the same inputs."""
     import json
 
-    from vbedge.export.s3d import S3DExportResult, _sha256
+    from vbedge.export.s3d import S3DExportResult
 
     folder = Path(export.metadata_path).parent if isinstance(export, S3DExportResult) else Path(export)
     meta_path = folder / "s3d.json"
@@ -175,7 +175,7 @@ def _reuse_s3d_export(export, staging, weights, random_init, seed, spec, fp16):
     meta = json.loads(meta_path.read_text())
     source = meta.get("source", {})
     expected = ({"kind": "random-init", "seed": int(seed)} if random_init else
-                {"kind": "torchvision-s3d-state-dict", "sha256": _sha256(weights)})
+                {"kind": "torchvision-s3d-state-dict", "sha256": sha256_file(weights)})
     if any(source.get(k) != v for k, v in expected.items()):
         raise FormatError(f"s3d_export {folder} was made from other S3D weights ({source}), not {expected}")
     if meta.get("preprocess") != spec.to_dict():
@@ -188,7 +188,7 @@ def _reuse_s3d_export(export, staging, weights, random_init, seed, spec, fp16):
     for precision in wanted:
         entry = meta["files"][precision]
         src = folder / entry["path"]
-        if not src.is_file() or _sha256(src) != entry["sha256"]:
+        if not src.is_file() or sha256_file(src) != entry["sha256"]:
             raise FormatError(f"s3d_export: {src} is missing or does not match the hash in {meta_path}")
         paths[precision] = staging / entry["path"]
         shutil.copy2(src, paths[precision])
