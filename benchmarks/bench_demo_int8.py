@@ -29,6 +29,24 @@ import time
 from pathlib import Path
 
 
+def judge_world(work, videos):
+    """Render ``W/world-judge`` (``videos`` held-out videos, the demo's held-out seed and steps)
+    unless it is there already; return its folder and its number of clips."""
+    from vbedge.demo import DEMO_SIZES, TEST_SEED
+    from vbedge.synthetic.world import render_world
+
+    demo = json.loads((work / "demo.json").read_text())
+    judge = work / "world-judge"
+    steps = demo.get("steps", DEMO_SIZES["default"]["steps"])
+    made = json.loads((judge / "world.json").read_text()) if (judge / "world.json").is_file() else {}
+    if (made.get("videos"), made.get("steps")) != (videos, steps):
+        shutil.rmtree(judge, ignore_errors=True)  # calibrate takes every video in the folder
+        render_world(judge, videos, TEST_SEED, split="test", steps=steps, progress=False, workers=None)
+    print(f"judged on W/world-judge: {videos} held-out videos (seed {TEST_SEED}, the first "
+          f"{min(videos, demo.get('test_videos', 12))} are the demo's own)")
+    return judge, 2 * steps * videos  # every clip of the world (a 3 s step holds two 1.5 s clips)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="vbedge-demo", help="a finished `vbedge demo` work folder")
@@ -48,9 +66,7 @@ def main(argv=None):
     from vbedge.info import machine_summary
     from vbedge.models.videobert import VideoBert
     from vbedge.synthetic.evaluate import zero_shot
-    from vbedge.demo import DEMO_SIZES, TEST_SEED
     from vbedge.synthetic.pretrain import WORLD_SPEC
-    from vbedge.synthetic.world import render_world
 
     work = Path(args.workdir)
     needed = [work / "bundle" / "manifest.json", work / "world-train" / "world.json", work / "world-test" / "world.json",
@@ -62,17 +78,8 @@ def main(argv=None):
     print("SYNTHETIC world (vbedge synth): every figure below is about rendered videos, not real ones")
     started = time.perf_counter()
 
-    demo = json.loads((work / "demo.json").read_text())
-    judge = work / "world-judge"
-    steps = demo.get("steps", DEMO_SIZES["default"]["steps"])
-    made = json.loads((judge / "world.json").read_text()) if (judge / "world.json").is_file() else {}
-    if (made.get("videos"), made.get("steps")) != (args.judge_videos, steps):
-        shutil.rmtree(judge, ignore_errors=True)  # calibrate takes every video in the folder
-        render_world(judge, args.judge_videos, TEST_SEED, split="test", steps=steps, progress=False, workers=None)
-    print(f"judged on W/world-judge: {args.judge_videos} held-out videos (seed {TEST_SEED}, the first "
-          f"{min(args.judge_videos, demo.get('test_videos', 12))} are the demo's own)")
+    judge, clips = judge_world(work, args.judge_videos)
     report_dir = work / "int8-report"
-    clips = 2 * steps * args.judge_videos  # every clip of the world (a 3 s step holds two 1.5 s clips)
     command = ["calibrate", str(work / "bundle"), "--videos", str(judge), "-o", str(report_dir),
                "--holdout", "0.5", "--max-clips", str(clips), "-q"] + ([] if args.no_openvino else ["--openvino"])
     print("$ vbedge " + " ".join(command))

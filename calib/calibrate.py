@@ -74,7 +74,8 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
                      method="minmax", holdout=0.25, max_clips=64, clips_per_video=None, corpus=None,
                      max_sequences=256, repeats=5, seed=0, progress=True, videobert_method=None,
                      videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None,
-                     videobert_per_token=None, openvino=False) -> dict:
+                     videobert_per_token=None, openvino=False, s3d_cpu_u8_range=None,
+                     s3d_cpu_weight_bits=None) -> dict:
     """Calibrate and evaluate; write ``s3d.int8.onnx`` (+ ``.cpu.onnx``), ``videobert.int8.onnx`` (+
     ``.cpu.onnx``) and ``int8_report.json`` into ``out_dir``; return the report dict (with ``files``).
 
@@ -84,9 +85,11 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
     held-out clips' tokens and a disjoint set of sentences. ``videobert_cpu_float``: the parts the
     VideoBERT CPU form keeps in float (default ``quantize.DEFAULT_CPU_FORM_FLOAT``).
     ``openvino``: also report OpenVINO on the FP32 and the Q/DQ graphs (``ov-fp32``, ``ov-int8``),
-    timed interleaved with ONNX Runtime's variants in the same process.
+    timed interleaved with ONNX Runtime's variants in the same process. ``s3d_cpu_u8_range``,
+    ``s3d_cpu_weight_bits``: the S3D CPU form's uint8 range and weight bits (default
+    ``quantize.DEFAULT_U8_RANGE`` / ``DEFAULT_WEIGHT_BITS``, :func:`quantize.make_cpu_form`).
     """
-    from vbedge.calib.quantize import check_options, quantize_model
+    from vbedge.calib.quantize import DEFAULT_U8_RANGE, DEFAULT_WEIGHT_BITS, check_options, quantize_model
     from vbedge.calib.readers import S3DCalibrationReader, VideoBertCalibrationReader, collect_clips
     from vbedge.calib.report import (Contender, evaluate_s3d, evaluate_videobert, goals_met, machine_description,
                                      openvino_contenders, write_report)
@@ -102,7 +105,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
         s3d_int8, s3d_cpu = out / "s3d.int8.onnx", out / "s3d.int8.cpu.onnx"
         s3d_q = quantize_model(s3d_fp32, s3d_int8, S3DCalibrationReader(calib_set), method=method,
                                cpu_path=s3d_cpu, dynamic_axes={"clip": [0]}, progress=progress,
-                               expected_batches=len(calib_set))
+                               expected_batches=len(calib_set),
+                               cpu_u8_range=s3d_cpu_u8_range or DEFAULT_U8_RANGE,
+                               cpu_weight_bits=s3d_cpu_weight_bits or DEFAULT_WEIGHT_BITS)
         report = {"machine": machine_description(), "method": method, "calibration": calib_set.summary(),
                   "held_out": held_set.summary(), "s3d_quantization": s3d_q.to_dict(),
                   "files": {"s3d": {"int8": s3d_int8.name, "int8_cpu": s3d_cpu.name}}}
@@ -110,7 +115,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
         # The FP32 S3D vbedge runs on ONNX Runtime's CPU (separable 3D convolutions as 2D ones), so
         # INT8's speedup is also judged against it (goals_met).
         fp32_2d = {"fp32-2d": Contender(Path(s3d_fp32), "onnxruntime", "fp32", conv2d_form=True)}
-        report["s3d"] = evaluate_s3d(s3d_fp32, {"qdq": s3d_int8, "cpu": s3d_cpu, **fp32_2d, **extra}, held_set.clips,
+        # "qdq": the TensorRT file's arithmetic, its Q/DQ run in float by ONNX Runtime (Contender.emulated).
+        qdq = {"qdq": Contender(s3d_int8, emulated=True)}
+        report["s3d"] = evaluate_s3d(s3d_fp32, {**qdq, "cpu": s3d_cpu, **fp32_2d, **extra}, held_set.clips,
                                      codebook, repeats=repeats)
         if videobert_fp32 is not None:
             from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, DEFAULT_PER_TOKEN, transformer_cpu_form
@@ -138,7 +145,8 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
             transformer_cpu_form(videobert_fp32, vb_other, float_parts=cpu_float, per_token=other)
             extra = openvino_contenders(videobert_fp32, vb_int8) if openvino else {}
             extra[f"cpu-{other_name}"] = vb_other
-            report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": vb_int8, "cpu": vb_cpu, **extra},
+            report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": Contender(vb_int8, emulated=True),
+                                                                      "cpu": vb_cpu, **extra},
                                                      held_feeds, repeats=max(repeats, 10))
     for w in recorded:
         caught.append(str(w.message))

