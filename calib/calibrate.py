@@ -75,7 +75,7 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
                      max_sequences=256, repeats=5, seed=0, progress=True, videobert_method=None,
                      videobert_percentile=VIDEOBERT_PERCENTILE, videobert_cpu_float=None,
                      videobert_per_token=None, openvino=False, s3d_cpu_u8_range=None,
-                     s3d_cpu_weight_bits=None) -> dict:
+                     cpu_weight_bits=None) -> dict:
     """Calibrate and evaluate; write ``s3d.int8.onnx`` (+ ``.cpu.onnx``), ``videobert.int8.onnx`` (+
     ``.cpu.onnx``) and ``int8_report.json`` into ``out_dir``; return the report dict (with ``files``).
 
@@ -85,9 +85,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
     held-out clips' tokens and a disjoint set of sentences. ``videobert_cpu_float``: the parts the
     VideoBERT CPU form keeps in float (default ``quantize.DEFAULT_CPU_FORM_FLOAT``).
     ``openvino``: also report OpenVINO on the FP32 and the Q/DQ graphs (``ov-fp32``, ``ov-int8``),
-    timed interleaved with ONNX Runtime's variants in the same process. ``s3d_cpu_u8_range``,
-    ``s3d_cpu_weight_bits``: the S3D CPU form's uint8 range and weight bits (default
-    ``quantize.DEFAULT_U8_RANGE`` / ``DEFAULT_WEIGHT_BITS``, :func:`quantize.make_cpu_form`).
+    timed interleaved with ONNX Runtime's variants in the same process. ``s3d_cpu_u8_range``: the
+    S3D CPU form's uint8 range (default ``quantize.DEFAULT_U8_RANGE``, :func:`quantize.make_cpu_form`);
+    ``cpu_weight_bits``: both CPU forms' weight bits (default ``quantize.DEFAULT_WEIGHT_BITS``).
     """
     from vbedge.calib.quantize import DEFAULT_U8_RANGE, DEFAULT_WEIGHT_BITS, check_options, quantize_model
     from vbedge.calib.readers import S3DCalibrationReader, VideoBertCalibrationReader, collect_clips
@@ -107,7 +107,7 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
                                cpu_path=s3d_cpu, dynamic_axes={"clip": [0]}, progress=progress,
                                expected_batches=len(calib_set),
                                cpu_u8_range=s3d_cpu_u8_range or DEFAULT_U8_RANGE,
-                               cpu_weight_bits=s3d_cpu_weight_bits or DEFAULT_WEIGHT_BITS)
+                               cpu_weight_bits=cpu_weight_bits or DEFAULT_WEIGHT_BITS)
         report = {"machine": machine_description(), "method": method, "calibration": calib_set.summary(),
                   "held_out": held_set.summary(), "s3d_quantization": s3d_q.to_dict(),
                   "files": {"s3d": {"int8": s3d_int8.name, "int8_cpu": s3d_cpu.name}}}
@@ -136,13 +136,15 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
             cpu_float = DEFAULT_CPU_FORM_FLOAT if videobert_cpu_float is None else tuple(videobert_cpu_float)
             per_token = DEFAULT_PER_TOKEN if videobert_per_token is None else tuple(videobert_per_token)
             report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(
-                videobert_fp32, vb_cpu, float_parts=cpu_float, per_token=per_token)
+                videobert_fp32, vb_cpu, float_parts=cpu_float, per_token=per_token,
+                weight_bits=cpu_weight_bits or DEFAULT_WEIGHT_BITS)
             report["files"]["videobert"] = {"int8": vb_int8.name, "int8_cpu": vb_cpu.name}
             # The other way of scaling the CPU form's activations, side by side (not in the bundle):
             # per-tensor everywhere, or (when that is what the bundle gets) the default per-token parts.
             other_name, other = ("per-tensor", ()) if per_token else ("per-token", DEFAULT_PER_TOKEN)
             vb_other = out / f"videobert.int8.cpu.{other_name}.onnx"
-            transformer_cpu_form(videobert_fp32, vb_other, float_parts=cpu_float, per_token=other)
+            transformer_cpu_form(videobert_fp32, vb_other, float_parts=cpu_float, per_token=other,
+                                 weight_bits=cpu_weight_bits or DEFAULT_WEIGHT_BITS)
             extra = openvino_contenders(videobert_fp32, vb_int8) if openvino else {}
             extra[f"cpu-{other_name}"] = vb_other
             report["videobert"] = evaluate_videobert(videobert_fp32, {"qdq": Contender(vb_int8, emulated=True),

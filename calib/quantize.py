@@ -701,7 +701,7 @@ def per_token_activation_scales(model, names=None) -> int:
 
 
 def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFAULT_CPU_FORM_FLOAT,
-                         per_token=DEFAULT_PER_TOKEN) -> dict:
+                         per_token=DEFAULT_PER_TOKEN, weight_bits=DEFAULT_WEIGHT_BITS) -> dict:
     """Write the ONNX Runtime CPU form of a transformer (VideoBERT): dynamic INT8 MatMuls.
 
     Static Q/DQ MatMuls are slow in ONNX Runtime on x86 (it fused 12 of VideoBERT's 36 quantized
@@ -724,10 +724,16 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
             with one int8 scale per token (:func:`per_token_activation_scales`) instead of
             ``quantize_dynamic``'s one uint8 range per tensor (default :data:`DEFAULT_PER_TOKEN`;
             ``()`` is per-tensor everywhere).
+        weight_bits: 7 (default) quantizes the weights to [-63, 63] (``quantize_dynamic``'s
+            ``reduce_range``) so that MLAS's U8S8 kernels cannot saturate their int16 pair sums on
+            x86 CPUs without VNNI (as for S3D's CPU form, :func:`make_cpu_form`; on an AVX2 EPYC,
+            text top-1 0.972 with 8 bits, 0.983 with 7, docs/int8.md); 8 for VNNI or ARM targets.
 
     Returns counts of the written graph's op types of interest, ``float_nodes``: the node names
-    kept in float per part, and ``per_token``: the parts given per-token scales.
+    kept in float per part, ``per_token``: the parts given per-token scales, and ``weight_bits``.
     """
+    if weight_bits not in WEIGHT_BITS:
+        raise InvalidInputError(f"weight_bits must be one of {WEIGHT_BITS}, got {weight_bits!r}")
     _require_quantization()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -765,7 +771,8 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
             # only then reads nodes_to_exclude: exclude both names.
             exclude += [f"{name}_MatMul" for name in exclude]
             quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude)
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+                             reduce_range=weight_bits == 7)
         except (ValueError, RuntimeError, KeyError, IndexError) as exc:
             raise FormatError(f"ONNX Runtime dynamic quantization of {fp32_path.name} failed: {exc}") from exc
         model = onnx.load(str(staged))
@@ -787,6 +794,7 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
     result = {k: counts[k] for k in keys if counts[k]}
     result["float_nodes"] = kept
     result["per_token"] = list(per_token)
+    result["weight_bits"] = weight_bits
     return result
 
 

@@ -454,8 +454,10 @@ def test_per_token_activation_scales_rewrite(tmp_path):
         [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(tmp_path / "f.onnx"))
+    # 7-bit weights, as transformer_cpu_form writes them: with 8, MLAS's U8S8 kernels on x86 without
+    # VNNI saturate int16 pair sums (per-token error 0.043 on an AVX2 EPYC; under 0.02 on the VNNI Xeons).
     quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "tensor.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=True)
+                     per_channel=True, reduce_range=True)
     per_token = onnx.load(str(tmp_path / "tensor.onnx"))
     assert per_token_activation_scales(per_token) == 1
     ops = [n.op_type for n in per_token.graph.node]

@@ -66,14 +66,16 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tiny_demo):
 @pytest.mark.slow
 @needs_demo
 def test_demo_captions_beat_the_text_only_prior(tiny_demo):
-    # The tiny world (48 training videos) trains in about two minutes; its verb is carried well
-    # above the prior (58% vs 21% when this was written), its noun only just (8% vs 4%: see
-    # docs/synthetic.md), so the noun is judged together with the verb, with a margin a model
-    # whose captions ignore the video cannot reach.
+    # The tiny world (48 training videos of 3 steps, 24 held-out steps: one step = 4.2 points)
+    # carries the verb well above the prior (Intel Xeon: 58% vs 21% when this was written; AMD EPYC:
+    # 46% vs 21%). Its noun top-1 sits at the prior's level on either CPU (8% and 0% vs 4%: the two
+    # machines' float rounding trains different models), but its top-5 does not (AMD: 75% vs 46%).
+    # So the verb's top-1 and the noun's top-1 and top-5 are judged together, with a margin a model
+    # whose captions ignore the video (which scores the prior on each) cannot reach.
     _, result, text = tiny_demo
     assert result["verb_top1"] >= result["prior_verb_top1"] + 0.2, text
-    gain = (result["verb_top1"] + result["noun_top1"]) - (result["prior_verb_top1"] + result["prior_noun_top1"])
-    assert gain >= 0.25, text
+    gain = sum(result[k] - result[f"prior_{k}"] for k in ("verb_top1", "noun_top1", "noun_top5"))
+    assert gain >= 0.35, text
 
 
 def test_demo_refuses_an_unknown_size(tmp_path):
