@@ -79,7 +79,8 @@ class _BackendRunner:
             from vbedge.backends.onnxruntime import OnnxRuntimeBackend
 
             self.backend = OnnxRuntimeBackend(contender.path, precision=contender.precision,
-                                              intra_op_threads=threads, conv2d_form=contender.conv2d_form)
+                                              intra_op_threads=threads, conv2d_form=contender.conv2d_form,
+                                              spinning=False)
 
     def run(self, names, feeds):
         out = self.backend.run(feeds)
@@ -94,9 +95,11 @@ def _session(spec, threads=None):
         return _BackendRunner(spec, threads)
     from vbedge.export.verify import make_session
 
+    # Timed in turn in one process: no session's idle threads may spin on the next one's cores.
     if isinstance(spec, Contender):
-        return make_session(spec.path, threads=threads, optimization="basic" if spec.emulated else "all")
-    return make_session(spec, threads=threads)
+        return make_session(spec.path, threads=threads, optimization="basic" if spec.emulated else "all",
+                            spinning=False)
+    return make_session(spec, threads=threads, spinning=False)
 
 
 def _runtime_of(spec, runner):

@@ -23,12 +23,16 @@ class ExportCheckError(FormatError):
     """An exported graph's outputs differ from PyTorch's by more than the tolerance."""
 
 
-def make_session(onnx_path, threads=None, optimization="all"):
+def make_session(onnx_path, threads=None, optimization="all", spinning=True):
     """Return an ONNX Runtime CPU session for ``onnx_path``.
 
     ``optimization``: ``"all"`` (every graph optimisation) or ``"basic"`` (constant folding and
     redundancy removal only: a Q/DQ graph then runs its QuantizeLinear/DequantizeLinear nodes as
-    they are, in float, instead of fused integer kernels)."""
+    they are, in float, instead of fused integer kernels). ``spinning=False``: the session's idle
+    intra-op threads sleep instead of spinning after each run. Several sessions timed in turn in one
+    process need it: each session's threads otherwise spin on the cores the next one runs on
+    (measured 2026-12-04 on a 2-core EPYC: FP32 S3D 48.5 ms interleaved with two other spinning
+    sessions, 19.1 ms with none spinning, 21.2 ms alone; docs/benchmarks.md)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - runtime dependency
@@ -41,6 +45,8 @@ def make_session(onnx_path, threads=None, optimization="all"):
         raise InvalidInputError(f"optimization must be 'all' or 'basic', got {optimization!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = levels[optimization]
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

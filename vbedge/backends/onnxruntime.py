@@ -89,7 +89,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, onnx_path, device="cpu", precision="fp32", intra_op_threads=None, provider_options=None,
-                 conv2d_form=False):
+                 conv2d_form=False, spinning=True):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -105,6 +105,9 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)
+        if not spinning:
+            # Idle intra-op threads sleep instead of spinning after a run (see export.verify.make_session).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider_options = provider_options or {}
         unknown = sorted(set(provider_options) - set(providers))
         if unknown:
