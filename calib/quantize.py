@@ -724,8 +724,8 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
             with one int8 scale per token (:func:`per_token_activation_scales`) instead of
             ``quantize_dynamic``'s one uint8 range per tensor (default :data:`DEFAULT_PER_TOKEN`;
             ``()`` is per-tensor everywhere).
-        weight_bits: 7 (default) quantizes the weights to [-63, 63] (``quantize_dynamic``'s
-            ``reduce_range``) so that MLAS's U8S8 kernels cannot saturate their int16 pair sums on
+        weight_bits: 7 (default) quantizes the weights to [-64, 64] (``quantize_dynamic``'s
+            ``reduce_range``; 2 x 255 x 64 = 32640) so that MLAS's U8S8 kernels cannot saturate their int16 pair sums on
             x86 CPUs without VNNI (as for S3D's CPU form, :func:`make_cpu_form`; on an AVX2 EPYC,
             text top-1 0.972 with 8 bits, 0.983 with 7, docs/int8.md); 8 for VNNI or ARM targets.
 
