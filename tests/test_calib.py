@@ -153,6 +153,11 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     for label in ("qdq", "cpu"):
         assert s3d[label]["cosine_worst"] > 0.99, s3d
         assert s3d[label]["token_agreement"] >= 0.8, s3d
+    # The Q/DQ file (TensorRT's) is judged with its Q/DQ run in float; the CPU form as it deploys.
+    assert s3d["qdq"].get("emulated") is True and not s3d["cpu"].get("emulated"), s3d
+    assert report["s3d_quantization"]["cpu_rewrite"]["u8_range"] == "full", report["s3d_quantization"]
+    assert report["s3d_quantization"]["cpu_rewrite"]["weight_bits"] == 7
+    assert report["videobert_quantization"]["cpu_form"]["weight_bits"] == 7
     # The FP32 S3D vbedge runs on ONNX Runtime's CPU (2D form) is timed beside them and matches FP32.
     assert s3d["fp32-2d"]["graph_form"] == "conv2d form" and s3d["fp32-2d"]["precision"] == "fp32", s3d
     assert s3d["fp32-2d"]["cosine_worst"] > 0.99999 and s3d["fp32-2d"]["token_agreement"] == 1.0, s3d
@@ -625,3 +630,25 @@ def test_cpu_form_full_uint8_range_and_7bit_weights(tmp_path):
                        cpu_weight_bits=6)
     with pytest.raises(InvalidInputError, match="weight_bits"):
         make_cpu_form(onnx.load(str(tmp_path / "q.onnx")), weight_bits=4)
+
+
+def test_timing_sessions_do_not_spin_and_emulation_is_basic(tmp_path):
+    """make_session: spinning=False sets ONNX Runtime's allow_spinning to 0 (the report's sessions
+    are timed in turn in one process); optimization='basic' keeps a Q/DQ graph's nodes as they are;
+    anything else is refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vbedge.export.verify import make_session
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    quiet = make_session(path, spinning=False).get_session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    basic = make_session(path, optimization="basic").get_session_options()
+    assert basic.graph_optimization_level.name == "ORT_ENABLE_BASIC"
+    with pytest.raises(InvalidInputError, match="optimization"):
+        make_session(path, optimization="extended")
