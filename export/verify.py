@@ -31,8 +31,8 @@ def make_session(onnx_path, threads=None, optimization="all", spinning=True):
     they are, in float, instead of fused integer kernels). ``spinning=False``: the session's idle
     intra-op threads sleep instead of spinning after each run. Several sessions timed in turn in one
     process need it: each session's threads otherwise spin on the cores the next one runs on
-    (measured 2026-12-04 on a 2-core EPYC: FP32 S3D 48.5 ms interleaved with two other spinning
-    sessions, 19.1 ms with none spinning, 21.2 ms alone; docs/benchmarks.md)."""
+    (``benchmarks/bench_ort_spinning.py``, 2026-12-04, 2-core EPYC: FP32 S3D 59.6 ms interleaved with
+    two other spinning sessions, 23.3 ms with none spinning, 24.5 ms alone; docs/benchmarks.md)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - runtime dependency
