@@ -87,7 +87,9 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
     ``openvino``: also report OpenVINO on the FP32 and the Q/DQ graphs (``ov-fp32``, ``ov-int8``),
     timed interleaved with ONNX Runtime's variants in the same process. ``s3d_cpu_u8_range``: the
     S3D CPU form's uint8 range (default ``quantize.DEFAULT_U8_RANGE``, :func:`quantize.make_cpu_form`);
-    ``cpu_weight_bits``: both CPU forms' weight bits (default ``quantize.DEFAULT_WEIGHT_BITS``).
+    ``cpu_weight_bits``: both CPU forms' weight bits, 7, 8 or ``"auto"`` (the default,
+    ``quantize.DEFAULT_WEIGHT_BITS``: 8 where this CPU has VNNI or an int8 dot product, else 7;
+    :func:`quantize.resolve_weight_bits`).
     """
     from vbedge.calib.quantize import DEFAULT_U8_RANGE, DEFAULT_WEIGHT_BITS, check_options, quantize_model
     from vbedge.calib.readers import S3DCalibrationReader, VideoBertCalibrationReader, collect_clips

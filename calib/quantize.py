@@ -19,12 +19,13 @@ whose input is provably non-negative (a Relu output, a max-pool or concat of suc
 *uint8* Q with zero point 0, and drops the Relu in front of it (uint8 saturation at 0 is the
 Relu). By default (``u8_range="full"``) its scale is divided by 255/127, so the calibrated range
 [0, 127 x scale] takes all of uint8's codes: one bit more resolution on every non-negative
-activation (``"same"`` keeps the scale, and half of the codes unused). The convolution weights are
+activation (``"same"`` keeps the scale, and half of the codes unused). On a CPU without an int8
+dot product (``weight_bits="auto"`` decides, :func:`resolve_weight_bits`) the convolution weights are
 requantized to 7 bits ([-63, 63], per channel, from the FP32 weights): on x86 CPUs without VNNI,
 MLAS's U8S8 kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``), which saturates at
 32767 (2 x 255 x 127 = 64770 can pass it, 2 x 255 x 63 = 32130 cannot), and a signed int8 input
 (the clip) becomes uint8 by adding 128, so even the ``"same"`` range saturates on the first
-convolution with 8-bit weights. ONNX Runtime then runs
+convolution with 8-bit weights; VNNI, AMX and ARM's dot product sum in int32 and keep 8 bits. ONNX Runtime then runs
 every convolution as a U8S8 ``QLinearConv`` in NHWC with max-pool and concat in uint8 (see
 docs/int8.md for the node counts, timings and accuracy). TensorRT cannot take uint8 Q/DQ, so the
 CPU form is for ONNX Runtime only; the Q/DQ graph keeps int8 activations and 8-bit weights.
@@ -321,13 +322,34 @@ def check_qdq_for_tensorrt(model):
 
 #: Ranges the CPU form's uint8 activations can take (:func:`make_cpu_form`).
 U8_RANGES = ("full", "same")
-#: Bit widths the CPU form's convolution weights can take (:func:`make_cpu_form`).
+#: Bit widths the CPU forms' weights can take (:func:`make_cpu_form`, :func:`transformer_cpu_form`).
 WEIGHT_BITS = (8, 7)
-#: The CPU form's defaults: every uint8 code on the calibrated range, 7-bit weights so that no x86
-#: CPU saturates (docs/int8.md, "The CPU form's uint8 range and 7-bit weights": on an AVX2 EPYC,
-#: S3D tokens 0.826 -> 0.931 on the demo bundle's 144 held-out clips, at the same speed).
+#: The CPU form's defaults: every uint8 code on the calibrated range, and weight bits chosen for
+#: this CPU (:func:`resolve_weight_bits`): 7 where 8-bit weights would saturate (x86 without VNNI:
+#: on an AVX2 EPYC, S3D tokens 0.826 -> 0.931 on the demo bundle's 144 held-out clips at the same
+#: speed), 8 where nothing saturates (VNNI, AMX, ARM's dot product: on an AVX-512 VNNI EPYC, S3D
+#: tokens 0.910 -> 0.938, VideoBERT text top-1 0.967 -> 0.989). docs/int8.md, "The CPU form's uint8
+#: range and 7-bit weights".
 DEFAULT_U8_RANGE = "full"
-DEFAULT_WEIGHT_BITS = 7
+DEFAULT_WEIGHT_BITS = "auto"
+
+
+def resolve_weight_bits(weight_bits=DEFAULT_WEIGHT_BITS, flags=None):
+    """``(bits, why)`` for a CPU form's ``weight_bits``: 7 or 8 as given, or for ``"auto"`` (or None)
+    8 where this CPU (or the given ``/proc/cpuinfo`` ``flags``) has an int8 dot product that sums
+    in int32 (:func:`vbedge.info.int8_dot_product`), else 7. The form runs on every CPU either way;
+    8-bit weights lose accuracy where the kernels saturate, so a bundle for other CPUs than the one
+    calibrating should name its bits."""
+    from vbedge.info import int8_dot_product
+
+    if weight_bits in (None, "auto"):
+        found = int8_dot_product(flags)
+        if found:
+            return 8, f"auto: this CPU has {found}, whose int8 products sum in int32"
+        return 7, "auto: this CPU has no VNNI or int8 dot product, so 8-bit weights would saturate int16 sums"
+    if weight_bits not in WEIGHT_BITS:
+        raise InvalidInputError(f"weight_bits must be 'auto' or one of {WEIGHT_BITS}, got {weight_bits!r}")
+    return weight_bits, "given"
 
 
 def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGHT_BITS, float_weights=None) -> dict:
@@ -340,7 +362,8 @@ def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGH
             the same range takes codes 0..255: one bit more resolution on every non-negative
             activation, and values past the calibrated range saturate where TensorRT's do.
         weight_bits: 8, or 7 to requantize the convolution weights to [-63, 63] (per channel,
-            from ``float_weights`` when given). Needed with ``u8_range="full"`` on x86 CPUs without
+            from ``float_weights`` when given), or ``"auto"`` (the default) for this CPU's choice
+            (:func:`resolve_weight_bits`). 7 is needed with ``u8_range="full"`` on x86 CPUs without
             VNNI: MLAS's AVX2 U8S8 kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``),
             which saturates past 32767; 2 x 255 x 63 stays under it, 2 x 255 x 127 does not.
         float_weights: name -> float array of the FP32 graph's weights (for ``weight_bits=7``);
@@ -353,8 +376,7 @@ def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGH
 
     if u8_range not in U8_RANGES:
         raise InvalidInputError(f"u8_range must be one of {U8_RANGES}, got {u8_range!r}")
-    if weight_bits not in WEIGHT_BITS:
-        raise InvalidInputError(f"weight_bits must be one of {WEIGHT_BITS}, got {weight_bits!r}")
+    weight_bits, bits_why = resolve_weight_bits(weight_bits)
     graph = model.graph
     _sort_topologically(graph)  # the sign analysis below reads producers before consumers
     inits = {i.name: i for i in graph.initializer}
@@ -417,7 +439,7 @@ def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGH
     requantized = _requantize_conv_weights(model, weight_bits, float_weights or {}) if weight_bits != 8 else 0
     _drop_unused_initializers(model)
     return {"uint8_q": converted, "relu_dropped": len(dropped), "u8_range": u8_range,
-            "weight_bits": weight_bits, "weights_requantized": requantized}
+            "weight_bits": weight_bits, "weight_bits_why": bits_why, "weights_requantized": requantized}
 
 
 def _sort_topologically(graph):
@@ -724,16 +746,17 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
             with one int8 scale per token (:func:`per_token_activation_scales`) instead of
             ``quantize_dynamic``'s one uint8 range per tensor (default :data:`DEFAULT_PER_TOKEN`;
             ``()`` is per-tensor everywhere).
-        weight_bits: 7 (default) quantizes the weights to [-64, 64] (``quantize_dynamic``'s
+        weight_bits: 7 quantizes the weights to [-64, 64] (``quantize_dynamic``'s
             ``reduce_range``; 2 x 255 x 64 = 32640) so that MLAS's U8S8 kernels cannot saturate their int16 pair sums on
             x86 CPUs without VNNI (as for S3D's CPU form, :func:`make_cpu_form`; on an AVX2 EPYC,
-            text top-1 0.972 with 8 bits, 0.983 with 7, docs/int8.md); 8 for VNNI or ARM targets.
+            text top-1 0.972 with 8 bits, 0.983 with 7, docs/int8.md); 8 for VNNI or ARM targets;
+            ``"auto"`` (the default) picks for this CPU (:func:`resolve_weight_bits`).
 
     Returns counts of the written graph's op types of interest, ``float_nodes``: the node names
-    kept in float per part, ``per_token``: the parts given per-token scales, and ``weight_bits``.
+    kept in float per part, ``per_token``: the parts given per-token scales, and ``weight_bits``
+    (with ``weight_bits_why``).
     """
-    if weight_bits not in WEIGHT_BITS:
-        raise InvalidInputError(f"weight_bits must be one of {WEIGHT_BITS}, got {weight_bits!r}")
+    weight_bits, bits_why = resolve_weight_bits(weight_bits)
     _require_quantization()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -795,6 +818,7 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
     result["float_nodes"] = kept
     result["per_token"] = list(per_token)
     result["weight_bits"] = weight_bits
+    result["weight_bits_why"] = bits_why
     return result
 
 
@@ -826,9 +850,10 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
         TensorRT INT8 graph (never written under ``out_path`` then).
     """
     check_options(method, percentile, keep_float)
-    if cpu_u8_range not in U8_RANGES or cpu_weight_bits not in WEIGHT_BITS:
-        raise InvalidInputError(f"cpu_u8_range must be one of {U8_RANGES} and cpu_weight_bits one of {WEIGHT_BITS}, "
-                                f"got {cpu_u8_range!r} and {cpu_weight_bits!r}")
+    if cpu_u8_range not in U8_RANGES or (cpu_weight_bits not in WEIGHT_BITS and cpu_weight_bits != "auto"):
+        raise InvalidInputError(f"cpu_u8_range must be one of {U8_RANGES} and cpu_weight_bits 'auto' or one of "
+                                f"{WEIGHT_BITS}, got {cpu_u8_range!r} and {cpu_weight_bits!r}")
+    cpu_bits = resolve_weight_bits(cpu_weight_bits)[0]
     _require_quantization()
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -895,7 +920,7 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
             if cpu_path is not None:
                 cpu_model = onnx.load(str(staged))
                 float_weights = ({i.name: onnx.numpy_helper.to_array(i) for i in fp32.graph.initializer}
-                                 if cpu_weight_bits != 8 else None)
+                                 if cpu_bits != 8 else None)
                 rewrite = make_cpu_form(cpu_model, u8_range=cpu_u8_range, weight_bits=cpu_weight_bits,
                                         float_weights=float_weights)
                 del float_weights

@@ -371,7 +371,8 @@ def format_report(report) -> str:
         rewrite = report.get("s3d_quantization", {}).get("cpu_rewrite", {})
         if rewrite.get("u8_range"):
             lines.append(f"  cpu: ONNX Runtime's form, uint8 activations on the {rewrite['u8_range']} range, "
-                         f"{rewrite.get('weight_bits', 8)}-bit weights")
+                         f"{rewrite.get('weight_bits', 8)}-bit weights"
+                         + (f" ({rewrite['weight_bits_why']})" if rewrite.get("weight_bits_why") else ""))
         lines.append(f"  {'variant':<8} {'cos mean':>9} {'cos worst':>9} {'tokens':>7} {'ms':>9} {'vs FP32':>8} "
                      f"{'per-run IQR':>12}")
         lines.append(f"  {'fp32':<8} {1.0:9.5f} {1.0:9.5f} {1.0:7.3f} {s3d['fp32_seconds'] * 1e3:9.1f} {1.0:7.2f}x")
@@ -387,6 +388,10 @@ def format_report(report) -> str:
         lines.append(f"VideoBERT: {vb['sequences']} held-out sequences, {vb['positions']} masked positions{split}, "
                      f"seq {t['sequence_length']}, median of {t['repeats']} interleaved runs, load "
                      f"{t['load_average_before'][0]:.2f} -> {t['load_average_after'][0]:.2f}")
+        form = report.get("videobert_quantization", {}).get("cpu_form", {})
+        if form.get("weight_bits"):
+            lines.append(f"  cpu: ONNX Runtime's dynamic INT8 form, {form['weight_bits']}-bit weights"
+                         + (f" ({form['weight_bits_why']})" if form.get("weight_bits_why") else ""))
         lines.append(f"  {'variant':<8} {'text top1':>9} {f'text top{n}':>9} {'vis top1':>9} {f'vis top{n}':>9} "
                      f"{'ms':>8} {'vs FP32':>8} {'per-run IQR':>12}")
         lines.append(f"  {'fp32':<8} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} {1.0:9.3f} "

@@ -141,6 +141,10 @@ def build_bundle(output_dir, *, videobert, codebook, s3d_weights=None, s3d_rando
             models["s3d"]["extra_files"] = [int8["files"]["s3d"]["int8_cpu"], "int8_report.json"]
             models["videobert"]["int8_cpu"] = int8["files"]["videobert"]["int8_cpu"]
             models["videobert"]["extra_files"] = [int8["files"]["videobert"]["int8_cpu"]]
+            # Their weight bits (7 or 8, chosen for the calibrating CPU unless named): a device
+            # without VNNI warns when it loads 8-bit weights (backends.select.check_cpu_form_bits).
+            models["s3d"]["int8_cpu_weight_bits"] = int8["s3d_quantization"]["cpu_rewrite"]["weight_bits"]
+            models["videobert"]["int8_cpu_weight_bits"] = int8["videobert_quantization"]["cpu_form"]["weight_bits"]
         if reference_weights:
             _write_reference_weights(staging, s3d_weights, s3d_random_init, seed, videobert, models)
         write_manifest(staging, models, "codebook.npz",

@@ -182,6 +182,11 @@ def test_int8_bundle_end_to_end(tmp_path):
     bundle = Bundle.load(bundle.root)
     assert bundle.precisions("s3d") == bundle.precisions("videobert") == ["fp32", "int8"]
     assert "int8_report.json" in bundle.manifest["files"]
+    # The CPU forms' weight bits ride in the manifest: chosen for this CPU (8 only with VNNI or a dot product).
+    from vbedge.calib.quantize import resolve_weight_bits
+
+    bits = resolve_weight_bits("auto")[0]
+    assert [bundle.manifest["models"][m]["int8_cpu_weight_bits"] for m in ("s3d", "videobert")] == [bits, bits]
     x = {"clip": clips(2, 4)}
     fp32 = create_bundle_backend(bundle, "s3d", backend="onnxruntime").run(x)["feature"]
     int8 = create_bundle_backend(bundle, "s3d", backend="onnxruntime", precision="int8")

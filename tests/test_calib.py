@@ -156,8 +156,13 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     # The Q/DQ file (TensorRT's) is judged with its Q/DQ run in float; the CPU form as it deploys.
     assert s3d["qdq"].get("emulated") is True and not s3d["cpu"].get("emulated"), s3d
     assert report["s3d_quantization"]["cpu_rewrite"]["u8_range"] == "full", report["s3d_quantization"]
-    assert report["s3d_quantization"]["cpu_rewrite"]["weight_bits"] == 7
-    assert report["videobert_quantization"]["cpu_form"]["weight_bits"] == 7
+    # Weight bits chosen for this CPU by default (8 only where its int8 products sum in int32).
+    from vbedge.calib.quantize import resolve_weight_bits
+    from vbedge.info import int8_dot_product
+
+    for form in (report["s3d_quantization"]["cpu_rewrite"], report["videobert_quantization"]["cpu_form"]):
+        assert form["weight_bits"] == (8 if int8_dot_product() else 7) == resolve_weight_bits()[0], form
+        assert form["weight_bits_why"].startswith("auto: "), form
     # The FP32 S3D vbedge runs on ONNX Runtime's CPU (2D form) is timed beside them and matches FP32.
     assert s3d["fp32-2d"]["graph_form"] == "conv2d form" and s3d["fp32-2d"]["precision"] == "fp32", s3d
     assert s3d["fp32-2d"]["cosine_worst"] > 0.99999 and s3d["fp32-2d"]["token_agreement"] == 1.0, s3d
@@ -630,6 +635,40 @@ def test_cpu_form_full_uint8_range_and_7bit_weights(tmp_path):
                        cpu_weight_bits=6)
     with pytest.raises(InvalidInputError, match="weight_bits"):
         make_cpu_form(onnx.load(str(tmp_path / "q.onnx")), weight_bits=4)
+
+
+def test_weight_bits_follow_the_cpus_int8_dot_product(caplog):
+    """'auto' weight bits: 8 where the CPU's int8 products sum in int32 (x86 VNNI or AMX, ARM's dot
+    product), 7 where MLAS's int16 pair sums would saturate (AVX2, AVX-512 without VNNI); a bundle's
+    8-bit CPU form warns on a CPU without them, and 7-bit forms or unknown bits never do."""
+    from vbedge.backends.select import check_cpu_form_bits
+    from vbedge.calib.quantize import resolve_weight_bits
+    from vbedge.info import cpu_flags, int8_dot_product
+
+    avx2 = {"sse4_2", "avx", "avx2", "fma"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl"}
+    assert int8_dot_product(avx2) is None and int8_dot_product(avx512) is None
+    assert int8_dot_product(avx512 | {"avx512_vnni"}) == "avx512_vnni"
+    assert int8_dot_product(avx2 | {"avx_vnni"}) == "avx_vnni"
+    assert int8_dot_product({"fp", "asimd", "asimddp"}) == "asimddp"  # ARM's Features line
+    assert int8_dot_product({"fp", "asimd"}) is None  # e.g. a Cortex-A57 (Jetson Nano, TX2)
+    assert resolve_weight_bits("auto", flags=avx2)[0] == 7 and "saturate" in resolve_weight_bits("auto", flags=avx2)[1]
+    assert resolve_weight_bits(None, flags=avx512 | {"avx512_vnni"}) == (
+        8, "auto: this CPU has avx512_vnni, whose int8 products sum in int32")
+    assert resolve_weight_bits(7, flags=avx512 | {"avx512_vnni"}) == (7, "given")
+    assert resolve_weight_bits(8, flags=avx2) == (8, "given")
+    for bad in (6, "8", "fast"):
+        with pytest.raises(InvalidInputError, match="weight_bits"):
+            resolve_weight_bits(bad)
+    # This machine's own flags are read (the CI machines are x86 Linux).
+    assert resolve_weight_bits()[0] == (8 if int8_dot_product(cpu_flags()) else 7)
+
+    with caplog.at_level("WARNING", logger="vbedge"):
+        message = check_cpu_form_bits("s3d", 8, flags=avx2)
+    assert "8-bit weights" in message and "--cpu-weight-bits 7" in message and message in caplog.text
+    assert check_cpu_form_bits("s3d", 8, flags=avx2 | {"avx_vnni"}) is None
+    assert check_cpu_form_bits("s3d", 7, flags=avx2) is None
+    assert check_cpu_form_bits("s3d", None, flags=avx2) is None  # a bundle from before the bits were recorded
 
 
 def test_timing_sessions_do_not_spin_and_emulation_is_basic(tmp_path):

@@ -23,6 +23,34 @@ def cpu_model():
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+#: CPU flags (``/proc/cpuinfo``) of instructions that multiply u8 x s8 and sum in int32 without an
+#: int16 step: x86 VNNI (AVX-512 or AVX) and AMX, ARM's dot product. ONNX Runtime's MLAS uses them
+#: for its U8S8 kernels where present; without them its x86 kernels add pairs of products in int16
+#: (``vpmaddubsw``) and saturate 8-bit weights on full-range uint8 activations (docs/int8.md).
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def cpu_flags():
+    """The CPU's feature flags (``flags`` on x86, ``Features`` on ARM in ``/proc/cpuinfo``), or an
+    empty set where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_dot_product(flags=None):
+    """The first of :data:`INT8_DOT_PRODUCT_FLAGS` this CPU has (or ``flags`` holds), else ``None``:
+    whether ONNX Runtime's integer kernels can take 8-bit weights on full-range uint8 activations
+    without saturating."""
+    flags = cpu_flags() if flags is None else set(flags)
+    return next((flag for flag in INT8_DOT_PRODUCT_FLAGS if flag in flags), None)
+
+
 def machine_summary():
     """One line naming this machine for benchmark output: CPU model, logical cores, OS, architecture."""
     import os
@@ -93,6 +121,7 @@ def collect_info():
         "tensorrt": package_version("tensorrt"),
         "pycuda": package_version("pycuda"),
         "torch": package_version("torch"),
+        "int8_dot_product": int8_dot_product(),
         "kernels": kernels,
         "gpus": gpus,
         "opencv": _opencv_info(),
@@ -118,6 +147,9 @@ def format_info(info):
         "tensorrt     " + (info["tensorrt"] or "not installed (pip install 'vbedge[tensorrt]' or JetPack)"),
         "pycuda       " + (info["pycuda"] or "not installed"),
         "torch        " + (info["torch"] or "not installed (needed only for export: vbedge[export])"),
+        "int8 CPU     " + (f"{info['int8_dot_product']} (8-bit weights in the INT8 CPU forms)"
+                             if info.get("int8_dot_product") else
+                             "no VNNI/dot product (7-bit weights in the INT8 CPU forms)"),
         "C++ kernel   " + ("built" if k["cpu"] else "NOT built (reinstall vbedge)"),
         "CUDA kernel  " + ("built" if k["cuda"] else "not built") + (f" ({k['cuda_reason']})" if k.get("cuda_reason") else ""),
     ]

@@ -240,7 +240,7 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     return _open(name, why, backend, onnx_path, precision, options, os.path.basename(str(onnx_path)))
 
 
-def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=None):
+def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=None, cpu_form_weight_bits=None):
     """Instantiate ``name``; with 'auto', fall back from TensorRT to ONNX Runtime on failure."""
     from ..errors import VbedgeError
 
@@ -286,6 +286,7 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
         # calibration's CPU form (docs/int8.md) about 2x faster, so that file is used here.
         onnx_path = cpu_form
         log.info("backend for %s (int8): ONNX Runtime CPU form %s", label, os.path.basename(str(cpu_form)))
+        check_cpu_form_bits(label, cpu_form_weight_bits)
     opened = OnnxRuntimeBackend(onnx_path, precision=precision, **ort_options)
     opened.selection = why if opened.graph_form == "file" else f"{why}; S3D's 3D convolutions as 2D ones"
     return opened
@@ -346,6 +347,23 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
     if model == "s3d" and precision == "fp32" and (name == "onnxruntime" or backend == "auto"):
         # ONNX Runtime's CPU runs 2D convolutions in faster kernels than 3D ones (docs/benchmarks.md).
         options.setdefault("conv2d_form", True)
-    cpu_form = bundle.manifest["models"][model].get("int8_cpu")
+    entry = bundle.manifest["models"][model]
+    cpu_form = entry.get("int8_cpu")
     return _open(name, why, backend, onnx_path, precision, options, model,
-                 cpu_form=bundle.file_path(cpu_form) if cpu_form else None)
+                 cpu_form=bundle.file_path(cpu_form) if cpu_form else None,
+                 cpu_form_weight_bits=entry.get("int8_cpu_weight_bits"))
+
+
+def check_cpu_form_bits(label, weight_bits, flags=None):
+    """Warn (and return the warning) when an INT8 CPU form with 8-bit weights is about to run on a
+    CPU without VNNI or an int8 dot product, where ONNX Runtime's U8S8 kernels saturate int16 sums
+    and the answers drift (docs/int8.md); ``None`` when the bits suit this CPU or are unknown."""
+    from ..info import int8_dot_product
+
+    if weight_bits != 8 or int8_dot_product(flags):
+        return None
+    message = (f"{label}: the INT8 CPU form has 8-bit weights, but this CPU has no VNNI or int8 dot product, so "
+               "ONNX Runtime's integer kernels saturate and its answers drift from FP32; calibrate for this CPU "
+               "(vbedge calibrate --cpu-weight-bits 7, or auto on it)")
+    log.warning(message)
+    return message

@@ -25,9 +25,10 @@ def register(subparsers):
     p.add_argument("--s3d-cpu-range", choices=("full", "same"), default="full",
                    help="S3D CPU form: 'full' spreads each calibrated range over uint8's 256 codes (default), "
                         "'same' keeps the Q/DQ graph's scale (codes 0..127)")
-    p.add_argument("--cpu-weight-bits", type=int, choices=(7, 8), default=7,
-                   help="weight bits of both CPU forms (default 7: ONNX Runtime's U8S8 kernels saturate int16 sums "
-                        "on x86 CPUs without VNNI with 8-bit weights; 8 for VNNI or ARM targets; docs/int8.md)")
+    p.add_argument("--cpu-weight-bits", choices=("auto", "7", "8"), default="auto",
+                   help="weight bits of both CPU forms (default auto: 8 where this CPU has VNNI, AMX or ARM's int8 "
+                        "dot product, else 7, because ONNX Runtime's U8S8 kernels saturate int16 sums with 8-bit "
+                        "weights on x86 CPUs without VNNI; name it when the bundle is for other CPUs; docs/int8.md)")
     p.add_argument("--cpu-float", metavar="PARTS",
                    help="VideoBERT CPU form: comma-separated parts kept in float, from mlm_transform, pooler, "
                         "ffn_out, or 'none' (default all three; mlm_transform,pooler is ~25%% faster and less "
@@ -98,7 +99,7 @@ def run_calibrate(args):
         holdout=args.holdout, max_clips=args.max_clips, clips_per_video=args.clips_per_video, corpus=args.corpus,
         repeats=args.repeats, progress=not args.quiet, videobert_cpu_float=parse_cpu_float(args.cpu_float),
         videobert_per_token=parse_per_token(args.per_token), openvino=args.openvino,
-        s3d_cpu_u8_range=args.s3d_cpu_range, cpu_weight_bits=args.cpu_weight_bits)
+        s3d_cpu_u8_range=args.s3d_cpu_range, cpu_weight_bits=args.cpu_weight_bits if args.cpu_weight_bits == "auto" else int(args.cpu_weight_bits))
     print(format_report(report))
     print(f"wrote {Path(args.output) / 'int8_report.json'}")
     return 0
