@@ -25,8 +25,10 @@ requantized to 7 bits ([-63, 63], per channel, from the FP32 weights): on x86 CP
 MLAS's U8S8 kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``), which saturates at
 32767 (2 x 255 x 127 = 64770 can pass it, 2 x 255 x 63 = 32130 cannot), and a signed int8 input
 (the clip) becomes uint8 by adding 128, so even the ``"same"`` range saturates on the first
-convolution with 8-bit weights; VNNI, AMX and ARM's dot product sum in int32 and keep 8 bits. ONNX Runtime then runs
-every convolution as a U8S8 ``QLinearConv`` in NHWC with max-pool and concat in uint8 (see
+convolution with 8-bit weights; VNNI, AMX and ARM's dot product sum in int32 and keep 8 bits. The
+convolution that reads the clip (S3D's RGB stem, 3 input channels, where ONNX Runtime's integer
+kernel is slowest) runs in float on the unquantized clip (``float_stem``). ONNX Runtime then runs
+every other convolution as a U8S8 ``QLinearConv`` in NHWC with max-pool and concat in uint8 (see
 docs/int8.md for the node counts, timings and accuracy). TensorRT cannot take uint8 Q/DQ, so the
 CPU form is for ONNX Runtime only; the Q/DQ graph keeps int8 activations and 8-bit weights.
 """
@@ -352,7 +354,16 @@ def resolve_weight_bits(weight_bits=DEFAULT_WEIGHT_BITS, flags=None):
     return weight_bits, "given"
 
 
-def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGHT_BITS, float_weights=None) -> dict:
+#: Whether the CPU form runs the convolutions that read the graph's input (S3D's RGB stem) in float
+#: (:func:`make_cpu_form`). ONNX Runtime's U8S8 ``QLinearConv`` is slow on 3 input channels: on the
+#: demo bundle (12 x 64 x 64, AVX-512 VNNI EPYC) the 7 x 7 x 7 stem took 3.8 of the form's 7.8 ms
+#: (profiler) against 1.5 ms as a float Conv, and the form ran 1.42x FP32 with it in INT8, 2.34x
+#: with it in float; tokens 0.938 -> 0.944 (the clip is no longer quantized). docs/int8.md.
+DEFAULT_FLOAT_STEM = True
+
+
+def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGHT_BITS, float_weights=None,
+                  float_stem=DEFAULT_FLOAT_STEM) -> dict:
     """Rewrite a symmetric Q/DQ graph in place into ONNX Runtime's fast form (module docstring).
 
     Args:
@@ -366,10 +377,13 @@ def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGH
             (:func:`resolve_weight_bits`). 7 is needed with ``u8_range="full"`` on x86 CPUs without
             VNNI: MLAS's AVX2 U8S8 kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``),
             which saturates past 32767; 2 x 255 x 63 stays under it, 2 x 255 x 127 does not.
-        float_weights: name -> float array of the FP32 graph's weights (for ``weight_bits=7``);
-            a weight not found is requantized from its int8 values.
+        float_weights: name -> float array of the FP32 graph's weights (for ``weight_bits=7`` and
+            the float stem); a weight not found is requantized (or dequantized) from its int8 values.
+        float_stem: run each convolution that reads the graph input through its Q/DQ pair in
+            float (S3D's RGB stem: the input Q/DQ and the weight's DQ go, the FP32 weight comes
+            back), its output still quantized to uint8 by the Q after it (:data:`DEFAULT_FLOAT_STEM`).
 
-    Returns counts: ``uint8_q`` (Qs turned uint8), ``relu_dropped``, ``weights_requantized`` and
+    Returns counts: ``uint8_q`` (Qs turned uint8), ``relu_dropped``, ``float_convs``, ``weights_requantized`` and
     the options used.
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -436,10 +450,58 @@ def make_cpu_form(model, *, u8_range=DEFAULT_U8_RANGE, weight_bits=DEFAULT_WEIGH
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits.values())
+    float_convs = _float_input_convs(model, float_weights or {}) if float_stem else 0
     requantized = _requantize_conv_weights(model, weight_bits, float_weights or {}) if weight_bits != 8 else 0
+    _drop_dead_nodes(model)
     _drop_unused_initializers(model)
-    return {"uint8_q": converted, "relu_dropped": len(dropped), "u8_range": u8_range,
+    return {"uint8_q": converted, "relu_dropped": len(dropped), "u8_range": u8_range, "float_convs": float_convs,
             "weight_bits": weight_bits, "weight_bits_why": bits_why, "weights_requantized": requantized}
+
+
+def _float_input_convs(model, float_weights) -> int:
+    """Make each Conv whose data input is ``DQ(Q(graph input))`` and whose weight is a dequantized
+    constant read the graph input and a float weight (the FP32 one from ``float_weights`` when its
+    shape matches, else the dequantized int8 one); returns how many. The bypassed Q/DQ nodes are
+    left for :func:`_drop_dead_nodes`."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    inits = {i.name: i for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    added, count = [], 0
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        data, weight = producer.get(node.input[0]), producer.get(node.input[1])
+        source = producer.get(data.input[0]) if data is not None and data.op_type == "DequantizeLinear" else None
+        if (source is None or source.op_type != "QuantizeLinear" or source.input[0] not in inputs
+                or weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in inits):
+            continue
+        q = numpy_helper.to_array(inits[weight.input[0]])
+        base = weight.input[0].split("_quantized")[0]
+        w = float_weights.get(base)
+        if w is None or w.shape != q.shape:
+            scale = numpy_helper.to_array(inits[weight.input[1]]).astype(np.float32)
+            w = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (q.ndim - 1)) if scale.ndim else q * scale
+        name = f"{base}_float"
+        added.append(numpy_helper.from_array(np.asarray(w, dtype=np.float32), name))
+        node.input[0], node.input[1] = source.input[0], name
+        count += 1
+    graph.initializer.extend(added)
+    return count
+
+
+def _drop_dead_nodes(model):
+    """Remove nodes none of whose outputs is read (by a node or as a graph output), repeatedly."""
+    graph = model.graph
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        kept = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(kept) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _sort_topologically(graph):
@@ -853,7 +915,6 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
     if cpu_u8_range not in U8_RANGES or (cpu_weight_bits not in WEIGHT_BITS and cpu_weight_bits != "auto"):
         raise InvalidInputError(f"cpu_u8_range must be one of {U8_RANGES} and cpu_weight_bits 'auto' or one of "
                                 f"{WEIGHT_BITS}, got {cpu_u8_range!r} and {cpu_weight_bits!r}")
-    cpu_bits = resolve_weight_bits(cpu_weight_bits)[0]
     _require_quantization()
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -919,8 +980,7 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
             rewrite = {}
             if cpu_path is not None:
                 cpu_model = onnx.load(str(staged))
-                float_weights = ({i.name: onnx.numpy_helper.to_array(i) for i in fp32.graph.initializer}
-                                 if cpu_bits != 8 else None)
+                float_weights = {i.name: onnx.numpy_helper.to_array(i) for i in fp32.graph.initializer}
                 rewrite = make_cpu_form(cpu_model, u8_range=cpu_u8_range, weight_bits=cpu_weight_bits,
                                         float_weights=float_weights)
                 del float_weights

@@ -573,9 +573,11 @@ def test_cpu_form_full_uint8_range_and_7bit_weights(tmp_path):
     forms, errors = {}, {}
     for u8_range, bits in (("same", 8), ("full", 8), ("full", 7)):
         model = onnx.load(str(tmp_path / "q.onnx"))
-        info = make_cpu_form(model, u8_range=u8_range, weight_bits=bits, float_weights=weights)
+        # float_stem=False: every convolution in integers here (the float stem is checked below).
+        info = make_cpu_form(model, u8_range=u8_range, weight_bits=bits, float_weights=weights, float_stem=False)
         onnx.checker.check_model(model)
         assert info["uint8_q"] >= 1 and info["relu_dropped"] >= 1 and info["weights_requantized"] == (2 if bits == 7 else 0)
+        assert info["float_convs"] == 0
         forms[u8_range, bits] = model
         path = tmp_path / f"{u8_range}{bits}.onnx"
         onnx.save(model, str(path))
@@ -624,9 +626,35 @@ def test_cpu_form_full_uint8_range_and_7bit_weights(tmp_path):
         node.name = ""
     del shuffled.graph.node[:]
     shuffled.graph.node.extend(reversed(nodes))
-    info = make_cpu_form(shuffled)
+    info = make_cpu_form(shuffled, float_stem=False)
     onnx.checker.check_model(shuffled)
     assert len(shuffled.graph.node) == len(forms["full", 7].graph.node) and info["relu_dropped"] >= 1
+
+    # The float stem (the default): the convolution reading the clip takes the clip itself and the
+    # FP32 weight; the clip's Q/DQ and that weight's DQ are gone, the next Q (uint8) stays, and the
+    # form still computes the FP32 function, closer than with the stem in integers.
+    for bits in (8, 7):
+        model = onnx.load(str(tmp_path / "q.onnx"))
+        info = make_cpu_form(model, weight_bits=bits, float_weights=weights)
+        onnx.checker.check_model(model)
+        assert info["float_convs"] == 1 and info["weights_requantized"] == (1 if bits == 7 else 0), info
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        stem = [n for n in model.graph.node if n.op_type == "Conv" and n.input[0] == "clip"]
+        assert len(stem) == 1 and np.array_equal(inits[stem[0].input[1]], weights["w1"])
+        assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "clip" for n in model.graph.node)
+        readers = [n for n in model.graph.node if stem[0].output[0] in n.input]
+        assert [n.op_type for n in readers] == ["QuantizeLinear"]
+        assert inits[readers[0].input[2]].dtype == np.uint8
+        path = tmp_path / f"stem{bits}.onnx"
+        onnx.save(model, str(path))
+        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = np.concatenate([cpu.run(None, {"clip": c})[0] for c in clips])
+        error = float(np.abs(got - exact).mean() / np.abs(exact).mean())
+        assert error < errors["full", bits], (error, errors)
+    # Without the FP32 weights, the stem's float weight is the dequantized int8 one.
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert make_cpu_form(model, weight_bits=8)["float_convs"] == 1
+    onnx.checker.check_model(model)
 
     with pytest.raises(InvalidInputError, match="u8_range"):
         make_cpu_form(onnx.load(str(tmp_path / "q.onnx")), u8_range="half")
