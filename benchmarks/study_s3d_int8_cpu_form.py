@@ -4,7 +4,9 @@ The CPU form (calib/quantize.py, ``make_cpu_form``) turns every non-negative int
 uint8. With ``u8_range="same"`` the calibrated range keeps codes 0..127 (half of uint8 unused);
 ``"full"`` spreads it over 0..255. On x86 CPUs without VNNI, MLAS's U8S8 kernels add pairs of
 u8 x s8 products in int16 (``vpmaddubsw``), which saturates once activations reach 255 and weights
-127, so ``weight_bits=7`` requantizes the convolution weights to [-63, 63] to keep the sum in range.
+127, so ``weight_bits=7`` requantizes the convolution weights to [-63, 63] to keep the sum in range
+(on a CPU with VNNI nothing saturates and 8 bits are the default). ``float_stem`` runs the
+convolution that reads the clip in float (MLAS's int8 kernels are slow on its 3 input channels).
 
 One calibration (``quantize_model``) on half of the videos of ``W/world-judge`` (rendered as
 ``benchmarks/bench_demo_int8.py`` does), then each CPU-form variant of that one Q/DQ graph is judged
@@ -23,10 +25,13 @@ from pathlib import Path
 
 #: variant -> make_cpu_form options
 VARIANTS = {
-    "same-w8": {"u8_range": "same", "weight_bits": 8},
-    "full-w8": {"u8_range": "full", "weight_bits": 8},
-    "full-w7": {"u8_range": "full", "weight_bits": 7},
-    "same-w7": {"u8_range": "same", "weight_bits": 7},
+    "same-w8": {"u8_range": "same", "weight_bits": 8, "float_stem": False},
+    "full-w8": {"u8_range": "full", "weight_bits": 8, "float_stem": False},
+    "full-w7": {"u8_range": "full", "weight_bits": 7, "float_stem": False},
+    "same-w7": {"u8_range": "same", "weight_bits": 7, "float_stem": False},
+    # The convolution that reads the clip in float (make_cpu_form's default since 2026-12-06).
+    "full-w7-stem": {"u8_range": "full", "weight_bits": 7, "float_stem": True},
+    "full-w8-stem": {"u8_range": "full", "weight_bits": 8, "float_stem": True},
 }
 
 
