@@ -122,7 +122,7 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
         report["s3d"] = evaluate_s3d(s3d_fp32, {**qdq, "cpu": s3d_cpu, **fp32_2d, **extra}, held_set.clips,
                                      codebook, repeats=repeats)
         if videobert_fp32 is not None:
-            from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, DEFAULT_PER_TOKEN, transformer_cpu_form
+            from vbedge.calib.quantize import DEFAULT_CPU_FORM_FLOAT, resolve_per_token, transformer_cpu_form
 
             vb_method = videobert_method or VIDEOBERT_METHOD
             check_options(vb_method, videobert_percentile)
@@ -136,14 +136,15 @@ def calibrate_models(out_dir, *, videos, spec, codebook, vocab, s3d_fp32, videob
             report["videobert_quantization"] = vb_q.to_dict()
             report["videobert_quantization"]["percentile"] = videobert_percentile if vb_method == "percentile" else None
             cpu_float = DEFAULT_CPU_FORM_FLOAT if videobert_cpu_float is None else tuple(videobert_cpu_float)
-            per_token = DEFAULT_PER_TOKEN if videobert_per_token is None else tuple(videobert_per_token)
+            per_token = resolve_per_token(videobert_per_token if videobert_per_token in (None, "all")
+                                          else tuple(videobert_per_token), cpu_float)
             report["videobert_quantization"]["cpu_form"] = transformer_cpu_form(
                 videobert_fp32, vb_cpu, float_parts=cpu_float, per_token=per_token,
                 weight_bits=cpu_weight_bits or DEFAULT_WEIGHT_BITS)
             report["files"]["videobert"] = {"int8": vb_int8.name, "int8_cpu": vb_cpu.name}
             # The other way of scaling the CPU form's activations, side by side (not in the bundle):
             # per-tensor everywhere, or (when that is what the bundle gets) the default per-token parts.
-            other_name, other = ("per-tensor", ()) if per_token else ("per-token", DEFAULT_PER_TOKEN)
+            other_name, other = ("per-tensor", ()) if per_token else ("per-token", resolve_per_token(None, cpu_float))
             vb_other = out / f"videobert.int8.cpu.{other_name}.onnx"
             transformer_cpu_form(videobert_fp32, vb_other, float_parts=cpu_float, per_token=other,
                                  weight_bits=cpu_weight_bits or DEFAULT_WEIGHT_BITS)

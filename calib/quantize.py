@@ -571,9 +571,11 @@ CPU_FORM_FLOAT_PARTS = ("mlm_transform", "pooler", "ffn_out")
 #: The default (docs/int8.md, "The VideoBERT INT8 files' float parts"): the MLM transform and the
 #: pooler run once per predicted position / per sequence, so float costs nothing measurable, and the
 #: transform was worth 2 points of text and 3 of visual top-1 on the trained test VideoBERT; the FFN
-#: output projections (GELU inputs, the widest activation ranges) cost ~25% of the INT8 time in float
-#: and bring held-out kitchen sentences to 98.3% top-1, still 1.8-2.9x FP32 on this CPU.
-DEFAULT_CPU_FORM_FLOAT = ("mlm_transform", "pooler", "ffn_out")
+#: output projections (GELU inputs, the widest activation ranges) were kept float too until
+#: 2026-12-06, when per-token scales on them (``per_token`` part ``ffn_out``) kept the text top-1
+#: agreement (0.990 / 0.980 on two demo bundles, against 0.984 / 0.989 with them float) at 1.57x
+#: FP32 instead of 1.44x (AVX-512 VNNI EPYC; docs/int8.md).
+DEFAULT_CPU_FORM_FLOAT = ("mlm_transform", "pooler")
 _GELU_OPS = ("Gelu", "BiasGelu", "FastGelu")
 
 
@@ -630,12 +632,31 @@ def _written_float_nodes(model, kept) -> dict:
 #: Groups of the CPU form's run-time activation quantizers (each ``DynamicQuantizeLinear`` feeds the
 #: MatMuls that read one tensor) that :func:`per_token_activation_scales` can give one scale per token:
 #: ``qkv`` (the attention's query, key and value projections), ``attention_out`` (its output
-#: projection), ``ffn_in`` (the FFN's widening projection) and ``head`` (the masked-LM decoder).
-PER_TOKEN_PARTS = ("qkv", "attention_out", "ffn_in", "head")
-#: Per-token scales for the FFN inputs only: on the demo's trained VideoBERT they gave the same text
-#: top-1 agreement as per-token everywhere (0.981 against 0.960 per-tensor) at per-tensor speed;
-#: everywhere was slower (docs/int8.md).
-DEFAULT_PER_TOKEN = ("ffn_in",)
+#: projection), ``ffn_in`` (the FFN's widening projection), ``head`` (the masked-LM decoder) and
+#: ``ffn_out`` (the FFN's narrowing projection, fed by the GELU; only when ``float_parts`` does not
+#: keep it float).
+PER_TOKEN_PARTS = ("qkv", "attention_out", "ffn_in", "head", "ffn_out")
+#: Per-token scales for the FFN inputs and outputs: on the demo's trained VideoBERT the FFN inputs
+#: alone gave the same text top-1 agreement as the four other parts together (0.981 against 0.960
+#: per-tensor) at per-tensor speed; the FFN outputs, quantized since 2026-12-06, need them too
+#: (0.977 / 0.959 per-tensor against 0.990 / 0.980 per-token; docs/int8.md).
+DEFAULT_PER_TOKEN = ("ffn_in", "ffn_out")
+
+
+def resolve_per_token(per_token, float_parts):
+    """The per-token parts :func:`transformer_cpu_form` applies: ``None`` is :data:`DEFAULT_PER_TOKEN`
+    and ``"all"`` every part of :data:`PER_TOKEN_PARTS`, each less the parts kept in float (``ffn_out``
+    when ``float_parts`` keeps it); a named part that is kept in float is an error."""
+    if per_token is None or per_token == "all":
+        chosen = DEFAULT_PER_TOKEN if per_token is None else PER_TOKEN_PARTS
+        return tuple(part for part in chosen if part not in float_parts)
+    unknown = sorted(set([per_token] if isinstance(per_token, str) else per_token) - set(PER_TOKEN_PARTS))
+    if isinstance(per_token, str) or unknown:
+        raise InvalidInputError(f"per_token must be None, 'all' or a list of {PER_TOKEN_PARTS}, got {per_token!r}")
+    if "ffn_out" in per_token and "ffn_out" in float_parts:
+        raise InvalidInputError("per_token 'ffn_out' needs the FFN output projections quantized: drop 'ffn_out' "
+                                "from float_parts (vbedge calibrate --cpu-float)")
+    return tuple(per_token)
 
 
 def per_token_quantizer_parts(model) -> dict:
@@ -643,9 +664,9 @@ def per_token_quantizer_parts(model) -> dict:
 
     Read from the quantized graph: a quantizer belongs to ``head`` when its MatMuls come after the
     gather at ``predict_positions``; else to ``ffn_in`` when their weight widens (more columns than
-    rows); else to ``qkv`` when it feeds several MatMuls or one whose weight is three projections
-    wide; else to ``attention_out``. One fed by a GELU (an FFN output projection quantized with
-    ``float_parts`` without ``ffn_out``) is in no part.
+    rows); else to ``ffn_out`` when a GELU feeds it (an FFN output projection, quantized only with
+    ``float_parts`` without ``ffn_out``); else to ``qkv`` when it feeds several MatMuls or one whose
+    weight is three projections wide; else to ``attention_out``.
     """
     graph = model.graph
     consumers = _consumers(graph)
@@ -660,10 +681,12 @@ def per_token_quantizer_parts(model) -> dict:
         matmuls = [c for c in consumers[node.output[0]] if c.op_type == "MatMulInteger"]
         weights = [shapes.get(m.input[1], ()) for m in matmuls]
         source = producers.get(node.input[0])
-        if not matmuls or any(len(w) != 2 for w in weights) or (source is not None and source.op_type in _GELU_OPS):
+        if not matmuls or any(len(w) != 2 for w in weights):
             continue
         if any(m.name in head for m in matmuls):
             parts["head"].append(node.name)
+        elif source is not None and source.op_type in _GELU_OPS:
+            parts["ffn_out"].append(node.name)
         elif all(w[1] > w[0] for w in weights) and not any(w[1] == 3 * w[0] for w in weights):
             parts["ffn_in"].append(node.name)
         elif len(matmuls) > 1 or any(w[1] == 3 * w[0] for w in weights):
@@ -785,7 +808,7 @@ def per_token_activation_scales(model, names=None) -> int:
 
 
 def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFAULT_CPU_FORM_FLOAT,
-                         per_token=DEFAULT_PER_TOKEN, weight_bits=DEFAULT_WEIGHT_BITS) -> dict:
+                         per_token=None, weight_bits=DEFAULT_WEIGHT_BITS) -> dict:
     """Write the ONNX Runtime CPU form of a transformer (VideoBERT): dynamic INT8 MatMuls.
 
     Static Q/DQ MatMuls are slow in ONNX Runtime on x86 (it fused 12 of VideoBERT's 36 quantized
@@ -802,12 +825,13 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
         cpu_path: where to write the CPU form.
         optimize: run the transformer optimizer first (measured faster, docs/int8.md).
         float_parts: parts left in float, a subset of :data:`CPU_FORM_FLOAT_PARTS` (default
-            :data:`DEFAULT_CPU_FORM_FLOAT`; drop ``"ffn_out"`` to trade accuracy for speed, measured in
-            docs/int8.md; ``()`` quantizes every MatMul and Gemm).
+            :data:`DEFAULT_CPU_FORM_FLOAT`; add ``"ffn_out"`` to keep the FFN output projections
+            float, as until 2026-12-06, measured in docs/int8.md; ``()`` quantizes every MatMul and Gemm).
         per_token: parts, a subset of :data:`PER_TOKEN_PARTS`, whose MatMul inputs are quantized
             with one int8 scale per token (:func:`per_token_activation_scales`) instead of
-            ``quantize_dynamic``'s one uint8 range per tensor (default :data:`DEFAULT_PER_TOKEN`;
-            ``()`` is per-tensor everywhere).
+            ``quantize_dynamic``'s one uint8 range per tensor (``None``: :data:`DEFAULT_PER_TOKEN`,
+            ``"all"``: every part; both less ``ffn_out`` when it is kept float; ``()`` is per-tensor
+            everywhere; :func:`resolve_per_token`).
         weight_bits: 7 quantizes the weights to [-64, 64] (``quantize_dynamic``'s
             ``reduce_range``; 2 x 255 x 64 = 32640) so that MLAS's U8S8 kernels cannot saturate their int16 pair sums on
             x86 CPUs without VNNI (as for S3D's CPU form, :func:`make_cpu_form`; on an AVX2 EPYC,
@@ -831,9 +855,7 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
     unknown = sorted(set([float_parts] if isinstance(float_parts, str) else float_parts) - set(CPU_FORM_FLOAT_PARTS))
     if isinstance(float_parts, str) or unknown:
         raise InvalidInputError(f"float_parts must be a list of {CPU_FORM_FLOAT_PARTS}, got {float_parts!r}")
-    unknown = sorted(set([per_token] if isinstance(per_token, str) else per_token) - set(PER_TOKEN_PARTS))
-    if isinstance(per_token, str) or unknown:
-        raise InvalidInputError(f"per_token must be a list of {PER_TOKEN_PARTS}, got {per_token!r}")
+    per_token = resolve_per_token(per_token, tuple(float_parts))
     cpu_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vbedge-cpuform-") as tmp:
         source = fp32_path

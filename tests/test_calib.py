@@ -194,26 +194,26 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     assert cpu_ops.count("MatMulInteger") + cpu_ops.count("MatMulIntegerToFloat") >= 30
     assert "DequantizeLinear" not in cpu_ops
     assert report["files"]["videobert"]["int8_cpu"] == "videobert.int8.cpu.onnx"
-    # Default float parts: the masked-LM transform (one square MatMul), the pooler/alignment Gemms and
-    # the 6 FFN output projections stay float MatMul/Gemm nodes in the written graph.
+    # Default float parts: the masked-LM transform (one square MatMul) and the pooler/alignment Gemms
+    # stay float MatMul/Gemm nodes in the written graph (the FFN output projections are quantized).
     kept = report["videobert_quantization"]["cpu_form"]["float_nodes"]
-    assert {part: len(names) for part, names in kept.items()} == {"mlm_transform": 1, "pooler": 2, "ffn_out": 6}
+    assert {part: len(names) for part, names in kept.items()} == {"mlm_transform": 1, "pooler": 2}
     float_ops = {n.name: n.op_type for n in vb_cpu.graph.node}
     assert all(float_ops.get(name) in ("MatMul", "Gemm") for names in kept.values() for name in names)
     cpu = report["videobert"]["variants"]["cpu"]
     # Loose floor (docs/int8.md: ~0.6-0.7 text / ~0.9 visual top-1, ~0.99 top-3/5 on held-out text):
     # a broken CPU form (wrong weights, wrong layout) lands near 0.
     assert cpu["text_top3_agreement"] >= 0.8 and cpu["visual_top1_agreement"] >= 0.5, cpu
-    # The bundle's CPU form has per-token scales on the FFN inputs (6 layers, one quantizer each);
-    # per-tensor everywhere is written and judged beside it (not in the bundle).
-    assert report["videobert_quantization"]["cpu_form"]["per_token"] == ["ffn_in"]
+    # The bundle's CPU form has per-token scales on the FFN inputs and outputs (6 layers, one quantizer
+    # each); per-tensor everywhere is written and judged beside it (not in the bundle).
+    assert report["videobert_quantization"]["cpu_form"]["per_token"] == ["ffn_in", "ffn_out"]
     per_tensor = report["videobert"]["variants"]["cpu-per-tensor"]
     assert per_tensor["text_top3_agreement"] >= 0.8, per_tensor
     tensor_ops = [n.op_type for n in onnx.load(str(out / "videobert.int8.cpu.per-tensor.onnx")).graph.node]
-    assert cpu_ops.count("QuantizeLinear") == 6 and "QuantizeLinear" not in tensor_ops
-    assert cpu_ops.count("DynamicQuantizeLinear") + 6 == tensor_ops.count("DynamicQuantizeLinear")
-    assert cpu_ops.count("MatMulIntegerToFloat") == 6 and "MatMulIntegerToFloat" not in tensor_ops
-    assert cpu_ops.count("MatMulInteger") + 6 == tensor_ops.count("MatMulInteger"), (cpu_ops, tensor_ops)
+    assert cpu_ops.count("QuantizeLinear") == 12 and "QuantizeLinear" not in tensor_ops
+    assert cpu_ops.count("DynamicQuantizeLinear") + 12 == tensor_ops.count("DynamicQuantizeLinear")
+    assert cpu_ops.count("MatMulIntegerToFloat") == 12 and "MatMulIntegerToFloat" not in tensor_ops
+    assert cpu_ops.count("MatMulInteger") + 12 == tensor_ops.count("MatMulInteger"), (cpu_ops, tensor_ops)
     assert report["videobert"]["positions"] > report["videobert"]["sequences"]  # sentences mask several words
     # Words are scored at text positions, visual words at masked visual tokens (token type 1); the
     # held-out sentences mask one visual token in two, so both kinds are there.
@@ -287,8 +287,8 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     out = tmp_path / "cpu.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        info = transformer_cpu_form(fp32, out, float_parts=("ffn_out",))
-        everything = transformer_cpu_form(fp32, tmp_path / "all.onnx", float_parts=())
+        info = transformer_cpu_form(fp32, out, float_parts=("ffn_out",), per_token=())
+        everything = transformer_cpu_form(fp32, tmp_path / "all.onnx", float_parts=(), per_token=())
     assert list(info["float_nodes"]) == ["ffn_out"] and len(info["float_nodes"]["ffn_out"]) == 6  # one per layer
     nodes = {n.name: n for n in onnx.load(str(out)).graph.node}
     assert all(nodes[name].op_type == "MatMul" for name in info["float_nodes"]["ffn_out"])
@@ -322,10 +322,27 @@ def test_cpu_form_float_parts(tmp_path, small_bundle):
     from vbedge.calib.quantize import PER_TOKEN_PARTS
     from vbedge.cli.calibrate import parse_per_token
 
-    assert parse_per_token(None) is None and parse_per_token("none") == () and parse_per_token("all") == PER_TOKEN_PARTS
-    assert parse_per_token("ffn_in,qkv") == ("ffn_in", "qkv")
+    assert parse_per_token(None) is None and parse_per_token("none") == () and parse_per_token(" All") == "all"
+    assert parse_per_token("ffn_in,qkv") == ("ffn_in", "qkv") and parse_per_token("ffn_out") == ("ffn_out",)
     with pytest.raises(InvalidInputError, match="--per-token"):
-        parse_per_token("ffn_out")
+        parse_per_token("ffn")
+    # Which per-token parts apply: the default and 'all' leave out what is kept float; naming a
+    # float part is refused before any work.
+    from vbedge.calib.quantize import DEFAULT_PER_TOKEN, per_token_quantizer_parts, resolve_per_token
+
+    assert resolve_per_token(None, ()) == DEFAULT_PER_TOKEN == ("ffn_in", "ffn_out")
+    assert resolve_per_token(None, ("ffn_out",)) == ("ffn_in",)
+    assert resolve_per_token("all", ("ffn_out",)) == tuple(p for p in PER_TOKEN_PARTS if p != "ffn_out")
+    assert resolve_per_token("all", ()) == PER_TOKEN_PARTS and resolve_per_token((), ()) == ()
+    with pytest.raises(InvalidInputError, match="drop 'ffn_out' from float_parts"):
+        transformer_cpu_form(fp32, tmp_path / "x.onnx", float_parts=("ffn_out",), per_token=("ffn_out",))
+    with pytest.raises(InvalidInputError, match="per_token"):
+        resolve_per_token("ffn_in", ())
+    assert not (tmp_path / "x.onnx").exists()
+    # With the FFN outputs quantized, their quantizers (fed by the GELU) are the ffn_out part, one
+    # per layer, apart from the FFN inputs'.
+    found = per_token_quantizer_parts(onnx.load(str(tmp_path / "all.onnx")))
+    assert len(found["ffn_out"]) == 6 and len(found["ffn_in"]) == 6 and not set(found["ffn_out"]) & set(found["ffn_in"])
 
 
 def test_masked_positions_are_words_or_visual_tokens_by_segment():

@@ -31,12 +31,13 @@ def register(subparsers):
                         "weights on x86 CPUs without VNNI; name it when the bundle is for other CPUs; docs/int8.md)")
     p.add_argument("--cpu-float", metavar="PARTS",
                    help="VideoBERT CPU form: comma-separated parts kept in float, from mlm_transform, pooler, "
-                        "ffn_out, or 'none' (default all three; mlm_transform,pooler is ~25%% faster and less "
-                        "accurate, docs/int8.md)")
+                        "ffn_out, or 'none' (default mlm_transform,pooler; adding ffn_out keeps the FFN output "
+                        "projections float, as until 2026-12-06: slower, docs/int8.md)")
     p.add_argument("--per-token", metavar="PARTS",
                    help="VideoBERT CPU form: comma-separated parts whose MatMul inputs get one int8 scale per token "
-                        "instead of one uint8 range per tensor, from qkv, attention_out, ffn_in, head, or 'all' or "
-                        "'none' (default ffn_in; the report times per-tensor beside it, docs/int8.md)")
+                        "instead of one uint8 range per tensor, from qkv, attention_out, ffn_in, head, ffn_out, or "
+                        "'all' or 'none' (default ffn_in,ffn_out, less ffn_out when --cpu-float keeps it; the report "
+                        "times per-tensor beside it, docs/int8.md)")
     p.add_argument("--openvino", action="store_true",
                    help="also report OpenVINO (FP32 graph and Q/DQ graph as INT8) beside ONNX Runtime; needs "
                         "vbedge[openvino]")
@@ -78,6 +79,10 @@ def parse_per_token(text):
     """``--per-token``: the VideoBERT CPU form's per-token parts (None: the default)."""
     from vbedge.calib.quantize import PER_TOKEN_PARTS
 
+    if text is not None and text.strip().lower() == "all":
+        # Every part the CPU form quantizes (calib.quantize.resolve_per_token leaves out ffn_out
+        # when --cpu-float keeps it).
+        return "all"
     return parse_parts(text, "--per-token", PER_TOKEN_PARTS, allow_all=True)
 
 
