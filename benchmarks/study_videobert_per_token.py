@@ -21,14 +21,22 @@ import numpy as np
 
 from vbedge.info import machine_summary
 
-#: variant -> the per-token parts (vbedge.calib.quantize.PER_TOKEN_PARTS).
+#: variant -> (the per-token parts (vbedge.calib.quantize.PER_TOKEN_PARTS), the parts kept float).
+#: Until 2026-12-06 the FFN output projections stayed float (``ffn_out`` in the float parts).
+OLD_FLOAT = ("mlm_transform", "pooler", "ffn_out")
+NEW_FLOAT = ("mlm_transform", "pooler")
 VARIANTS = {
-    "per-tensor": (),
-    "ffn_in": ("ffn_in",),
-    "qkv": ("qkv",),
-    "attention_out": ("attention_out",),
-    "head": ("head",),
-    "all": ("qkv", "attention_out", "ffn_in", "head"),
+    "per-tensor": ((), OLD_FLOAT),
+    "ffn_in": (("ffn_in",), OLD_FLOAT),
+    "qkv": (("qkv",), OLD_FLOAT),
+    "attention_out": (("attention_out",), OLD_FLOAT),
+    "head": (("head",), OLD_FLOAT),
+    "all": (("qkv", "attention_out", "ffn_in", "head"), OLD_FLOAT),
+    # The FFN outputs quantized too (after the colon: the per-token parts):
+    "int8 ffn_out: per-tensor": ((), NEW_FLOAT),
+    "int8 ffn_out: ffn_in": (("ffn_in",), NEW_FLOAT),
+    "int8 ffn_out: ffn_out": (("ffn_out",), NEW_FLOAT),
+    "int8 ffn_out: ffn_in+ffn_out (default)": (("ffn_in", "ffn_out"), NEW_FLOAT),
 }
 
 
@@ -38,6 +46,10 @@ def main(argv=None):
     parser.add_argument("--max-clips", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=60, help="interleaved timing rounds per sequence length")
     parser.add_argument("--lengths", default="15,40", help="sequence lengths timed")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from: " + "; ".join(VARIANTS))
+    parser.add_argument("--judge-videos", type=int, default=0,
+                        help="judge on W/world-judge of this many videos, as bench_demo_int8.py renders it (144 "
+                             "judged clips at 36), instead of W/world-test")
     args = parser.parse_args(argv)
 
     from vbedge.bundle import Bundle
@@ -49,15 +61,22 @@ def main(argv=None):
 
     bundle = Bundle.load(args.workdir / "bundle", trusted_keys=False)
     spec = PreprocessSpec.from_dict(bundle.preprocessing)
-    clips = collect_clips([args.workdir / "world-test"], spec, max_clips=args.max_clips, progress=False)
+    if args.judge_videos:
+        from bench_demo_int8 import judge_world
+
+        world, count = judge_world(args.workdir, args.judge_videos)
+    else:
+        world, count = args.workdir / "world-test", args.max_clips
+    clips = collect_clips([world], spec, max_clips=count, progress=False)
     calib, held = clips.split(0.5, seed=0)
     _, feeds = videobert_feeds(bundle.onnx_path("s3d", "fp32"), calib, held, bundle.codebook, bundle.vocab)
     fp32 = bundle.onnx_path("videobert", "fp32")
     out = Path(tempfile.mkdtemp(prefix="videobert-per-token-study-"))
     paths = {}
-    for name, parts in VARIANTS.items():
-        paths[name] = out / f"{name}.onnx"
-        transformer_cpu_form(fp32, paths[name], per_token=parts)
+    for i, name in enumerate(args.variants.split(",")):
+        parts, float_parts = VARIANTS[name]
+        paths[name] = out / f"variant-{i}.onnx"
+        transformer_cpu_form(fp32, paths[name], per_token=parts, float_parts=float_parts)
     report = evaluate_videobert(fp32, paths, feeds, repeats=3)
 
     sessions = {"fp32": _session(fp32)} | {name: _session(path) for name, path in paths.items()}

@@ -55,6 +55,12 @@ def test_score_steps_by_hand():
     unseen = r["compositional"]["unseen_pairs"]
     assert unseen["steps"] == 2 and unseen["verb_top1"] == 1.0 and unseen["noun_top1"] == 0.5
     assert r["compositional"]["seen_pairs"]["steps"] == 2
+    # The table prints both splits: the seen steps (wash tomato, wash egg) have verb top-1 0 of 2, verb
+    # top-5 1 of 2 (wash is sixth for wash egg), noun top-1 2 of 2.
+    rows = {line[:28].strip(): line[28:].split() for line in format_zero_shot_table(
+        {**r, "synthetic": True, "videos": 1, "template": "t"}).splitlines()}
+    assert rows["seen verb-noun pairs"][:4] == ["0.0", "50.0", "100.0", "100.0"], rows
+    assert rows["unseen verb-noun pairs"][:4] == ["100.0", "100.0", "50.0", "100.0"], rows
     # forecast: 2 targets; [5, 7, 9] holds 7 (hit), [1, 2, 3] lacks 4 (miss)
     fc = r["forecast"]
     assert fc["targets"] == 2 and fc["top3"] == 0.5

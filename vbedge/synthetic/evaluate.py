@@ -281,6 +281,10 @@ def format_zero_shot_table(result) -> str:
     if comp["steps"]:
         lines.append(f"{'unseen verb-noun pairs':28s} {pct(comp['verb_top1']):>10s} {pct(comp['verb_top5']):>10s} "
                      f"{pct(comp['noun_top1']):>10s} {pct(comp['noun_top5']):>10s}   ({comp['steps']} steps)")
+        seen = result["compositional"].get("seen_pairs")
+        if seen and seen["steps"]:
+            lines.append(f"{'seen verb-noun pairs':28s} {pct(seen['verb_top1']):>10s} {pct(seen['verb_top5']):>10s} "
+                         f"{pct(seen['noun_top1']):>10s} {pct(seen['noun_top5']):>10s}   ({seen['steps']} steps)")
     fc = result["forecast"]
     lines.append(f"next-step forecast: top-3 {pct(fc['top3'])}% vs unigram {pct(fc['unigram_top3'])}% "
                  f"({fc['targets']} step changes; unigram from the {fc['reference']})")
