@@ -342,7 +342,7 @@ def resolve_weight_bits(weight_bits=DEFAULT_WEIGHT_BITS, flags=None):
     in int32 (:func:`vbedge.info.int8_dot_product`), else 7. The form runs on every CPU either way;
     8-bit weights lose accuracy where the kernels saturate, so a bundle for other CPUs than the one
     calibrating should name its bits."""
-    from vbedge.info import int8_dot_product
+    from vbedge.cpu import int8_dot_product
 
     if weight_bits in (None, "auto"):
         found = int8_dot_product(flags)

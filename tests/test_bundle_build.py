@@ -197,3 +197,16 @@ def test_int8_bundle_end_to_end(tmp_path):
     assert vb_int8.onnx_path.name == "videobert.int8.cpu.onnx"  # dynamic-INT8 CPU form, not the Q/DQ file
     out = vb_int8.run(feeds)
     assert out["text_topk_ids"].shape == (1, 2, 3)
+    # 'auto' on an x86 CPU with OpenVINO would take OpenVINO; for INT8 it takes the CPU form instead
+    # (it agrees with FP32 better than OpenVINO's INT8 on the Q/DQ graph, docs/int8.md), and says so.
+    from vbedge.backends import select
+
+    status = dict(select.available_backends(), openvino=(True, "OpenVINO (CPU)"),
+                  tensorrt=(False, "no NVIDIA GPU found"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(select, "available_backends", lambda: status)
+        mp.setattr(select.platform, "machine", lambda: "x86_64")
+        assert select.choose_backend("auto", status, precision="int8")[0] == "openvino"
+        auto = create_bundle_backend(bundle, "s3d", backend="auto", precision="int8")
+        assert auto.name == "onnxruntime" and auto.onnx_path.name == "s3d.int8.cpu.onnx"
+        assert "INT8 CPU form over openvino" in auto.selection, auto.selection

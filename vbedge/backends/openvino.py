@@ -66,6 +66,25 @@ def check_precision(precision, capabilities):
         )
 
 
+def _expose_concat_outputs(ov, model) -> int:
+    """Make every float Concat's output a model output (OpenVINO INT8 workaround); return how many.
+
+    Measured on OpenVINO 2026.4 (CPU plugin, AMD EPYC with AVX-512 VNNI and without; docs/openvino.md):
+    the S3D Q/DQ graph compiled as it is gave features at cosine 0.94 (worst 0.77) to the same Q/DQ
+    arithmetic run by ONNX Runtime, and kept about half of the visual tokens; with each of its 9
+    Concat outputs also a model output the cosine is 0.997 (worst 0.992), at about 16% more time.
+    Exposing the ReLU or MaxPool outputs instead changed nothing, and removing the Q/DQ after the
+    concats or giving their inputs one scale did not help either, so some CPU-plugin optimisation
+    of an internal INT8 concat is wrong; which one was not found. The extra outputs are computed
+    anyway and never copied out (:meth:`OpenVinoBackend.run` returns the model's own outputs).
+    """
+    extra = [op.output(0) for op in model.get_ops()
+             if op.get_type_name() == "Concat" and op.get_output_element_type(0) == ov.Type.f32]
+    if extra:
+        model.add_outputs(extra)
+    return len(extra)
+
+
 def _spec(port, kind, index):
     try:
         name = port.get_any_name()
@@ -116,6 +135,8 @@ class OpenVinoBackend(Backend):
             raise FormatError(f"openvino cannot read {self.onnx_path}: {exc}") from exc
         self._inputs = [_spec(p, "input", i) for i, p in enumerate(model.inputs)]
         self._outputs = [_spec(p, "output", i) for i, p in enumerate(model.outputs)]
+        # Read after the specs: run() returns only the model's own outputs.
+        self.concat_outputs_added = _expose_concat_outputs(ov, model) if precision == "int8" else 0
         self.cache_path = None
         self.cache_hit = False
         self._compiled = self._compile(ov, core, model, config, cache_dir, model_name or self.onnx_path.stem)
@@ -142,7 +163,9 @@ class OpenVinoBackend(Backend):
                 model=model_name, openvino_version=ov.get_version(),
                 # OpenVINO's device name is the CPUID brand string (what /proc/cpuinfo shows).
                 cpu=f"{core.get_property('CPU', 'FULL_DEVICE_NAME')} | {platform.machine()} | {','.join(self.capabilities)}",
-                precision=self.precision, onnx_sha256=file_sha256(self.onnx_path), options=config,
+                precision=self.precision, onnx_sha256=file_sha256(self.onnx_path),
+                # The key only: a model compiled without the INT8 concat workaround is another model.
+                options={**config, "vbedge_concat_outputs": str(self.concat_outputs_added)},
             )
             self.cache_path = cache.path_for(key)
             blob = cache.load(key)

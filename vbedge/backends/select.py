@@ -324,6 +324,15 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
         return opened
     name, why = choose_backend(backend, dict(available_backends(), torch=(False, "not selectable here")),
                                precision, options.get("device", "cpu"))
+    entry = bundle.manifest["models"][model]
+    if (backend, name, precision) == ("auto", "openvino", "int8") and entry.get("int8_cpu") \
+            and available_backends()["onnxruntime"][0]:
+        # Measured on the demo bundle (docs/int8.md, 2026-12-06): ONNX Runtime's CPU form kept S3D's
+        # tokens 0.951 against OpenVINO INT8's 0.868 on the Q/DQ graph at the same speed, and
+        # VideoBERT's text top-1 0.990 against 0.949, faster. An explicit 'openvino' still runs it.
+        name, why = "onnxruntime", (f"auto chose onnxruntime's INT8 CPU form over openvino: the bundle has one, and "
+                                    f"it agrees with FP32 better than OpenVINO's INT8 on the Q/DQ graph "
+                                    f"(docs/int8.md); {why}")
     log.info("backend for %s (%s): %s", model, precision, why)
     # OpenVINO's bf16 is a compile-time hint on the FP32 graph (docs/openvino.md).
     onnx_path = bundle.onnx_path(model, "fp32" if (name, precision) == ("openvino", "bf16") else precision)
@@ -347,7 +356,6 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
     if model == "s3d" and precision == "fp32" and (name == "onnxruntime" or backend == "auto"):
         # ONNX Runtime's CPU runs 2D convolutions in faster kernels than 3D ones (docs/benchmarks.md).
         options.setdefault("conv2d_form", True)
-    entry = bundle.manifest["models"][model]
     cpu_form = entry.get("int8_cpu")
     return _open(name, why, backend, onnx_path, precision, options, model,
                  cpu_form=bundle.file_path(cpu_form) if cpu_form else None,
@@ -358,7 +366,7 @@ def check_cpu_form_bits(label, weight_bits, flags=None):
     """Warn (and return the warning) when an INT8 CPU form with 8-bit weights is about to run on a
     CPU without VNNI or an int8 dot product, where ONNX Runtime's U8S8 kernels saturate int16 sums
     and the answers drift (docs/int8.md); ``None`` when the bits suit this CPU or are unknown."""
-    from ..info import int8_dot_product
+    from ..cpu import int8_dot_product
 
     if weight_bits != 8 or int8_dot_product(flags):
         return None

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-from ..info import cpu_model
+from ..cpu import cpu_model
 from ..versions import package_version
 
 
