@@ -290,6 +290,48 @@ def strip_conv_relu_qdq(model) -> int:
     return len(drop) // 2
 
 
+def share_concat_scales(model) -> int:
+    """Quantize each Concat's inputs with the Concat output's scale; return how many concats.
+
+    The quantizer gives every branch of an Inception block its own scale, then quantizes the
+    concatenation again with the output's: two roundings, and a concat that must rescale its
+    inputs. With the output's scale on every input (only where each input is a DQ fed by a Q that
+    nothing else reads, and every Q after the concat has one scale) the concat is a plain copy in
+    the integer domain and the second rounding is exact. The ranges come from the same calibration
+    (the output's range covers every input's), so nothing saturates that did not before.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    scales = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    cons = _consumers(graph)
+    shared = 0
+    for node in graph.node:
+        if node.op_type != "Concat":
+            continue
+        after = cons.get(node.output[0], [])
+        if not after or any(c.op_type != "QuantizeLinear" for c in after):
+            continue
+        if len({(scales[q.input[1]].tobytes(), scales[q.input[2]].tobytes()) for q in after
+                if q.input[1] in scales and len(q.input) > 2 and q.input[2] in scales}) != 1:
+            continue
+        pairs = []
+        for name in node.input:
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or len(cons[q.output[0]]) != 1 or len(cons[name]) != 1:
+                break
+            pairs.append((q, dq))
+        else:
+            for q, dq in pairs:
+                q.input[1], q.input[2] = after[0].input[1], after[0].input[2]
+                dq.input[1], dq.input[2] = after[0].input[1], after[0].input[2]
+            shared += 1
+    _drop_unused_initializers(model)
+    return shared
+
+
 def _drop_unused_initializers(model):
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     kept = [i for i in model.graph.initializer if i.name in used]
@@ -909,7 +951,7 @@ def transformer_cpu_form(fp32_path, cpu_path, *, optimize=True, float_parts=DEFA
 def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=DEFAULT_PERCENTILE,
                    keep_float=FLOAT_PARTS, cpu_path=None, dynamic_axes=None, progress=True,
                    expected_batches=None, float_nodes=(), cpu_u8_range=DEFAULT_U8_RANGE,
-                   cpu_weight_bits=DEFAULT_WEIGHT_BITS) -> QuantizationResult:
+                   cpu_weight_bits=DEFAULT_WEIGHT_BITS, share_concat=True) -> QuantizationResult:
     """Calibrate ``fp32_path`` with ``reader`` and write the INT8 Q/DQ graph to ``out_path``.
 
     Args:
@@ -928,6 +970,8 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
             a report shows to be sensitive).
         cpu_u8_range, cpu_weight_bits: how the CPU form spends its uint8 codes and weight bits
             (:func:`make_cpu_form`; the Q/DQ graph for TensorRT keeps int8 with 8-bit weights).
+        share_concat: quantize each Concat's inputs with its output's scale
+            (:func:`share_concat_scales`; both files).
 
     Raises:
         InvalidInputError: bad options or an empty reader. FormatError: the result is not a
@@ -994,6 +1038,7 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
             raise InvalidInputError("the calibration reader gave no inputs")
         qdq = onnx.load(str(raw))
         stripped = strip_conv_relu_qdq(qdq)
+        concats = share_concat_scales(qdq) if share_concat else 0
         check_qdq_for_tensorrt(qdq)
         staged = out_path.with_name(out_path.name + ".partial")
         onnx.save(qdq, str(staged))
@@ -1015,6 +1060,7 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
             if staged.exists():
                 staged.unlink()
     rewrite["conv_relu_pairs_removed"] = stripped
+    rewrite["concats_sharing_scale"] = concats
     counts = collections.Counter()
     producer_ops = {o: n.op_type for n in qdq.graph.node for o in n.output}
     for node in qdq.graph.node:

@@ -156,6 +156,13 @@ def test_calibrate_qdq_ready_and_agrees(videos, tmp_path, small_bundle):
     # The Q/DQ file (TensorRT's) is judged with its Q/DQ run in float; the CPU form as it deploys.
     assert s3d["qdq"].get("emulated") is True and not s3d["cpu"].get("emulated"), s3d
     assert report["s3d_quantization"]["cpu_rewrite"]["u8_range"] == "full", report["s3d_quantization"]
+    # Each of the 9 Inception concats reads its inputs at the output's scale, in both files.
+    assert report["s3d_quantization"]["cpu_rewrite"]["concats_sharing_scale"] == 9, report["s3d_quantization"]
+    qdq_graph = onnx.load(str(out / "s3d.int8.onnx")).graph
+    made_by = {o: n for n in qdq_graph.node for o in n.output}
+    after_concat = {n.input[0]: n.input[1] for n in qdq_graph.node if n.op_type == "QuantizeLinear"}
+    for concat in (n for n in qdq_graph.node if n.op_type == "Concat"):
+        assert {made_by[i].input[1] for i in concat.input} == {after_concat[concat.output[0]]}, concat.name
     # Weight bits chosen for this CPU by default (8 only where its int8 products sum in int32).
     from vbedge.calib.quantize import resolve_weight_bits
     from vbedge.info import int8_dot_product
@@ -756,3 +763,44 @@ def test_timing_sessions_do_not_spin_and_emulation_is_basic(tmp_path):
     assert basic.graph_optimization_level.name == "ORT_ENABLE_BASIC"
     with pytest.raises(InvalidInputError, match="optimization"):
         make_session(path, optimization="extended")
+
+
+def test_share_concat_scales_by_hand():
+    """A concat whose inputs were quantized at their own scales reads them at its output's; an input
+    whose Q feeds something else, or a concat followed by Qs of two scales, is left alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vbedge.calib.quantize import share_concat_scales
+
+    def scalar(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    def graph(extra_consumer=False, second_scale=0.4):
+        nodes, inits = [], [scalar("zp", 0, np.int8), scalar("sa", 0.1), scalar("sb", 0.3), scalar("so", 0.4),
+                            scalar("so2", second_scale)]
+        for x, sc in (("a", "sa"), ("b", "sb")):
+            nodes += [helper.make_node("QuantizeLinear", [x, sc, "zp"], [f"{x}_q"]),
+                      helper.make_node("DequantizeLinear", [f"{x}_q", sc, "zp"], [f"{x}_dq"])]
+        nodes.append(helper.make_node("Concat", ["a_dq", "b_dq"], ["c"], axis=1))
+        nodes += [helper.make_node("QuantizeLinear", ["c", "so", "zp"], ["c_q"]),
+                  helper.make_node("DequantizeLinear", ["c_q", "so", "zp"], ["y"]),
+                  helper.make_node("QuantizeLinear", ["c", "so2", "zp"], ["c_q2"]),
+                  helper.make_node("DequantizeLinear", ["c_q2", "so2", "zp"], ["y2"])]
+        outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("y", "y2")]
+        if extra_consumer:
+            nodes.append(helper.make_node("DequantizeLinear", ["a_q", "sa", "zp"], ["a_again"]))
+            outputs.append(helper.make_tensor_value_info("a_again", TensorProto.FLOAT, [1, 2]))
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in ("a", "b")]
+        return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits))
+
+    model = graph()
+    assert share_concat_scales(model) == 1
+    scales = {n.output[0]: n.input[1] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    assert scales["a_q"] == scales["a_dq"] == scales["b_q"] == scales["b_dq"] == "so"
+    assert {i.name for i in model.graph.initializer} == {"zp", "so", "so2"}  # the branch scales are gone
+    onnx.checker.check_model(model)
+    for untouched in (graph(extra_consumer=True), graph(second_scale=0.5)):
+        assert share_concat_scales(untouched) == 0
+        assert {n.input[1] for n in untouched.graph.node if n.output[0] == "a_q"} == {"sa"}
+
