@@ -3,7 +3,10 @@
 One calibration per group (quantize_model(float_nodes=...)) on half of W/world-judge, the CPU form of
 each (full range, weight bits for this CPU unless --bits, the float stem unless --no-float-stem) judged
 on the other half. Usage: python benchmarks/study_s3d_int8_float_groups.py W [--groups a,b+c] [--bits 7|8]
-[--no-float-stem] [--swap]. Groups: the names below, '+' joins them into one contender.
+[--no-float-stem] [--swap] [--concat shared|own|both] [--qdq]. Groups: the names below, '+' joins them
+into one contender. --concat both calibrates each group twice, with each Concat's inputs on the concat
+output's scale (quantize_model(share_concat=True), the default) and on their own; --qdq also judges the
+Q/DQ graphs (run as they are, in float: TensorRT's arithmetic).
 """
 import argparse
 import sys, tempfile
@@ -25,6 +28,9 @@ ap.add_argument("--groups", default="none,conv0,stem5,3bc,4b-4f,5bc")
 ap.add_argument("--bits", default="auto")
 ap.add_argument("--no-float-stem", action="store_true")
 ap.add_argument("--repeats", type=int, default=5)
+ap.add_argument("--concat", choices=("shared", "own", "both"), default="shared",
+                help="Concat input scales: the output's (the default), their own, or both as two contenders")
+ap.add_argument("--qdq", action="store_true", help="also judge each Q/DQ graph, emulated in float")
 ap.add_argument("--swap", action="store_true", help="calibrate on the judged half and judge on the other (a check)")
 args = ap.parse_args()
 W = Path(args.workdir)
@@ -50,12 +56,19 @@ named = {"none": [], "stem5": ["features.0.", "features.2.", "features.3."], "3b
          **blocks}
 groups = {g: sum((named[part] for part in g.split("+")), []) for g in args.groups.split(",")}
 paths = {}
+shares = {"shared": [True], "own": [False], "both": [True, False]}[args.concat]
 for g, pre in groups.items():
     nodes = [nd.name for nd in fm.graph.node if nd.op_type == "Conv" and any(nd.input[1].startswith(p) for p in pre)]
-    quantize_model(fp32, out / f"{g}.onnx", S3DCalibrationReader(calib), dynamic_axes={"clip": [0]}, progress=False, float_nodes=nodes)
-    cm = onnx.load(str(out / f"{g}.onnx")); make_cpu_form(cm, u8_range="full", weight_bits=bits, float_weights=fw,
-                                                    float_stem=not args.no_float_stem)
-    onnx.save(cm, str(out / f"{g}.cpu.onnx")); paths[f"{g} ({len(nodes)})"] = out / f"{g}.cpu.onnx"
+    for share in shares:
+        tag = f"{g} ({len(nodes)})" + ("" if len(shares) == 1 else (" shared" if share else " own"))
+        stem = out / f"{g}-{int(share)}"
+        res = quantize_model(fp32, stem.with_suffix(".onnx"), S3DCalibrationReader(calib), dynamic_axes={"clip": [0]},
+                             progress=False, float_nodes=nodes, share_concat=share)
+        cm = onnx.load(str(stem.with_suffix(".onnx"))); make_cpu_form(cm, u8_range="full", weight_bits=bits, float_weights=fw,
+                                                                  float_stem=not args.no_float_stem)
+        onnx.save(cm, str(stem.with_suffix(".cpu.onnx"))); paths[tag] = stem.with_suffix(".cpu.onnx")
+        if args.qdq:
+            paths[tag + " qdq"] = stem.with_suffix(".onnx")
 rep = evaluate_s3d(fp32, paths, held.clips, bundle.codebook, repeats=args.repeats)
 for k, v in rep["variants"].items():
-    print(f"{k:16s} tokens {v['token_agreement']:.3f} cos {v['cosine_mean']:.5f} worst {v['cosine_worst']:.5f} {v['speedup']:.2f}x")
+    print(f"{k:24s} tokens {v['token_agreement']:.3f} cos {v['cosine_mean']:.5f} worst {v['cosine_worst']:.5f} {v['speedup']:.2f}x")
