@@ -301,6 +301,28 @@ def test_options_are_checked(small_bundle, pipe):
         list(pipe.stream([]))
 
 
+def _session_spins(backend):
+    """What the backend's ONNX Runtime session was configured with (ONNX Runtime's own record)."""
+    try:
+        entry = backend._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # never set: ONNX Runtime's default, spinning
+        return True
+    return entry != "0"
+
+
+def test_pipeline_sessions_do_not_spin_unless_asked(small_bundle):
+    from vbedge.backends.onnxruntime import OnnxRuntimeBackend
+
+    path = small_bundle.onnx_path("s3d", "fp32")
+    assert _session_spins(OnnxRuntimeBackend(path)) and OnnxRuntimeBackend(path).spinning
+    assert not _session_spins(OnnxRuntimeBackend(path, spinning=False))
+    with Pipeline.load(small_bundle, backend="onnxruntime") as quiet:
+        backends = quiet._s3d_backend(), quiet._videobert_backend()
+        assert [(b.spinning, _session_spins(b)) for b in backends] == [(False, False)] * 2
+    with Pipeline.load(small_bundle, backend="onnxruntime", s3d_options={"spinning": True}) as mixed:
+        assert (_session_spins(mixed._s3d_backend()), _session_spins(mixed._videobert_backend())) == (True, False)
+
+
 _CYCLES_SCRIPT = """
 import ctypes, gc, json, sys
 from vbedge.pipeline import Pipeline

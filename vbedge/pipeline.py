@@ -233,6 +233,12 @@ class _Slot:
 
 # -- the pipeline --------------------------------------------------------------------------------
 
+#: Whether the pipeline's ONNX Runtime sessions spin their idle intra-op threads (unless
+#: ``backend_options`` says ``spinning``). Off: on the 2-core AMD EPYC, live camera, demo bundle,
+#: end-to-end p50 0.68-0.86x and CPU use 0.34-0.54x of spinning's (benchmarks/bench_pipeline_spinning.py,
+#: docs/benchmarks.md).
+PIPELINE_ORT_SPINNING = False
+
 _DEFAULTS = {
     "template": "howto",
     "context_clips": 2,
@@ -452,7 +458,9 @@ class Pipeline:
                 ``source_options`` (dict for :func:`vbedge.sources.open_source`),
                 ``device_features`` ("auto": with a GPU backend and the CUDA tokenizer, S3D
                 features stay on the GPU and are tokenized there; True: require it; False: never),
-                ``backend_options`` (dict for both models' backends, e.g. ``intra_op_threads``),
+                ``backend_options`` (dict for both models' backends, e.g. ``intra_op_threads``;
+                ONNX Runtime's sessions get ``spinning=False`` unless it says otherwise,
+                :data:`PIPELINE_ORT_SPINNING`),
                 ``s3d_options`` / ``videobert_options`` (dicts for one model, over
                 ``backend_options``: e.g. TensorRT ``profiles``; by default TensorRT profiles
                 follow ``max_batch``, ``queue_size`` and the captioner, see
@@ -469,8 +477,13 @@ class Pipeline:
 
         limits = pipeline_limits(profile_max_batch(self.options["max_batch"]), self.options["queue_size"],
                                  list(self._captioners.values()))[model]
+        options = dict(self._backend_options[model])
+        if self.backend in ("auto", "onnxruntime"):
+            # S3D and VideoBERT run in their own threads beside the decoder: spinning idle
+            # ONNX Runtime threads of one model would sit on the cores the other one needs.
+            options.setdefault("spinning", PIPELINE_ORT_SPINNING)
         return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
-                                     limits=limits, **dict(self._backend_options[model]))
+                                     limits=limits, **options)
 
     def _s3d_backend(self):
         with self._model_lock:

@@ -84,6 +84,9 @@ class OnnxRuntimeBackend(Backend):
         conv2d_form: on the CPU, run the graph's separable 3D convolutions as 2D ones
             (:mod:`vbedge.backends.conv2d_form`: S3D about 1.25x faster, same results up to float
             summation order); the bundle's S3D gets it by default. Ignored on other devices.
+        spinning: whether idle intra-op threads spin after a run (ONNX Runtime's
+            ``session.intra_op.allow_spinning``, on by default). Off, they sleep: no core is burnt
+            between runs, at the cost of a wake-up per run.
     """
 
     name = "onnxruntime"
@@ -101,6 +104,8 @@ class OnnxRuntimeBackend(Backend):
             raise InvalidInputError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
         self.precision = precision
         self.device = device
+        #: Whether the session's idle intra-op threads spin (ONNX Runtime's default) or sleep.
+        self.spinning = bool(spinning)
         providers = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if intra_op_threads is not None:

@@ -145,7 +145,7 @@ def _openvino_fits(status, precision, device):
 #: Options each backend takes (see create_backend). ``device`` is a CUDA index (int) for TensorRT, a
 #: device name (str: 'cpu', 'cuda', 'tensorrt') for ONNX Runtime, either for torch ('cuda:0' or 0).
 BACKEND_OPTIONS = {
-    "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options", "conv2d_form"}),
+    "onnxruntime": frozenset({"device", "intra_op_threads", "provider_options", "conv2d_form", "spinning"}),
     "tensorrt": frozenset({"cache_dir", "profiles", "workspace_bytes", "dla_core", "strongly_typed", "device",
                            "buffers", "rebuild", "progress", "manifest_sha256"}),
     "openvino": frozenset({"device", "intra_op_threads", "cache_dir", "model_name"}),
