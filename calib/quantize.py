@@ -320,7 +320,8 @@ def share_concat_scales(model) -> int:
         for name in node.input:
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is None or q.op_type != "QuantizeLinear" or len(cons[q.output[0]]) != 1 or len(cons[name]) != 1:
+            if q is None or q.op_type != "QuantizeLinear" or len(cons[q.output[0]]) != 1 or len(cons[name]) != 1 \
+                    or len(q.input) < 3 or len(dq.input) < 3:
                 break
             pairs.append((q, dq))
         else:
