@@ -62,8 +62,8 @@ for g, pre in groups.items():
     for share in shares:
         tag = f"{g} ({len(nodes)})" + ("" if len(shares) == 1 else (" shared" if share else " own"))
         stem = out / f"{g}-{int(share)}"
-        res = quantize_model(fp32, stem.with_suffix(".onnx"), S3DCalibrationReader(calib), dynamic_axes={"clip": [0]},
-                             progress=False, float_nodes=nodes, share_concat=share)
+        quantize_model(fp32, stem.with_suffix(".onnx"), S3DCalibrationReader(calib), dynamic_axes={"clip": [0]},
+                       progress=False, float_nodes=nodes, share_concat=share)
         cm = onnx.load(str(stem.with_suffix(".onnx"))); make_cpu_form(cm, u8_range="full", weight_bits=bits, float_weights=fw,
                                                                   float_stem=not args.no_float_stem)
         onnx.save(cm, str(stem.with_suffix(".cpu.onnx"))); paths[tag] = stem.with_suffix(".cpu.onnx")

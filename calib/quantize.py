@@ -136,6 +136,11 @@ def _consumers(graph):
     return cons
 
 
+def _producers(graph):
+    """tensor name -> the node that writes it."""
+    return {out: node for node in graph.node for out in node.output}
+
+
 def _downstream_nodes(graph, start_tensors):
     """Names of nodes that (transitively) read any of ``start_tensors``."""
     cons = _consumers(graph)
@@ -269,7 +274,7 @@ def strip_conv_relu_qdq(model) -> int:
     still reads int8; one rounding step less than the quantizer's placement.
     """
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     cons = _consumers(graph)
     drop = set()
     for node in graph.node:
@@ -304,7 +309,7 @@ def share_concat_scales(model) -> int:
 
     graph = model.graph
     scales = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     cons = _consumers(graph)
     shared = 0
     for node in graph.node:
@@ -313,8 +318,9 @@ def share_concat_scales(model) -> int:
         after = cons.get(node.output[0], [])
         if not after or any(c.op_type != "QuantizeLinear" for c in after):
             continue
-        if len({(scales[q.input[1]].tobytes(), scales[q.input[2]].tobytes()) for q in after
-                if q.input[1] in scales and len(q.input) > 2 and q.input[2] in scales}) != 1:
+        # One (scale, zero point) after the concat, both constants, for the inputs to take.
+        params = {tuple(scales[i].tobytes() if i in scales else None for i in q.input[1:3]) for q in after}
+        if len(params) != 1 or len(after[0].input) < 3 or None in next(iter(params)):
             continue
         pairs = []
         for name in node.input:
@@ -511,7 +517,7 @@ def _float_input_convs(model, float_weights) -> int:
     graph = model.graph
     inputs = {i.name for i in graph.input}
     inits = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = _producers(graph)
     added, count = [], 0
     for node in graph.node:
         if node.op_type != "Conv":
@@ -632,7 +638,7 @@ def _cpu_form_float_nodes(model, float_parts) -> dict:
     """
     graph = model.graph
     shapes = {i.name: tuple(i.dims) for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
+    producers = _producers(graph)
     head = _downstream_nodes(graph, ["predict_positions"]) if any(
         i.name == "predict_positions" for i in graph.input) else set()
 
@@ -714,7 +720,7 @@ def per_token_quantizer_parts(model) -> dict:
     graph = model.graph
     consumers = _consumers(graph)
     shapes = _weight_shapes(graph)
-    producers = {o: n for n in graph.node for o in n.output}
+    producers = _producers(graph)
     head = _downstream_nodes(graph, ["predict_positions"]) if any(
         i.name == "predict_positions" for i in graph.input) else set()
     parts = {part: [] for part in PER_TOKEN_PARTS}
@@ -770,7 +776,7 @@ def per_token_activation_scales(model, names=None) -> int:
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = _producers(graph)
 
     def only(name, op_type):
         users = consumers[name]
