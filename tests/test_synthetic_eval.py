@@ -8,7 +8,8 @@ import pytest
 from vbedge.errors import InvalidInputError
 from vbedge.synthetic.evaluate import (StepPrediction, format_zero_shot_table, most_frequent_accuracy,
                                        score_steps, topk_accuracy)
-from vbedge.synthetic.probe import leaf_majority_accuracy, leaf_majority_labels, ridge_probe_accuracy
+from vbedge.synthetic.probe import (leaf_majority_accuracy, leaf_majority_labels, ridge_probe_accuracy,
+                                    ridge_probe_scores, ridge_probe_topk)
 
 
 def test_topk_accuracy_by_hand():
@@ -92,6 +93,26 @@ def test_ridge_probe_separates_separable_and_not_noise():
     assert ridge_probe_accuracy(x[:80], labels[:80], x[80:], labels[80:]) > 0.9
     noise = rng.normal(size=(120, 20))
     assert ridge_probe_accuracy(noise[:80], labels[:80], noise[80:], labels[80:]) < 0.6
+
+
+def test_ridge_probe_topk_ranks_the_classes():
+    # Three classes on three axes; a test point between classes 0 and 1 (closer to 1) ranks 1, 0, 2.
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 30)
+    x = np.eye(3)[labels] * 4 + 0.1 * rng.normal(size=(90, 3))
+    test = np.array([[1.5, 2.5, 0.0]] * 3)
+    scores, classes = ridge_probe_scores(x, labels, test)
+    assert list(classes) == [0, 1, 2] and scores.shape == (3, 3)
+    assert list(np.argsort(-scores[0])) == [1, 0, 2]
+    assert list(ridge_probe_topk(x, labels, test, [1, 0, 2], k=1)) == [True, False, False]
+    assert list(ridge_probe_topk(x, labels, test, [1, 0, 2], k=2)) == [True, True, False]
+    assert list(ridge_probe_topk(x, labels, test, [1, 0, 2], k=3)) == [True, True, True]
+    # a label training never saw is never among the k best
+    assert not ridge_probe_topk(x, labels, test[:1], [7], k=3)[0]
+    with pytest.raises(InvalidInputError):
+        ridge_probe_topk(x, labels, test, [1, 0, 2], k=0)
+    with pytest.raises(InvalidInputError):
+        ridge_probe_scores(x, labels, test[:, :2])
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["leaf_majority_accuracy", "leaf_majority_labels", "ridge_probe_accuracy"]
+__all__ = ["leaf_majority_accuracy", "leaf_majority_labels", "ridge_probe_accuracy", "ridge_probe_scores",
+           "ridge_probe_topk"]
 
 
 def _check(features, labels, what):
@@ -28,14 +29,17 @@ def _check(features, labels, what):
     return features, labels
 
 
-def ridge_probe_accuracy(train_features, train_labels, test_features, test_labels, alpha=1.0):
-    """Accuracy on the test set of a ridge classifier fitted on the training set.
+def ridge_probe_scores(train_features, train_labels, test_features, alpha=1.0):
+    """Class scores ``(N_test, C)`` of a ridge classifier fitted on the training set, and the classes.
 
     Features are standardised with the training mean and standard deviation; targets are one-hot
-    over the labels seen in training; ``alpha`` is the ridge penalty.
+    over the labels seen in training (``classes``, sorted; column ``j`` scores ``classes[j]``);
+    ``alpha`` is the ridge penalty.
     """
     x, y = _check(train_features, train_labels, "training set")
-    xt, yt = _check(test_features, test_labels, "test set")
+    xt = np.asarray(test_features, dtype=np.float64)
+    if xt.ndim != 2 or xt.shape[1] != x.shape[1] or not len(xt):
+        raise InvalidInputError(f"test features must be (N, {x.shape[1]}) with N > 0, got {xt.shape}")
     mean, std = x.mean(0), x.std(0) + 1e-6
     x, xt = (x - mean) / std, (xt - mean) / std
     classes = np.unique(y)
@@ -44,8 +48,25 @@ def ridge_probe_accuracy(train_features, train_labels, test_features, test_label
     # Dual form: N is small next to D = 1024 here.
     gram = x1 @ x1.T + alpha * np.eye(len(x1))
     weights = x1.T @ np.linalg.solve(gram, targets)
-    scores = np.hstack([xt, np.ones((len(xt), 1))]) @ weights
-    return float(np.mean(classes[np.argmax(scores, axis=1)] == yt))
+    return np.hstack([xt, np.ones((len(xt), 1))]) @ weights, classes
+
+
+def ridge_probe_topk(train_features, train_labels, test_features, test_labels, k=1, alpha=1.0):
+    """Per test item: is its label among the ridge classifier's ``k`` best-scored classes? (bool array)
+
+    A label that never occurs in training is never among them.
+    """
+    xt, yt = _check(test_features, test_labels, "test set")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+    scores, classes = ridge_probe_scores(train_features, train_labels, xt, alpha=alpha)
+    best = classes[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+    return (best == yt[:, None]).any(axis=1)
+
+
+def ridge_probe_accuracy(train_features, train_labels, test_features, test_labels, alpha=1.0):
+    """Accuracy on the test set of a ridge classifier fitted on the training set (:func:`ridge_probe_scores`)."""
+    return float(np.mean(ridge_probe_topk(train_features, train_labels, test_features, test_labels, 1, alpha)))
 
 
 def leaf_majority_labels(train_leaves, train_labels):
