@@ -6,7 +6,11 @@ whose codebook leaves named the noun for 88.5% of the held-out clips scored 79.2
 (copied from ``SRC`` into ``DST``, never changed in ``SRC``), retrains VideoBERT with other
 options through the demo's own stages 4-6 (:func:`vbedge.demo.run_demo`) and prints the table:
 
-    python benchmarks/study_demo_videobert.py SRC DST --steps 300 [--lr 5e-4] [--mix 1,1,2]
+    python benchmarks/study_demo_videobert.py SRC DST --steps 300 [--lr 5e-4] [--mix 1,1,2] [--freeze-visual]
+
+``--freeze-visual`` keeps the visual-token embeddings at their initialisation (the leaf centroids,
+projected) for the whole run: their gradient is zeroed, so VideoBERT sees each visual word by its
+look only (docs/synthetic.md, "Which stage loses the unseen pair's noun").
 
 Everything is measured on the SYNTHETIC world (vbedge synth), not real video.
 """
@@ -26,6 +30,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo size's)")
     p.add_argument("--mix", default=None,
                    help="text-only, video-only and joint rows per step, e.g. 1,1,2 (default: TrainOptions')")
+    p.add_argument("--freeze-visual", action="store_true",
+                   help="keep the visual-token embeddings at their leaf-centroid initialisation")
     args = p.parse_args(argv)
 
     import vbedge.demo as demo
@@ -60,13 +66,38 @@ def main(argv=None):
             return options(**{**kw, "mix": mix})
 
         training.TrainOptions = with_mix  # run_demo imports it from vbedge.training at call time
+    if args.freeze_visual:
+        _freeze_visual_embeddings(dst)
     started = time.perf_counter()
     result = demo.run_demo(dst, size=size, echo=lambda line: print(line) if "sequences/s" in line else None)
     keys = ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "prior_verb_top1", "prior_noun_top1")
     print(f"size {size}, VideoBERT steps {args.steps}, lr {demo.DEMO_SIZES[size]['lr']}, mix {args.mix or 'default'}: "
           + ", ".join(f"{k} {100 * result[k]:.1f}" for k in keys) + f" ({result['steps']} steps; "
-          f"{time.perf_counter() - started:.0f} s)")
+          f"{time.perf_counter() - started:.0f} s)" + (", visual embeddings frozen" if args.freeze_visual else ""))
     return 0
+
+
+def _freeze_visual_embeddings(dst):
+    """Make vbedge.training.train zero the gradient of the visual-token rows of the embedding matrix."""
+    import vbedge.training.trainer as trainer
+    from vbedge import HierarchicalCodebook
+
+    visual = HierarchicalCodebook.load(dst / "codebook.npz").num_leaves
+    make_optimizer = trainer._optimizer
+
+    def optimizer_with_frozen_visual_rows(model, options):
+        weight = model.get_input_embeddings().weight
+        first = model.config.vocab_size - visual  # the visual tokens are the vocabulary's last rows
+
+        def zero_visual_rows(grad):
+            grad = grad.clone()
+            grad[first:] = 0
+            return grad
+
+        weight.register_hook(zero_visual_rows)
+        return make_optimizer(model, options)
+
+    trainer._optimizer = optimizer_with_frozen_visual_rows
 
 
 if __name__ == "__main__":
