@@ -24,31 +24,21 @@ class ExportCheckError(FormatError):
 
 
 def make_session(onnx_path, threads=None, optimization="all", spinning=True):
-    """Return an ONNX Runtime CPU session for ``onnx_path``.
-
-    ``optimization``: ``"all"`` (every graph optimisation) or ``"basic"`` (constant folding and
-    redundancy removal only: a Q/DQ graph then runs its QuantizeLinear/DequantizeLinear nodes as
-    they are, in float, instead of fused integer kernels). ``spinning=False``: the session's idle
-    intra-op threads sleep instead of spinning after each run. Several sessions timed in turn in one
-    process need it: each session's threads otherwise spin on the cores the next one runs on
-    (``benchmarks/bench_ort_spinning.py``, 2026-12-04, 2-core EPYC: FP32 S3D 59.6 ms interleaved with
-    two other spinning sessions, 23.3 ms with none spinning, 24.5 ms alone; docs/benchmarks.md)."""
+    """Return an ONNX Runtime CPU session for ``onnx_path``, with
+    :func:`vbedge.backends.onnxruntime.session_options` (``threads``, ``optimization`` "all" or
+    "basic", ``spinning``: read there). Several sessions timed in turn in one process want
+    ``spinning=False`` (``benchmarks/bench_ort_spinning.py``, 2026-12-04, 2-core EPYC: FP32 S3D
+    59.6 ms interleaved with two other spinning sessions, 23.3 ms with none spinning, 24.5 ms alone)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - runtime dependency
         raise MissingDependencyError(f"onnxruntime is needed to check exports: {exc}") from exc
+    from vbedge.backends.onnxruntime import session_options
+
     path = Path(onnx_path)
     if not path.is_file():
         raise FormatError(f"ONNX model not found: {path}")
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
-    if optimization not in levels:
-        raise InvalidInputError(f"optimization must be 'all' or 'basic', got {optimization!r}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = levels[optimization]
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    options = session_options(threads, optimization=optimization, spinning=spinning)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

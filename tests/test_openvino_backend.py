@@ -260,6 +260,26 @@ def test_auto_falls_back_to_onnxruntime_when_openvino_fails_but_explicit_raises(
         select.create_backend(model_path, backend="openvino")
 
 
+def test_defaults_apply_where_the_backend_takes_them_and_are_never_an_error_or_a_log_line(caplog):
+    """vbedge's own defaults (the pipeline's sleeping ONNX Runtime threads, S3D's 2D form) are not
+    the user's options: a backend that does not take one goes without it, silently."""
+    defaults = {"spinning": False, "conv2d_form": True}
+    with caplog.at_level(logging.INFO, logger="vbedge"):
+        assert select.options_for("openvino", {"intra_op_threads": 1}, "auto", defaults) == {"intra_op_threads": 1}
+        assert select.options_for("openvino", {}, "openvino", defaults) == {}  # explicit: still no error
+        assert select.options_for("tensorrt", {}, "auto", defaults) == {}
+    assert "left out" not in caplog.text
+    # where the backend takes them they apply, and the caller's own options win
+    assert select.options_for("onnxruntime", {"spinning": True}, "auto", defaults) == {"spinning": True,
+                                                                                      "conv2d_form": True}
+    # the caller's own options are still logged under auto, and an error with an explicit backend
+    with caplog.at_level(logging.INFO, logger="vbedge"):
+        assert select.options_for("openvino", {"spinning": False}, "auto", defaults) == {}
+    assert "['spinning'] do not apply to openvino" in caplog.text
+    with pytest.raises(InvalidInputError, match="does not take option"):
+        select.options_for("openvino", {"spinning": False}, "openvino", defaults)
+
+
 @needs_openvino
 def test_explicit_openvino_refuses_options_it_does_not_take(model_path):
     with pytest.raises(InvalidInputError, match="does not take option"):

@@ -477,13 +477,12 @@ class Pipeline:
 
         limits = pipeline_limits(profile_max_batch(self.options["max_batch"]), self.options["queue_size"],
                                  list(self._captioners.values()))[model]
-        options = dict(self._backend_options[model])
-        if self.backend in ("auto", "onnxruntime"):
-            # S3D and VideoBERT run in their own threads beside the decoder: spinning idle
-            # ONNX Runtime threads of one model would sit on the cores the other one needs.
-            options.setdefault("spinning", PIPELINE_ORT_SPINNING)
+        # S3D and VideoBERT run in their own threads beside the decoder: spinning idle ONNX
+        # Runtime threads of one model would sit on the cores the other one needs. A default,
+        # not an option: a backend other than ONNX Runtime goes without it.
         return create_bundle_backend(self.bundle, model, backend=self.backend, precision=self.precision,
-                                     limits=limits, **options)
+                                     limits=limits, defaults={"spinning": PIPELINE_ORT_SPINNING},
+                                     **self._backend_options[model])
 
     def _s3d_backend(self):
         with self._model_lock:

@@ -70,6 +70,40 @@ def providers_for(device, available):
     return [p for p in wanted if p in available]
 
 
+#: ONNX Runtime's graph optimisation levels by vbedge's names.
+OPTIMIZATION_LEVELS = ("all", "basic")
+
+
+def session_options(threads=None, optimization="all", spinning=True):
+    """The ``onnxruntime.SessionOptions`` every vbedge session is made with (the one place they are set).
+
+    Args:
+        threads: intra-op threads (None or 0: ONNX Runtime's default, one per core).
+        optimization: ``"all"`` (every graph optimisation, ONNX Runtime's default) or ``"basic"``
+            (constant folding and redundancy removal only: a Q/DQ graph then runs its
+            QuantizeLinear/DequantizeLinear nodes as they are, in float, instead of fused integer kernels).
+        spinning: whether idle intra-op threads spin after a run (ONNX Runtime's
+            ``session.intra_op.allow_spinning``, on by default). Off, they sleep: no core is burnt
+            between runs, at the cost of a wake-up per run. Several sessions run in turn in one
+            process want it off: each session's threads otherwise spin on the cores the next one
+            runs on (``benchmarks/bench_ort_spinning.py``, docs/benchmarks.md).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailableError(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from exc
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise InvalidInputError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {optimization!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[optimization]
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX model with ONNX Runtime.
 
@@ -107,12 +141,7 @@ class OnnxRuntimeBackend(Backend):
         #: Whether the session's idle intra-op threads spin (ONNX Runtime's default) or sleep.
         self.spinning = bool(spinning)
         providers = providers_for(device, ort.get_available_providers())
-        options = ort.SessionOptions()
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = int(intra_op_threads)
-        if not spinning:
-            # Idle intra-op threads sleep instead of spinning after a run (see export.verify.make_session).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(intra_op_threads, spinning=spinning)
         provider_options = provider_options or {}
         unknown = sorted(set(provider_options) - set(providers))
         if unknown:

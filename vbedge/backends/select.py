@@ -157,16 +157,18 @@ BACKEND_OPTIONS = {
 ENGINE_CACHE_ENV = "VBEDGE_ENGINE_CACHE"
 
 
-def options_for(name, options, requested):
-    """The subset of ``options`` backend ``name`` takes.
+def options_for(name, options, requested, defaults=None):
+    """The subset of ``options`` backend ``name`` takes, over the ``defaults`` it takes.
 
     With an explicit backend (``requested`` == ``name``) an option it does not take is the caller's
     error (InvalidInputError naming the options it does take). With 'auto' the options meant for the
     other backends are left out and said so in the log, so one options dict can serve whichever
-    backend 'auto' picks.
+    backend 'auto' picks. ``defaults`` are vbedge's own choices for some backends (the bundle's
+    S3D in the 2D-convolution form, the pipeline's sleeping ONNX Runtime threads): a backend that
+    does not take one just goes without it, neither an error nor a log line about the user's options.
     """
     known = BACKEND_OPTIONS[name]
-    kept, dropped = {}, []
+    kept, dropped = {k: v for k, v in (defaults or {}).items() if k in known}, []
     for key, value in options.items():
         fits = key in known
         if fits and key == "device" and name != "torch":
@@ -240,14 +242,17 @@ def create_backend(onnx_path, backend="auto", precision="fp32", **options):
     return _open(name, why, backend, onnx_path, precision, options, os.path.basename(str(onnx_path)))
 
 
-def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=None, cpu_form_weight_bits=None):
-    """Instantiate ``name``; with 'auto', fall back from TensorRT to ONNX Runtime on failure."""
+def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=None, cpu_form_weight_bits=None,
+          defaults=None):
+    """Instantiate ``name``; with 'auto', fall back from TensorRT to ONNX Runtime on failure.
+
+    ``defaults``: see :func:`options_for`."""
     from ..errors import VbedgeError
 
     if name == "tensorrt":
         from . import tensorrt as trt_backend
 
-        trt_options = options_for("tensorrt", options, requested)
+        trt_options = options_for("tensorrt", options, requested, defaults)
         if "profiles" in trt_options and trt_options["profiles"] is not None:
             # The caller's own profiles: a mistake in them is theirs to see, not a reason to fall back.
             trt_backend.validate_profiles(trt_backend.inspect_onnx(onnx_path).inputs, trt_options["profiles"])
@@ -269,7 +274,7 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
         from ..openvino_cache import CACHE_ENV
         from .openvino import OpenVinoBackend
 
-        ov_options = options_for("openvino", options, requested)
+        ov_options = options_for("openvino", options, requested, defaults)
         ov_options.setdefault("cache_dir", os.environ.get(CACHE_ENV) or None)
         try:
             opened = OpenVinoBackend(onnx_path, precision=precision, **ov_options)
@@ -280,7 +285,7 @@ def _open(name, why, requested, onnx_path, precision, options, label, cpu_form=N
             return opened
     from .onnxruntime import OnnxRuntimeBackend
 
-    ort_options = options_for("onnxruntime", options, requested)
+    ort_options = options_for("onnxruntime", options, requested, defaults)
     if cpu_form is not None and precision == "int8" and ort_options.get("device", "cpu") == "cpu":
         # The Q/DQ graph is laid out for TensorRT; ONNX Runtime's CPU kernels run the same
         # calibration's CPU form (docs/int8.md) about 2x faster, so that file is used here.
@@ -302,7 +307,7 @@ def _fall_back_to_onnxruntime(requested, runtime, label, exc):
     return "onnxruntime", f"auto fell back to onnxruntime: {reason}"
 
 
-def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limits=None, **options):
+def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limits=None, defaults=None, **options):
     """A backend running ``model`` ('s3d' or 'videobert') of a loaded :class:`vbedge.bundle.Bundle`.
 
     'torch' runs the bundle's PyTorch reference weights (bundles built with --reference-weights), on
@@ -311,7 +316,9 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
     :func:`create_backend` for ``options`` and the 'auto' fallback). For TensorRT, engines are
     cached in :func:`engine_cache_dir` and, unless ``profiles`` is given, the optimisation profile
     is derived from the manifest's input shapes and ``limits`` (axis name -> max or (opt, max),
-    e.g. ``{"batch": 4}``; see :mod:`vbedge.backends.trt_policy`).
+    e.g. ``{"batch": 4}``; see :mod:`vbedge.backends.trt_policy`). ``defaults`` are options the
+    caller wants wherever the chosen backend takes them and ``options`` does not set them (the
+    pipeline's ``{"spinning": False}``); a backend that does not take one goes without it silently.
     """
     if backend == "torch":
         from .torch_eager import TorchBackend
@@ -353,13 +360,14 @@ def create_bundle_backend(bundle, model, backend="auto", precision="fp32", limit
                      options["profiles"])
         # Engines are tied to this bundle's (signed) manifest: one built for another is never loaded.
         options.setdefault("manifest_sha256", bundle.manifest_sha256)
-    if model == "s3d" and precision == "fp32" and (name == "onnxruntime" or backend == "auto"):
+    defaults = dict(defaults or {})
+    if model == "s3d" and precision == "fp32":
         # ONNX Runtime's CPU runs 2D convolutions in faster kernels than 3D ones (docs/benchmarks.md).
-        options.setdefault("conv2d_form", True)
+        defaults.setdefault("conv2d_form", True)
     cpu_form = entry.get("int8_cpu")
     return _open(name, why, backend, onnx_path, precision, options, model,
                  cpu_form=bundle.file_path(cpu_form) if cpu_form else None,
-                 cpu_form_weight_bits=entry.get("int8_cpu_weight_bits"))
+                 cpu_form_weight_bits=entry.get("int8_cpu_weight_bits"), defaults=defaults)
 
 
 def check_cpu_form_bits(label, weight_bits, flags=None):
