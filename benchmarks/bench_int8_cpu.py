@@ -190,7 +190,7 @@ def study(vb_dir, n_calib, quick=False):
     calib = sentence_sequences(vocab, calib_s, windows, seed=0)
     held = sentence_sequences(vocab, held_s, windows[::-1], seed=1)
     names = ["text_topk_ids", "visual_topk_ids", "text_topk_scores"]
-    ref = make_session(fp32)
+    ref = make_session(fp32, spinning=False)
     ref_out = [ref.run(names, f) for f in held]
     # As the report does: words scored at masked words, visual words at masked visual tokens.
     kinds = masked_position_kinds(held)
@@ -270,7 +270,7 @@ def study(vb_dir, n_calib, quick=False):
         for label, parts in choices.items():
             path = Path(tmp) / f"cpu_{len(sessions)}.onnx"
             transformer_cpu_form(fp32, path, float_parts=parts)
-            sessions[label] = make_session(path)
+            sessions[label] = make_session(path, spinning=False)
             rows_out[label] = agreement(path)
         for label, (text, visual, decisive) in rows_out.items():
             print(f"{label:<32} {text:6.3f} {visual:6.3f} {decisive:13.3f}")

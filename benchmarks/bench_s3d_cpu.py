@@ -62,10 +62,12 @@ def main(argv=None):
     clip = np.random.default_rng(0).standard_normal(spec.clip_shape(batch=1), dtype=np.float32)
     clip_t = torch.from_numpy(clip)
 
+    from vbedge.backends.onnxruntime import OnnxRuntimeBackend, session_options
+
     def session(path):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep: the sessions are timed in turn, and a spinning one's threads would sit
+        # on the cores the next contender runs on (benchmarks/bench_ort_spinning.py).
+        options = session_options(args.threads, spinning=False)
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def eager():
@@ -75,9 +77,7 @@ def main(argv=None):
     contenders = {"torch eager": eager}
     fp32 = session(result.onnx_path)
     contenders["ORT FP32"] = lambda: fp32.run(["feature"], {"clip": clip})[0]
-    from vbedge.backends.onnxruntime import OnnxRuntimeBackend
-
-    fp32_2d = OnnxRuntimeBackend(result.onnx_path, intra_op_threads=args.threads, conv2d_form=True)
+    fp32_2d = OnnxRuntimeBackend(result.onnx_path, intra_op_threads=args.threads, conv2d_form=True, spinning=False)
     assert fp32_2d.graph_form == "conv2d form", fp32_2d.graph_form
     contenders["ORT FP32 2D"] = lambda: fp32_2d.run({"clip": clip})["feature"]
     if not args.no_fp16:
@@ -101,7 +101,7 @@ def main(argv=None):
     print(f"machine: {machine_summary()}; threads: {args.threads}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, "
-          f"python {platform.python_version()}; {args.rounds} rounds, round-robin\n")
+          f"python {platform.python_version()}; {args.rounds} rounds, round-robin; ORT threads sleep when idle\n")
     print(f"| {'contender':<12} | {'median s':>9} | {'p90 s':>7} | {'vs eager':>8} | "
           f"{'max abs diff vs eager':>21} |")
     print(f"|{'-' * 14}|{'-' * 10}:|{'-' * 8}:|{'-' * 9}:|{'-' * 22}:|")

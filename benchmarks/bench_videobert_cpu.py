@@ -102,11 +102,13 @@ def main(argv=None):
         with torch.inference_mode():
             edge(tfeeds["input_ids"], tfeeds["attention_mask"], tfeeds["token_type_ids"], positions)
 
+    from vbedge.backends.onnxruntime import session_options
+
     def session(path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        # Idle threads sleep: the sessions are timed in turn, and a spinning one's threads would sit
+        # on the cores the next contender runs on (benchmarks/bench_ort_spinning.py).
+        return ort.InferenceSession(path, session_options(args.threads, spinning=False),
+                                    providers=["CPUExecutionProvider"])
 
     s32 = session(os.path.join(out_dir, "videobert.onnx"))
     contenders = [("torch eager, full MLM head", eager_full), ("torch eager, edge module", eager_edge),
@@ -128,7 +130,7 @@ def main(argv=None):
     print(f"VideoBERT caption query: batch 1, sequence 48, 2 masked positions, top-10, vocabulary {v.size} "
           f"({v.text_size} WordPiece + [>] + {v.num_visual} visual), MiniLM-L6-H384 weights")
     print(f"machine: {machine_summary()}; threads {args.threads}; 1-min load average {load_before:.1f} before, "
-          f"{load_after:.1f} after (timings interleaved round-robin, {args.runs} runs each)")
+          f"{load_after:.1f} after (timings interleaved round-robin, {args.runs} runs each; ORT threads sleep when idle)")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {ort.__version__}; "
           f"export+checks took {export_s:.1f} s; ORT vs torch top-1 agreement {agree:.2f}")
     print(f"{'contender':<32} {'median ms':>10} {'p90 ms':>8} {'speed-up vs eager full':>24}")
