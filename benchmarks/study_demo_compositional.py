@@ -73,13 +73,14 @@ def main(argv=None):
         hits = np.array([table.get(int(leaf)) == int(y) for leaf, y in zip(leaves_test, y_test)])
         print(f"{'visual word: its leaf majority top-1':44s} {label:5s} {_rates(hits, ~unseen)} {_rates(hits, unseen):>6s}")
     if zero_shot is not None and zero_shot.is_file():
-        steps = json.loads(zero_shot.read_text())["predictions"]
-        mask = np.array([(s["verb"], s["noun"]) in set(HELD_OUT_PAIRS) for s in steps])
-        print(f"VideoBERT zero-shot ({zero_shot}, {len(steps)} steps, {int(mask.sum())} unseen):")
+        split = json.loads(zero_shot.read_text())["compositional"]  # score_steps' seen / unseen figures
+        seen, unseen_steps = split["seen_pairs"], split["unseen_pairs"]
+        print(f"VideoBERT zero-shot ({zero_shot}, {seen['steps']} + {unseen_steps['steps']} steps, seen + unseen):")
         for label in ("verb", "noun"):
             for k in (1, 5):
-                hits = np.array([s[label] in s[label + "s"][:k] for s in steps])
-                print(f"{f'VideoBERT per step, top-{k}':44s} {label:5s} {_rates(hits, ~mask)} {_rates(hits, mask):>6s}")
+                key = f"{label}_top{k}"
+                print(f"{f'VideoBERT per step, top-{k}':44s} {label:5s} {100 * seen[key]:5.1f} "
+                      f"{100 * unseen_steps[key]:6.1f}")
     return 0
 
 

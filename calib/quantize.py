@@ -772,10 +772,7 @@ def per_token_activation_scales(model, names=None) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    consumers = collections.defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers = _consumers(graph)
     producer = _producers(graph)
 
     def only(name, op_type):
@@ -1069,7 +1066,7 @@ def quantize_model(fp32_path, out_path, reader, *, method="minmax", percentile=D
     rewrite["conv_relu_pairs_removed"] = stripped
     rewrite["concats_sharing_scale"] = concats
     counts = collections.Counter()
-    producer_ops = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    producer_ops = {name: node.op_type for name, node in _producers(qdq.graph).items()}
     for node in qdq.graph.node:
         if node.op_type in op_types and any(producer_ops.get(i) == "DequantizeLinear" for i in node.input):
             counts[node.op_type] += 1
