@@ -19,6 +19,7 @@ Everything is measured on the SYNTHETIC world (vbedge synth), not real video.
 import argparse
 import glob
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,36 @@ import numpy as np
 
 def _rates(hits, mask):
     return f"{100 * hits[mask].mean():5.1f}" if mask.any() else "    -"
+
+
+def _per_pair(f_train, train, f_test, test, leaves_train, leaves_test, alpha, zero_shot):
+    """One line per held-out pair: where the feature probe ranks the true noun, what the clip's leaf
+    stands for in training (its majority verb and noun), and VideoBERT's rank of the noun per step."""
+    from vbedge.synthetic.probe import leaf_majority_labels, ridge_probe_scores
+    from vbedge.synthetic.world import HELD_OUT_PAIRS, NOUNS, VERBS
+
+    scores, classes = ridge_probe_scores(f_train, train["noun"], f_test, alpha=alpha)
+    truth = np.searchsorted(classes, test["noun"])
+    rank = (scores > scores[np.arange(len(truth)), truth][:, None]).sum(1)  # 0: named first
+    verb_of, noun_of = (leaf_majority_labels(leaves_train, train[k]) for k in ("verb", "noun"))
+    step_nouns = {(r["video"], int(r["step"])): r["nouns"] for r in (zero_shot or {}).get("predictions", [])}
+    print("per unseen pair (clips): the feature probe's rank of the true noun (0 = first), its first answers;"
+          " the leaf's training majority keeps the verb / the noun; VideoBERT's rank of the noun per step"
+          " ('-': not in its top-k words)")
+    for verb, noun in HELD_OUT_PAIRS:
+        mask = (test["verb"] == VERBS.index(verb)) & (test["noun"] == NOUNS.index(noun))
+        if not mask.any():
+            continue
+        first = Counter(NOUNS[int(classes[i])] for i in scores[mask].argmax(1)).most_common()
+        leaves = leaves_test[mask]
+        keeps_verb = np.mean([verb_of.get(int(leaf)) == VERBS.index(verb) for leaf in leaves])
+        keeps_noun = np.mean([noun_of.get(int(leaf)) == NOUNS.index(noun) for leaf in leaves])
+        keys = sorted({(str(v), int(s)) for v, s in zip(test["video"][mask], test["step"][mask])})
+        vb = [step_nouns[key].index(noun) if noun in step_nouns[key] else "-" for key in keys if key in step_nouns]
+        answers = ", ".join(f"{word} {count}" for word, count in first)
+        print(f"  {verb} {noun} ({int(mask.sum())}): feature ranks {sorted(rank[mask].tolist())}, first answers "
+              f"{answers}; leaf keeps verb {100 * keeps_verb:.0f}% / noun {100 * keeps_noun:.0f}%"
+              + (f"; VideoBERT ranks {vb}" if vb else ""))
 
 
 def main(argv=None):
@@ -72,6 +103,8 @@ def main(argv=None):
         table = leaf_majority_labels(leaves_train, y_train)
         hits = np.array([table.get(int(leaf)) == int(y) for leaf, y in zip(leaves_test, y_test)])
         print(f"{'visual word: its leaf majority top-1':44s} {label:5s} {_rates(hits, ~unseen)} {_rates(hits, unseen):>6s}")
+    _per_pair(f_train, train, f_test, test, leaves_train, leaves_test, args.alpha,
+              json.loads(zero_shot.read_text()) if zero_shot is not None and zero_shot.is_file() else None)
     if zero_shot is not None and zero_shot.is_file():
         split = json.loads(zero_shot.read_text())["compositional"]  # score_steps' seen / unseen figures
         seen, unseen_steps = split["seen_pairs"], split["unseen_pairs"]
