@@ -156,3 +156,42 @@ def test_balanced_pretraining_runs_with_augmentation(tiny_world, tmp_path):
     assert all(np.isfinite(h["loss"]) for h in result.history), result.history
     meta = json.loads((tmp_path / "s3d.pth.json").read_text())
     assert meta["augment"] is True and meta["balance"] is True
+
+
+def test_zoom_out_shrinks_a_fraction_of_the_clips_and_keeps_the_rest():
+    from vbedge.errors import InvalidInputError
+    from vbedge.synthetic.pretrain import ZOOM_OUT_SCALES, zoom_out_clips
+
+    clips = np.zeros((20, 3, 2, 32, 32), np.float32)
+    clips[..., 8:24, 8:24] = 1.0  # a bright square on a dark frame: 256 pixels of 1024
+    out, chosen = zoom_out_clips(clips, 0.5, torch.Generator().manual_seed(0))
+    assert out.shape == clips.shape and len(chosen) == 10 and len(set(chosen.tolist())) == 10
+    assert np.array_equal(clips[..., 8:24, 8:24], np.ones((20, 3, 2, 16, 16))), "the input must not change"
+    rest = np.setdiff1d(np.arange(20), chosen)
+    assert np.array_equal(out[rest], clips[rest])
+    lo, hi = ZOOM_OUT_SCALES
+    for i in chosen:
+        area = float(out[i, 0, 0].sum())  # the square's area shrinks with the scale squared
+        assert 256 * lo ** 2 * 0.8 < area < 256 * hi ** 2 * 1.1, area
+        assert out[i, 0, 0, 0, 0] == 0.0 and out[i, 0, 0, -1, -1] == 0.0  # the dark border repeats outwards
+        assert np.array_equal(out[i, 0], out[i, 1]) and np.array_equal(out[i, :, 0], out[i, :, 1])  # one scale per clip
+    again, chosen_again = zoom_out_clips(clips, 0.5, torch.Generator().manual_seed(0))
+    assert np.array_equal(again, out) and np.array_equal(chosen_again, chosen)
+    assert len(zoom_out_clips(clips, 0.0, torch.Generator())[1]) == 0
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(InvalidInputError, match="zoom_out"):
+            zoom_out_clips(clips, bad, torch.Generator())
+
+
+def test_pretraining_with_zoomed_out_clips_records_it(tiny_world, tmp_path):
+    from vbedge.errors import InvalidInputError
+
+    data = world_clips(tiny_world, progress=False)
+    before = data["clips"].copy()
+    pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data, zoom_out=0.5,
+                 progress=False)
+    assert np.array_equal(data["clips"], before), "the caller's clips must not be zoomed in place"
+    assert json.loads((tmp_path / "s3d.pth.json").read_text())["zoom_out"] == 0.5
+    with pytest.raises(InvalidInputError, match="stem_cache"):
+        pretrain_s3d(tiny_world, tmp_path / "s3d2.pth", data=data, zoom_out=0.5, stem_cache=np.zeros(1),
+                     progress=False)

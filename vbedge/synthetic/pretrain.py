@@ -302,6 +302,39 @@ def _train_on_windows(extractor, heads, clips, verbs, nouns, *, epochs, frames, 
     return history
 
 
+#: Scale range of :func:`zoom_out_clips`: the frame shrinks to 55-90% of its side.
+ZOOM_OUT_SCALES = (0.55, 0.9)
+
+
+def zoom_out_clips(clips, fraction, generator, scales=ZOOM_OUT_SCALES):
+    """A copy of ``clips`` (N, 3, T, H, W) in which a random ``fraction`` of the clips are zoomed out.
+
+    Each chosen clip's frames shrink by one factor drawn from ``scales`` (antialiased bilinear), land
+    at a random place and the border repeats the frame's edge. The label is kept: the world draws
+    each ingredient at 17-23% of the frame, but smaller inside the stirring pot (x0.65) and the
+    shaking jar (x0.8), so without this a noun is learned at the sizes its training verbs draw it.
+    Returns ``(clips, chosen)`` with ``chosen`` the zoomed clips' indices.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise InvalidInputError(f"zoom_out must be a fraction in [0, 1], got {fraction!r}")
+    lo, hi = scales
+    out = np.array(clips, dtype=np.float32, copy=True)
+    n, _, _, height, width = out.shape
+    chosen = torch.randperm(n, generator=generator)[:int(round(fraction * n))].sort().values.numpy()
+    for i in chosen:
+        scale = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+        h, w = max(8, int(round(height * scale))), max(8, int(round(width * scale)))
+        top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+        frames = torch.from_numpy(out[i]).permute(1, 0, 2, 3)  # (T, 3, H, W)
+        small = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        out[i] = F.pad(small, (left, width - w - left, top, height - h - top), mode="replicate").permute(1, 0, 2, 3).numpy()
+    return out, chosen
+
+
 #: Full-length clips whose batch-norm statistics re-set the stem after training on short windows.
 WINDOW_BN_CLIPS = 256
 #: Shortest window ``window_epochs`` trains on. On 7 frames or fewer, PyTorch's (2.14) CPU
@@ -313,7 +346,8 @@ MIN_WINDOW_FRAMES = 8
 
 def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=DEFAULT_TRAINABLE_FROM,
                  batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, window_epochs=0,
-                 window_frames=MIN_WINDOW_FRAMES, window_crop=None, augment=False, balance=False, progress=True):
+                 window_frames=MIN_WINDOW_FRAMES, window_crop=None, augment=False, balance=False, zoom_out=0.0,
+                 progress=True):
     """Pretrain S3D with verb and noun heads on a world's clips; save its state dict at ``out_path``.
 
     Args:
@@ -343,6 +377,9 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             of codebook-leaf accuracy on the demo's world (docs/synthetic.md), so it is off.
         balance: weigh each verb and noun class in the loss by the inverse of its frequency.
             Measured together with ``augment`` only (same cost); off.
+        zoom_out: train on a copy of the clips in which this fraction is zoomed out
+            (:func:`zoom_out_clips`, drawn once, so the stem cache holds what was trained on);
+            0 (the default) trains on the clips as decoded.
         progress: show progress bars.
 
     Returns:
@@ -359,6 +396,12 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     data = world_clips(world_dir, spec, progress=progress) if data is None else data
     started = time.perf_counter()
     torch.manual_seed(seed)
+    if zoom_out:
+        if stem_cache is not None:
+            raise InvalidInputError("stem_cache holds the stem's output of the clips as decoded; with zoom_out the "
+                                    "clips are zoomed first, so leave stem_cache out")
+        zoomed, _ = zoom_out_clips(data["clips"], zoom_out, torch.Generator().manual_seed(seed + 1))
+        data = {**data, "clips": zoomed}
     extractor = build_s3d_feature_extractor(random_init=True, seed=seed)
     # Channels-last weights and activations throughout training (about 2x faster on the CPU);
     # the weights go back to the default layout before they are saved.
@@ -451,7 +494,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             "seed": seed, "world": str(world_dir), "window_epochs": window_epochs,
             "window_frames": window_frames if window_epochs else None,
             "window_crop": window_crop if window_epochs else None,
-            "augment": bool(augment), "balance": bool(balance),
+            "augment": bool(augment), "balance": bool(balance), "zoom_out": float(zoom_out),
             "note": "S3D pretrained (supervised, verb + noun heads) on a synthetic world; " + (
                 f"every layer first trained {window_epochs} epochs on {window_frames}-frame windows, then blocks "
                 f"from index {trainable_from} on full clips" if window_epochs else
