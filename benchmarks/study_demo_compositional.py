@@ -32,12 +32,11 @@ def _rates(hits, mask):
 def _per_pair(f_train, train, f_test, test, leaves_train, leaves_test, alpha, zero_shot):
     """One line per held-out pair: where the feature probe ranks the true noun, what the clip's leaf
     stands for in training (its majority verb and noun), and VideoBERT's rank of the noun per step."""
-    from vbedge.synthetic.probe import leaf_majority_labels, ridge_probe_scores
+    from vbedge.synthetic.probe import label_ranks, leaf_majority_labels, ridge_probe_scores
     from vbedge.synthetic.world import HELD_OUT_PAIRS, NOUNS, VERBS
 
     scores, classes = ridge_probe_scores(f_train, train["noun"], f_test, alpha=alpha)
-    truth = np.searchsorted(classes, test["noun"])
-    rank = (scores > scores[np.arange(len(truth)), truth][:, None]).sum(1)  # 0: named first
+    rank = label_ranks(scores, classes, test["noun"])  # 0: named first
     verb_of, noun_of = (leaf_majority_labels(leaves_train, train[k]) for k in ("verb", "noun"))
     step_nouns = {(r["video"], int(r["step"])): r["nouns"] for r in (zero_shot or {}).get("predictions", [])}
     print("per unseen pair (clips): the feature probe's rank of the true noun (0 = first), its first answers;"
@@ -71,7 +70,7 @@ def main(argv=None):
     from vbedge import HierarchicalCodebook
     from vbedge.demo import _runtime_features
     from vbedge.info import machine_summary
-    from vbedge.synthetic.probe import leaf_majority_labels, ridge_probe_topk
+    from vbedge.synthetic.probe import leaf_majority_labels, ridge_probe_ranks
     from vbedge.synthetic.pretrain import WORLD_SPEC, world_clips
     from vbedge.synthetic.world import HELD_OUT_PAIRS, NOUNS, VERBS
 
@@ -96,17 +95,18 @@ def main(argv=None):
     print(f"{'stage (per clip)':44s} {'label':5s} {'seen':>5s} {'unseen':>6s}")
     for label in ("verb", "noun"):
         y_train, y_test = train[label], test[label]
-        for name, x, ks in (("feature, ridge", f_test, (1, 3, 5)), ("visual word: its centroid, ridge", centroids, (1, 3, 5))):
-            for k in ks:
-                hits = ridge_probe_topk(f_train, y_train, x, y_test, k=k, alpha=args.alpha)
+        for name, x in (("feature, ridge", f_test), ("visual word: its centroid, ridge", centroids)):
+            ranks = ridge_probe_ranks(f_train, y_train, x, y_test, alpha=args.alpha)  # one fit for every k
+            for k in (1, 3, 5):
+                hits = ranks < k
                 print(f"{name + f' top-{k}':44s} {label:5s} {_rates(hits, ~unseen)} {_rates(hits, unseen):>6s}")
         table = leaf_majority_labels(leaves_train, y_train)
         hits = np.array([table.get(int(leaf)) == int(y) for leaf, y in zip(leaves_test, y_test)])
         print(f"{'visual word: its leaf majority top-1':44s} {label:5s} {_rates(hits, ~unseen)} {_rates(hits, unseen):>6s}")
-    _per_pair(f_train, train, f_test, test, leaves_train, leaves_test, args.alpha,
-              json.loads(zero_shot.read_text()) if zero_shot is not None and zero_shot.is_file() else None)
-    if zero_shot is not None and zero_shot.is_file():
-        split = json.loads(zero_shot.read_text())["compositional"]  # score_steps' seen / unseen figures
+    report = json.loads(zero_shot.read_text()) if zero_shot is not None and zero_shot.is_file() else None
+    _per_pair(f_train, train, f_test, test, leaves_train, leaves_test, args.alpha, report)
+    if report is not None:
+        split = report["compositional"]  # score_steps' seen / unseen figures
         seen, unseen_steps = split["seen_pairs"], split["unseen_pairs"]
         print(f"VideoBERT zero-shot ({zero_shot}, {seen['steps']} + {unseen_steps['steps']} steps, seen + unseen):")
         for label in ("verb", "noun"):

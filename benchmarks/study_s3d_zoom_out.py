@@ -23,15 +23,13 @@ import numpy as np
 
 
 def _probe_lines(name, f_train, train, f_test, test):
-    from vbedge.synthetic.probe import ridge_probe_scores
+    from vbedge.synthetic.probe import ridge_probe_ranks
     from vbedge.synthetic.world import HELD_OUT_PAIRS, NOUNS, VERBS
 
     held = {(VERBS.index(v), NOUNS.index(n)) for v, n in HELD_OUT_PAIRS}
     unseen = np.array([(int(v), int(n)) in held for v, n in zip(test["verb"], test["noun"])])
     for label in ("verb", "noun"):
-        scores, classes = ridge_probe_scores(f_train, train[label], f_test, alpha=10.0)
-        truth = np.searchsorted(classes, test[label])
-        rank = (scores > scores[np.arange(len(truth)), truth][:, None]).sum(1)
+        rank = ridge_probe_ranks(f_train, train[label], f_test, test[label], alpha=10.0)
         cells = [f"top-{k} {100 * (rank[~unseen] < k).mean():5.1f} / {100 * (rank[unseen] < k).mean():5.1f}"
                  for k in (1, 5)]
         print(f"{name:34s} {label:5s} " + "   ".join(cells))
@@ -50,7 +48,7 @@ def main(argv=None):
     p.add_argument("--videos", default=None, help="the held-out world (default: W/world-judge, else W/world-test)")
     p.add_argument("--mode", choices=("in-place", "copies"), default="in-place")
     p.add_argument("--fraction", type=float, default=0.5, help="in-place: the fraction of clips zoomed out")
-    p.add_argument("--out", default=None, help="where the trained S3D goes (default: W/study-zoom-out)")
+    p.add_argument("--out", default=None, help="where the trained S3D goes (default: W/study-zoom-out-MODE)")
     args = p.parse_args(argv)
 
     import torch
@@ -65,7 +63,7 @@ def main(argv=None):
                                                     else work / "world-test")
     if not (work / "s3d-pretrained.pth").is_file():
         p.error(f"{work} has no s3d-pretrained.pth: run `vbedge demo --workdir {work}` first")
-    out = Path(args.out) if args.out else work / "study-zoom-out"
+    out = Path(args.out) if args.out else work / f"study-zoom-out-{args.mode}"
     cfg = DEMO_SIZES["default"]
     print(f"machine: {machine_summary()}")
     print(f"SYNTHETIC world (vbedge synth); {work}; held-out world {videos}; mode {args.mode}"

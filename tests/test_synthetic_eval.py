@@ -8,8 +8,8 @@ import pytest
 from vbedge.errors import InvalidInputError
 from vbedge.synthetic.evaluate import (StepPrediction, format_zero_shot_table, most_frequent_accuracy,
                                        score_steps, topk_accuracy)
-from vbedge.synthetic.probe import (leaf_majority_accuracy, leaf_majority_labels, ridge_probe_accuracy,
-                                    ridge_probe_scores, ridge_probe_topk)
+from vbedge.synthetic.probe import (label_ranks, leaf_majority_accuracy, leaf_majority_labels, ridge_probe_accuracy,
+                                    ridge_probe_ranks, ridge_probe_scores, ridge_probe_topk)
 
 
 def test_topk_accuracy_by_hand():
@@ -107,8 +107,12 @@ def test_ridge_probe_topk_ranks_the_classes():
     assert list(ridge_probe_topk(x, labels, test, [1, 0, 2], k=1)) == [True, False, False]
     assert list(ridge_probe_topk(x, labels, test, [1, 0, 2], k=2)) == [True, True, False]
     assert list(ridge_probe_topk(x, labels, test, [1, 0, 2], k=3)) == [True, True, True]
-    # a label training never saw is never among the k best
+    assert list(ridge_probe_ranks(x, labels, test, [1, 0, 2])) == [0, 1, 2]
+    # a label training never saw is never among the k best: it ranks after every class
     assert not ridge_probe_topk(x, labels, test[:1], [7], k=3)[0]
+    assert list(ridge_probe_ranks(x, labels, test[:1], [7])) == [3]
+    # equal scores keep the classes' order
+    assert list(label_ranks([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]], [3, 5, 9], [5, 9])) == [1, 1]
     with pytest.raises(InvalidInputError):
         ridge_probe_topk(x, labels, test, [1, 0, 2], k=0)
     with pytest.raises(InvalidInputError):

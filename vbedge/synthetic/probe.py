@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["leaf_majority_accuracy", "leaf_majority_labels", "ridge_probe_accuracy", "ridge_probe_scores",
-           "ridge_probe_topk"]
+__all__ = ["label_ranks", "leaf_majority_accuracy", "leaf_majority_labels", "ridge_probe_accuracy",
+           "ridge_probe_ranks", "ridge_probe_scores", "ridge_probe_topk"]
 
 
 def _check(features, labels, what):
@@ -51,17 +51,30 @@ def ridge_probe_scores(train_features, train_labels, test_features, alpha=1.0):
     return np.hstack([xt, np.ones((len(xt), 1))]) @ weights, classes
 
 
+def label_ranks(scores, classes, labels):
+    """Per row of ``scores`` (N, C) over ``classes``: the rank of its label (0 = scored best; int array).
+
+    Ties keep the classes' order. A label that is not among ``classes`` ranks after every class.
+    """
+    ranked = np.asarray(classes)[np.argsort(-np.asarray(scores), axis=1, kind="stable")]
+    found = ranked == np.asarray(labels).reshape(-1)[:, None]
+    return np.where(found.any(axis=1), found.argmax(axis=1), len(classes))
+
+
+def ridge_probe_ranks(train_features, train_labels, test_features, test_labels, alpha=1.0):
+    """Per test item: where the ridge classifier (:func:`ridge_probe_scores`) ranks its label (:func:`label_ranks`)."""
+    xt, yt = _check(test_features, test_labels, "test set")
+    return label_ranks(*ridge_probe_scores(train_features, train_labels, xt, alpha=alpha), yt)
+
+
 def ridge_probe_topk(train_features, train_labels, test_features, test_labels, k=1, alpha=1.0):
     """Per test item: is its label among the ridge classifier's ``k`` best-scored classes? (bool array)
 
     A label that never occurs in training is never among them.
     """
-    xt, yt = _check(test_features, test_labels, "test set")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-    scores, classes = ridge_probe_scores(train_features, train_labels, xt, alpha=alpha)
-    best = classes[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
-    return (best == yt[:, None]).any(axis=1)
+    return ridge_probe_ranks(train_features, train_labels, test_features, test_labels, alpha) < k
 
 
 def ridge_probe_accuracy(train_features, train_labels, test_features, test_labels, alpha=1.0):
