@@ -7,10 +7,14 @@ whose codebook leaves named the noun for 88.5% of the held-out clips scored 79.2
 options through the demo's own stages 4-6 (:func:`vbedge.demo.run_demo`) and prints the table:
 
     python benchmarks/study_demo_videobert.py SRC DST --steps 300 [--lr 5e-4] [--mix 1,1,2] [--freeze-visual]
+        [--label-smoothing 0.1]
 
 ``--freeze-visual`` keeps the visual-token embeddings at their initialisation (the leaf centroids,
 projected) for the whole run: their gradient is zeroed, so VideoBERT sees each visual word by its
-look only (docs/synthetic.md, "Which stage loses the unseen pair's noun").
+look only (docs/synthetic.md, "Which stage loses the unseen pair's noun"). ``--label-smoothing``
+sets :attr:`vbedge.training.TrainOptions.label_smoothing` (the masked-LM losses only).
+
+A source demo made with ``vbedge demo --s3d weights.pth`` is retrained on the same weights.
 
 Everything is measured on the SYNTHETIC world (vbedge synth), not real video.
 """
@@ -32,7 +36,11 @@ def main(argv=None):
                    help="text-only, video-only and joint rows per step, e.g. 1,1,2 (default: TrainOptions')")
     p.add_argument("--freeze-visual", action="store_true",
                    help="keep the visual-token embeddings at their leaf-centroid initialisation")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="label smoothing of the masked-LM cross-entropy (default: the demo size's)")
     args = p.parse_args(argv)
+    if args.label_smoothing is not None and not 0.0 <= args.label_smoothing < 1.0:
+        p.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
 
     import vbedge.demo as demo
     import vbedge.training as training
@@ -41,8 +49,11 @@ def main(argv=None):
     src, dst = Path(args.src), Path(args.dst)
     if dst.exists():
         p.error(f"{dst} exists: give a new folder")
-    for needed in ("demo.json", "codebook.npz", "corpus.jsonl", "s3d-pretrained.pth", "s3d-onnx", "world-train",
-                   "world-test"):
+    if not (src / "demo.json").is_file():
+        p.error(f"{src} is not a finished demo folder (no demo.json)")
+    # A demo run with --s3d names the user's weights in demo.json and has no s3d-pretrained.pth.
+    weights = () if json.loads((src / "demo.json").read_text()).get("s3d") else ("s3d-pretrained.pth",)
+    for needed in ("codebook.npz", "corpus.jsonl", *weights, "s3d-onnx", "world-train", "world-test"):
         if not (src / needed).exists():
             p.error(f"{src} is not a finished demo folder (no {needed})")
     print(f"machine: {machine_summary()}")
@@ -55,7 +66,8 @@ def main(argv=None):
         shutil.copytree(src / name, dst / name)
     config = json.loads((dst / "demo.json").read_text())
     size = config["size"]
-    overrides = {"train_steps": args.steps, **({"lr": args.lr} if args.lr is not None else {})}
+    overrides = {"train_steps": args.steps, **({"lr": args.lr} if args.lr is not None else {}),
+                 **({"label_smoothing": args.label_smoothing} if args.label_smoothing is not None else {})}
     demo.DEMO_SIZES[size] = {**demo.DEMO_SIZES[size], **overrides}
     (dst / "demo.json").write_text(json.dumps({**config, **overrides}, indent=1))
     if args.mix is not None:
@@ -69,11 +81,13 @@ def main(argv=None):
     if args.freeze_visual:
         _freeze_visual_embeddings(dst)
     started = time.perf_counter()
-    result = demo.run_demo(dst, size=size, echo=lambda line: print(line) if "sequences/s" in line else None)
+    result = demo.run_demo(dst, s3d=config.get("s3d"), size=size,
+                           echo=lambda line: print(line) if "sequences/s" in line else None)
     keys = ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "prior_verb_top1", "prior_noun_top1")
     print(f"size {size}, VideoBERT steps {args.steps}, lr {demo.DEMO_SIZES[size]['lr']}, mix {args.mix or 'default'}: "
           + ", ".join(f"{k} {100 * result[k]:.1f}" for k in keys) + f" ({result['steps']} steps; "
-          f"{time.perf_counter() - started:.0f} s)" + (", visual embeddings frozen" if args.freeze_visual else ""))
+          f"{time.perf_counter() - started:.0f} s)" + (", visual embeddings frozen" if args.freeze_visual else "")
+          + f", label smoothing {demo.DEMO_SIZES[size].get('label_smoothing', 0.0)}")
     return 0
 
 

@@ -195,3 +195,39 @@ def test_pretraining_with_zoomed_out_clips_records_it(tiny_world, tmp_path):
     with pytest.raises(InvalidInputError, match="stem_cache"):
         pretrain_s3d(tiny_world, tmp_path / "s3d2.pth", data=data, zoom_out=0.5, stem_cache=np.zeros(1),
                      progress=False)
+
+
+def test_top_zoom_copies_doubles_the_top_phase_only(tiny_world, tmp_path, monkeypatch):
+    from vbedge.synthetic import pretrain
+
+    data = world_clips(tiny_world, progress=False)
+    before = data["clips"].copy()
+    stem_inputs, top_batches = [], []
+    stem = pretrain.stem_activations
+    step = pretrain._training_step
+
+    def recording_stem(extractor, clips, trainable_from, **kw):
+        stem_inputs.append(np.array(clips))
+        return stem(extractor, clips, trainable_from, **kw)
+
+    def recording_step(network, heads, x, verbs, nouns, *args):
+        top_batches.append((x.shape, verbs.clone(), nouns.clone()))
+        return step(network, heads, x, verbs, nouns, *args)
+
+    monkeypatch.setattr(pretrain, "stem_activations", recording_stem)
+    monkeypatch.setattr(pretrain, "_training_step", recording_step)
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
+                          window_epochs=1, top_zoom_copies=True, progress=False)
+    assert np.array_equal(data["clips"], before), "the caller's clips must not be zoomed in place"
+    # the stem runs on the clips as decoded, then on a zoomed-out copy of every clip
+    assert len(stem_inputs) == 2 and np.array_equal(stem_inputs[0], before)
+    assert stem_inputs[1].shape == before.shape
+    assert all(not np.array_equal(z, c) for z, c in zip(stem_inputs[1], before))
+    # the window phase keeps the 12 clips; the top phase trains 24 with every label twice
+    window = [b for b in top_batches if b[0][1] == 3]  # batches of frames, not of the stem's activations
+    top = [b for b in top_batches if b[0][1] != 3]
+    assert sum(b[0][0] for b in window) == 12 and result.clips == 24
+    verbs = torch.cat([b[1] for b in top]).sort().values
+    expected = torch.from_numpy(np.concatenate([data["verb"], data["verb"]]).astype(np.int64)).sort().values
+    assert torch.equal(verbs, expected)
+    assert json.loads((tmp_path / "s3d.pth.json").read_text())["top_zoom_copies"] is True

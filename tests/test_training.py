@@ -239,6 +239,55 @@ def test_resume_refusals(toy, tmp_path):
         train(toy["corpus"], toy["codebook"], tmp_path / "x", _options(), progress=False)
 
 
+def test_label_smoothing_smooths_the_masked_lm_loss_only(toy, tmp_path, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from vbedge.training import trainer
+    from vbedge.training.data import IGNORE
+
+    with pytest.raises(InvalidInputError, match="label_smoothing"):
+        _options(label_smoothing=1.0)
+    with pytest.raises(InvalidInputError, match="label_smoothing"):
+        _options(label_smoothing=-0.1)
+
+    class Out:
+        def __init__(self, hidden):
+            self.last_hidden_state, self.pooler_output = hidden, hidden[:, 0]
+
+    torch.manual_seed(0)
+    embed, head, nsp = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50), torch.nn.Linear(8, 2)
+    model = torch.nn.Module()
+    model.bert = lambda input_ids, attention_mask, token_type_ids: Out(embed(input_ids))
+    model.cls = torch.nn.Module()
+    model.cls.predictions, model.cls.seq_relationship = head, nsp
+    ids = torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(1))
+    labels = torch.full((3, 6), IGNORE)
+    labels[:, 2] = torch.tensor([5, 7, 9])
+    t = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+         "labels": labels, "kinds": torch.tensor([0, 2, 2]), "alignment": torch.tensor([IGNORE, 1, 0])}
+    plain, _ = trainer.compute_losses(model, t)
+    smooth, _ = trainer.compute_losses(model, t, 0.3)
+    logits = head(embed(ids)[:, 2])
+    for name, rows in (("text_mlm", [0]), ("joint_mlm", [1, 2])):
+        expected = F.cross_entropy(logits[rows], labels[rows, 2], label_smoothing=0.3)
+        assert torch.allclose(smooth[name], expected), name
+        assert not torch.allclose(smooth[name], plain[name]), name
+    assert torch.equal(smooth["alignment"], plain["alignment"])
+
+    # train() smooths its own steps with the option and leaves the held-out losses plain
+    seen = []
+    compute = trainer.compute_losses
+
+    def recording(model, t, label_smoothing=0.0):
+        seen.append(label_smoothing)
+        return compute(model, t, label_smoothing)
+
+    monkeypatch.setattr(trainer, "compute_losses", recording)
+    _train(toy, tmp_path / "smooth", _options(steps=2, eval_every=2, label_smoothing=0.2))
+    assert seen.count(0.2) == 2 and set(seen) == {0.2, 0.0}
+
+
 def _word_codebook():
     """A 2 x 3 codebook whose leaf i is MiniLM's embedding of WORDS[i] (hidden 384 = dim, so
     ``from_bert`` uses the centroids as the visual words' embeddings): the toy's visual word for
@@ -333,8 +382,11 @@ def test_cli_train_and_resume(toy, tmp_path, capsys):
     assert main(common) == 2
     assert "give --bert DIR" in capsys.readouterr().err
     start = ["--config", "tiny", "--vocab", str(BERT_DIR / "vocab.txt"), "--steps", "3", "--batch-size", "4",
-             "--max-length", "24", "--log-every", "1", "--mix", "1,1,2", "--threads", "1"]
+             "--max-length", "24", "--log-every", "1", "--mix", "1,1,2", "--threads", "1", "--label-smoothing", "0.1"]
     assert main(common + start + ["--stop-after", "1"]) == 0
+    from vbedge.training.trainer import checkpoint_options
+
+    assert checkpoint_options(out).label_smoothing == 0.1
     printed = capsys.readouterr().out
     assert "step 1/3" in printed and "sequences/s" in printed and "checkpoint:" in printed
     assert main(common + ["--resume", "--lr", "0.5"]) == 2

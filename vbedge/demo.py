@@ -246,7 +246,7 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
                  "(text, video and joint masked LM + alignment)")
         options = TrainOptions(steps=cfg["train_steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], max_length=48,
                                max_concat=cfg["max_concat"], max_subsample=cfg["max_subsample"],
-                               mask_prob=cfg["mask_prob"],
+                               mask_prob=cfg["mask_prob"], label_smoothing=cfg.get("label_smoothing", 0.0),
                                held_out=0.1, eval_every=0, log_every=20, save_every=cfg["train_steps"], seed=0)
         result = train(corpus_path, codebook, train_out, options, bert=_minilm_dir(), progress=False)
         say(f"      {result.sequences_per_second:.1f} sequences/s; last losses "

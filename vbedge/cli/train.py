@@ -17,6 +17,7 @@ _OPTION_FLAGS = {
     "max_concat": ("--max-concat", int, "most neighbouring sentences joined (default 3)"),
     "max_subsample": ("--max-subsample", int, "highest visual subsampling rate (default 5)"),
     "mask_prob": ("--mask-prob", float, "masking probability (default 0.15)"),
+    "label_smoothing": ("--label-smoothing", float, "label smoothing of the masked-LM loss, 0 off (default 0)"),
     "text_mlm": ("--text-mlm-weight", float, "weight of the text-only masked LM (default 1)"),
     "video_mlm": ("--video-mlm-weight", float, "weight of the video-only masked LM (default 1)"),
     "joint_mlm": ("--joint-mlm-weight", float, "weight of the video-text masked LM (default 1)"),

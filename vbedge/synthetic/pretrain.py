@@ -347,7 +347,7 @@ MIN_WINDOW_FRAMES = 8
 def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epochs=40, trainable_from=DEFAULT_TRAINABLE_FROM,
                  batch=32, lr=2e-3, seed=0, data=None, stem_cache=None, window_epochs=0,
                  window_frames=MIN_WINDOW_FRAMES, window_crop=None, augment=False, balance=False, zoom_out=0.0,
-                 progress=True):
+                 top_zoom_copies=False, progress=True):
     """Pretrain S3D with verb and noun heads on a world's clips; save its state dict at ``out_path``.
 
     Args:
@@ -382,6 +382,9 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             0 (the default) trains on the clips as decoded. Measured with 0.5 on the demo's world
             (``benchmarks/study_s3d_zoom_out.py``, docs/synthetic.md): the seen pairs' noun barely
             moves (top-1 87.6 -> 86.8%) and the unseen pairs' noun top-5 falls from 77% to 32%; off.
+        top_zoom_copies: train the top blocks (after the window phase, which keeps the clips as
+            decoded) on the clips *and* a zoomed-out copy of each (:func:`zoom_out_clips`, every
+            clip, drawn once): twice the top phase's clips and steps, none more for the stem.
         progress: show progress bars.
 
     Returns:
@@ -452,6 +455,12 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
     if stem_cache is None:
         stem_cache = stem_activations(extractor, data["clips"], trainable_from, progress=progress)
     cached = torch.as_tensor(stem_cache)
+    if top_zoom_copies:
+        zoomed, _ = zoom_out_clips(data["clips"], 1.0, torch.Generator().manual_seed(seed + 2))
+        cached = torch.cat([cached, torch.as_tensor(stem_activations(extractor, zoomed, trainable_from,
+                                                                     progress=progress))])
+        del zoomed
+        verbs, nouns = torch.cat([verbs, verbs]), torch.cat([nouns, nouns])
     params = list(top.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(cached) / batch)
@@ -497,6 +506,7 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             "window_frames": window_frames if window_epochs else None,
             "window_crop": window_crop if window_epochs else None,
             "augment": bool(augment), "balance": bool(balance), "zoom_out": float(zoom_out),
+            "top_zoom_copies": bool(top_zoom_copies),
             "note": "S3D pretrained (supervised, verb + noun heads) on a synthetic world; " + (
                 f"every layer first trained {window_epochs} epochs on {window_frames}-frame windows, then blocks "
                 f"from index {trainable_from} on full clips" if window_epochs else
