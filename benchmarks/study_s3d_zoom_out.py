@@ -8,9 +8,13 @@ and reads the verb and the noun out of its features with the ridge probe, seen a
 apart, beside the demo's own S3D (the baseline, trained on the clips as decoded):
 
 - ``--mode in-place``: a ``--fraction`` of the clips is replaced by zoomed-out copies (same cost);
-- ``--mode copies``: every clip also gets a zoomed-out copy (twice the clips and the training steps).
+- ``--mode copies``: every clip also gets a zoomed-out copy (twice the clips and the training steps);
+- ``--mode top-copies``: the window phase trains on the clips as decoded, the top blocks on the
+  clips and a zoomed-out copy of each (``pretrain_s3d(top_zoom_copies=True)``); ``--top-epochs``
+  sets the top phase's epochs (default: the demo's 8).
 
-    python benchmarks/study_s3d_zoom_out.py W [--videos W/world-judge] [--mode in-place|copies]
+    python benchmarks/study_s3d_zoom_out.py W [--videos W/world-judge] [--mode in-place|copies|top-copies]
+        [--top-epochs N]
 
 Everything is measured on the SYNTHETIC world (vbedge synth), not real video.
 """
@@ -46,7 +50,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workdir", help="a finished `vbedge demo --workdir W` folder")
     p.add_argument("--videos", default=None, help="the held-out world (default: W/world-judge, else W/world-test)")
-    p.add_argument("--mode", choices=("in-place", "copies"), default="in-place")
+    p.add_argument("--mode", choices=("in-place", "copies", "top-copies"), default="in-place")
+    p.add_argument("--top-epochs", type=int, default=None, help="top-copies: the top phase's epochs (default 8)")
     p.add_argument("--fraction", type=float, default=0.5, help="in-place: the fraction of clips zoomed out")
     p.add_argument("--out", default=None, help="where the trained S3D goes (default: W/study-zoom-out-MODE)")
     args = p.parse_args(argv)
@@ -63,7 +68,8 @@ def main(argv=None):
                                                     else work / "world-test")
     if not (work / "s3d-pretrained.pth").is_file():
         p.error(f"{work} has no s3d-pretrained.pth: run `vbedge demo --workdir {work}` first")
-    out = Path(args.out) if args.out else work / f"study-zoom-out-{args.mode}"
+    out = Path(args.out) if args.out else work / (f"study-zoom-out-{args.mode}"
+                                                  + (f"-{args.top_epochs}" if args.top_epochs else ""))
     cfg = DEMO_SIZES["default"]
     print(f"machine: {machine_summary()}")
     print(f"SYNTHETIC world (vbedge synth); {work}; held-out world {videos}; mode {args.mode}"
@@ -71,7 +77,11 @@ def main(argv=None):
     train = world_clips(work / "world-train", WORLD_SPEC, progress=False, workers=None)
     test = world_clips(videos, WORLD_SPEC, progress=False, workers=None)
     started = time.perf_counter()
-    if args.mode == "in-place":
+    if args.mode == "top-copies":
+        result = pretrain_s3d(work / "world-train", out / "s3d.pth", spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
+                              max_epochs=args.top_epochs or cfg["pretrain_epochs"], data=train, progress=False,
+                              window_epochs=cfg["pretrain_window_epochs"], top_zoom_copies=True)
+    elif args.mode == "in-place":
         result = pretrain_s3d(work / "world-train", out / "s3d.pth", spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
                               max_epochs=cfg["pretrain_epochs"], data=train, progress=False,
                               window_epochs=cfg["pretrain_window_epochs"], zoom_out=args.fraction)

@@ -80,8 +80,8 @@ class TrainOptions:
         max_subsample: highest random visual subsampling rate (the paper: 5).
         mask_prob: BERT's masking probability.
         label_smoothing: label smoothing of the masked-LM cross-entropy in training (0: none; the
-            held-out losses are always the plain cross-entropy). The demo trains with 0.1
-            (docs/synthetic.md).
+            held-out losses are always the plain cross-entropy). Measured on the demo's world
+            (docs/synthetic.md): no better on a fresh held-out world, so the demo leaves it off.
         text_mlm, video_mlm, joint_mlm, alignment: the objectives' weights (0 turns one off).
         mix: relative numbers of text-only, video-only and joint rows per step.
         held_out: fraction of the videos kept out of training for evaluation.
