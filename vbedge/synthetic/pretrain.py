@@ -384,11 +384,11 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             moves (top-1 87.6 -> 86.8%) and the unseen pairs' noun top-5 falls from 77% to 32%; off.
         top_zoom_copies: train the top blocks (after the window phase, which keeps the clips as
             decoded) on the clips *and* a zoomed-out copy of each (:func:`zoom_out_clips`, every
-            clip, drawn once): twice the top phase's clips and steps, none more for the stem
-            (but a second stem pass). Measured on the demo's world (docs/synthetic.md, "A fresh
-            held-out world"): noun top-1 +2.4 to +3.5 points on a fresh 288-step world, top-5
-            +1.1 to +1.8, for 129 s more pretraining (a first demo run near 8 minutes); with 5 top epochs
-            the gain is gone. Off.
+            clip, drawn once): twice the top phase's clips and steps; the stem never trains on
+            the copies but runs once more to cache them. Measured on the demo's world
+            (docs/synthetic.md, "A fresh held-out world"): on a fresh 288-step world the noun's
+            top-1 gains 2.4-3.5 points and its top-5 1.1-1.8, for 129 s more pretraining (the
+            first demo run near 8 minutes); with 5 top epochs instead of 8 the gain is gone. Off.
         progress: show progress bars.
 
     Returns:
