@@ -231,3 +231,38 @@ def test_top_zoom_copies_doubles_the_top_phase_only(tiny_world, tmp_path, monkey
     expected = torch.from_numpy(np.concatenate([data["verb"], data["verb"]]).astype(np.int64)).sort().values
     assert torch.equal(verbs, expected)
     assert json.loads((tmp_path / "s3d.pth.json").read_text())["top_zoom_copies"] is True
+
+
+def test_zoom_copies_trains_every_phase_on_the_clips_and_a_zoomed_copy(tiny_world, tmp_path, monkeypatch):
+    from vbedge.errors import InvalidInputError
+    from vbedge.synthetic import pretrain
+
+    data = world_clips(tiny_world, progress=False)
+    before = data["clips"].copy()
+    stem_inputs, batches = [], []
+    stem, step = pretrain.stem_activations, pretrain._training_step
+
+    def recording_stem(extractor, clips, trainable_from, **kw):
+        stem_inputs.append(np.array(clips))
+        return stem(extractor, clips, trainable_from, **kw)
+
+    def recording_step(network, heads, x, verbs, nouns, *args):
+        batches.append((x.shape[1] == 3, len(x), nouns.clone()))
+        return step(network, heads, x, verbs, nouns, *args)
+
+    monkeypatch.setattr(pretrain, "stem_activations", recording_stem)
+    monkeypatch.setattr(pretrain, "_training_step", recording_step)
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
+                          window_epochs=1, zoom_copies=True, progress=False)
+    assert np.array_equal(data["clips"], before), "the caller's clips must not change"
+    # one stem pass, over the 12 clips as decoded followed by their 12 zoomed-out copies
+    assert len(stem_inputs) == 1 and np.array_equal(stem_inputs[0][:12], before)
+    assert all(not np.array_equal(z, c) for z, c in zip(stem_inputs[0][12:], before))
+    # both phases train on the 24 clips, each noun twice
+    assert sum(n for window, n, _ in batches if window) == 24 and result.clips == 24
+    top_nouns = torch.cat([nouns for window, _, nouns in batches if not window]).sort().values
+    assert torch.equal(top_nouns, torch.from_numpy(np.concatenate([data["noun"]] * 2).astype(np.int64)).sort().values)
+    assert json.loads((tmp_path / "s3d.pth.json").read_text())["zoom_copies"] is True
+    for clash in ({"zoom_out": 0.5}, {"top_zoom_copies": True}, {"stem_cache": np.zeros(1)}):
+        with pytest.raises(InvalidInputError, match="zoom_copies"):
+            pretrain_s3d(tiny_world, tmp_path / "bad.pth", data=data, zoom_copies=True, progress=False, **clash)
