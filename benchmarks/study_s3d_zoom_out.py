@@ -8,10 +8,12 @@ and reads the verb and the noun out of its features with the ridge probe, seen a
 apart, beside the demo's own S3D (the baseline, trained on the clips as decoded):
 
 - ``--mode in-place``: a ``--fraction`` of the clips is replaced by zoomed-out copies (same cost);
-- ``--mode copies``: every clip also gets a zoomed-out copy (twice the clips and the training steps);
+- ``--mode copies``: every clip also gets a zoomed-out copy (twice the clips and the training steps;
+  ``pretrain_s3d(zoom_copies=True)``, what ``vbedge demo --size large`` trains);
 - ``--mode top-copies``: the window phase trains on the clips as decoded, the top blocks on the
-  clips and a zoomed-out copy of each (``pretrain_s3d(top_zoom_copies=True)``); ``--top-epochs``
-  sets the top phase's epochs (default: the demo's 8).
+  clips and a zoomed-out copy of each (``pretrain_s3d(top_zoom_copies=True)``).
+
+``--top-epochs`` sets the top phase's epochs (default: the demo's 8).
 
     python benchmarks/study_s3d_zoom_out.py W [--videos W/world-judge] [--mode in-place|copies|top-copies]
         [--top-epochs N]
@@ -51,17 +53,15 @@ def main(argv=None):
     p.add_argument("workdir", help="a finished `vbedge demo --workdir W` folder")
     p.add_argument("--videos", default=None, help="the held-out world (default: W/world-judge, else W/world-test)")
     p.add_argument("--mode", choices=("in-place", "copies", "top-copies"), default="in-place")
-    p.add_argument("--top-epochs", type=int, default=None, help="top-copies: the top phase's epochs (default 8)")
+    p.add_argument("--top-epochs", type=int, default=None, help="the top phase's epochs (default: the demo's 8)")
     p.add_argument("--fraction", type=float, default=0.5, help="in-place: the fraction of clips zoomed out")
     p.add_argument("--out", default=None, help="where the trained S3D goes (default: W/study-zoom-out-MODE)")
     args = p.parse_args(argv)
 
-    import torch
-
     from vbedge.demo import DEMO_SIZES
     from vbedge.info import machine_summary
     from vbedge.models.s3d import build_s3d_feature_extractor
-    from vbedge.synthetic.pretrain import WORLD_SPEC, clip_features, pretrain_s3d, world_clips, zoom_out_clips
+    from vbedge.synthetic.pretrain import WORLD_SPEC, clip_features, pretrain_s3d, world_clips
 
     work = Path(args.workdir)
     videos = Path(args.videos) if args.videos else (work / "world-judge" if (work / "world-judge").is_dir()
@@ -77,22 +77,11 @@ def main(argv=None):
     train = world_clips(work / "world-train", WORLD_SPEC, progress=False, workers=None)
     test = world_clips(videos, WORLD_SPEC, progress=False, workers=None)
     started = time.perf_counter()
-    if args.mode == "top-copies":
-        result = pretrain_s3d(work / "world-train", out / "s3d.pth", spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
-                              max_epochs=args.top_epochs or cfg["pretrain_epochs"], data=train, progress=False,
-                              window_epochs=cfg["pretrain_window_epochs"], top_zoom_copies=True)
-    elif args.mode == "in-place":
-        result = pretrain_s3d(work / "world-train", out / "s3d.pth", spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
-                              max_epochs=cfg["pretrain_epochs"], data=train, progress=False,
-                              window_epochs=cfg["pretrain_window_epochs"], zoom_out=args.fraction)
-    else:
-        zoomed, _ = zoom_out_clips(train["clips"], 1.0, torch.Generator().manual_seed(1))
-        doubled = {"clips": np.concatenate([train["clips"], zoomed]),
-                   "verb": np.concatenate([train["verb"]] * 2), "noun": np.concatenate([train["noun"]] * 2)}
-        result = pretrain_s3d(work / "world-train", out / "s3d.pth", spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
-                              max_epochs=cfg["pretrain_epochs"], data=doubled, progress=False,
-                              window_epochs=cfg["pretrain_window_epochs"])
-        del doubled, zoomed
+    zoom = {"in-place": {"zoom_out": args.fraction}, "copies": {"zoom_copies": True},
+            "top-copies": {"top_zoom_copies": True}}[args.mode]
+    result = pretrain_s3d(work / "world-train", out / "s3d.pth", spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
+                          max_epochs=args.top_epochs or cfg["pretrain_epochs"], data=train, progress=False,
+                          window_epochs=cfg["pretrain_window_epochs"], **zoom)
     last = result.history[-1]
     print(f"pretrained in {time.perf_counter() - started:.0f} s on {result.clips} clips (train accuracy verb "
           f"{last['train_verb_acc']:.3f}, noun {last['train_noun_acc']:.3f})")

@@ -197,48 +197,10 @@ def test_pretraining_with_zoomed_out_clips_records_it(tiny_world, tmp_path):
                      progress=False)
 
 
-def test_top_zoom_copies_doubles_the_top_phase_only(tiny_world, tmp_path, monkeypatch):
+def _record_pretraining(monkeypatch):
+    """Record each stem pass's clips and each training batch (frames or stem activations, size, labels)."""
     from vbedge.synthetic import pretrain
 
-    data = world_clips(tiny_world, progress=False)
-    before = data["clips"].copy()
-    stem_inputs, top_batches = [], []
-    stem = pretrain.stem_activations
-    step = pretrain._training_step
-
-    def recording_stem(extractor, clips, trainable_from, **kw):
-        stem_inputs.append(np.array(clips))
-        return stem(extractor, clips, trainable_from, **kw)
-
-    def recording_step(network, heads, x, verbs, nouns, *args):
-        top_batches.append((x.shape, verbs.clone(), nouns.clone()))
-        return step(network, heads, x, verbs, nouns, *args)
-
-    monkeypatch.setattr(pretrain, "stem_activations", recording_stem)
-    monkeypatch.setattr(pretrain, "_training_step", recording_step)
-    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
-                          window_epochs=1, top_zoom_copies=True, progress=False)
-    assert np.array_equal(data["clips"], before), "the caller's clips must not be zoomed in place"
-    # the stem runs on the clips as decoded, then on a zoomed-out copy of every clip
-    assert len(stem_inputs) == 2 and np.array_equal(stem_inputs[0], before)
-    assert stem_inputs[1].shape == before.shape
-    assert all(not np.array_equal(z, c) for z, c in zip(stem_inputs[1], before))
-    # the window phase keeps the 12 clips; the top phase trains 24 with every label twice
-    window = [b for b in top_batches if b[0][1] == 3]  # batches of frames, not of the stem's activations
-    top = [b for b in top_batches if b[0][1] != 3]
-    assert sum(b[0][0] for b in window) == 12 and result.clips == 24
-    verbs = torch.cat([b[1] for b in top]).sort().values
-    expected = torch.from_numpy(np.concatenate([data["verb"], data["verb"]]).astype(np.int64)).sort().values
-    assert torch.equal(verbs, expected)
-    assert json.loads((tmp_path / "s3d.pth.json").read_text())["top_zoom_copies"] is True
-
-
-def test_zoom_copies_trains_every_phase_on_the_clips_and_a_zoomed_copy(tiny_world, tmp_path, monkeypatch):
-    from vbedge.errors import InvalidInputError
-    from vbedge.synthetic import pretrain
-
-    data = world_clips(tiny_world, progress=False)
-    before = data["clips"].copy()
     stem_inputs, batches = [], []
     stem, step = pretrain.stem_activations, pretrain._training_step
 
@@ -247,11 +209,43 @@ def test_zoom_copies_trains_every_phase_on_the_clips_and_a_zoomed_copy(tiny_worl
         return stem(extractor, clips, trainable_from, **kw)
 
     def recording_step(network, heads, x, verbs, nouns, *args):
-        batches.append((x.shape[1] == 3, len(x), nouns.clone()))
+        # a batch of frames (the window phase) has 3 channels; the stem's activations have more
+        batches.append({"frames": x.shape[1] == 3, "size": len(x), "verbs": verbs.clone(), "nouns": nouns.clone()})
         return step(network, heads, x, verbs, nouns, *args)
 
     monkeypatch.setattr(pretrain, "stem_activations", recording_stem)
     monkeypatch.setattr(pretrain, "_training_step", recording_step)
+    return stem_inputs, batches
+
+
+def _twice(labels):
+    return torch.from_numpy(np.concatenate([labels] * 2).astype(np.int64)).sort().values
+
+
+def test_top_zoom_copies_doubles_the_top_phase_only(tiny_world, tmp_path, monkeypatch):
+    data = world_clips(tiny_world, progress=False)
+    before = data["clips"].copy()
+    stem_inputs, batches = _record_pretraining(monkeypatch)
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
+                          window_epochs=1, top_zoom_copies=True, progress=False)
+    assert np.array_equal(data["clips"], before), "the caller's clips must not be zoomed in place"
+    # the stem runs on the clips as decoded, then on a zoomed-out copy of every clip
+    assert len(stem_inputs) == 2 and np.array_equal(stem_inputs[0], before)
+    assert stem_inputs[1].shape == before.shape
+    assert all(not np.array_equal(z, c) for z, c in zip(stem_inputs[1], before))
+    # the window phase keeps the 12 clips; the top phase trains 24 with every label twice
+    assert sum(b["size"] for b in batches if b["frames"]) == 12 and result.clips == 24
+    verbs = torch.cat([b["verbs"] for b in batches if not b["frames"]]).sort().values
+    assert torch.equal(verbs, _twice(data["verb"]))
+    assert json.loads((tmp_path / "s3d.pth.json").read_text())["top_zoom_copies"] is True
+
+
+def test_zoom_copies_trains_every_phase_on_the_clips_and_a_zoomed_copy(tiny_world, tmp_path, monkeypatch):
+    from vbedge.errors import InvalidInputError
+
+    data = world_clips(tiny_world, progress=False)
+    before = data["clips"].copy()
+    stem_inputs, batches = _record_pretraining(monkeypatch)
     result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
                           window_epochs=1, zoom_copies=True, progress=False)
     assert np.array_equal(data["clips"], before), "the caller's clips must not change"
@@ -259,9 +253,9 @@ def test_zoom_copies_trains_every_phase_on_the_clips_and_a_zoomed_copy(tiny_worl
     assert len(stem_inputs) == 1 and np.array_equal(stem_inputs[0][:12], before)
     assert all(not np.array_equal(z, c) for z, c in zip(stem_inputs[0][12:], before))
     # both phases train on the 24 clips, each noun twice
-    assert sum(n for window, n, _ in batches if window) == 24 and result.clips == 24
-    top_nouns = torch.cat([nouns for window, _, nouns in batches if not window]).sort().values
-    assert torch.equal(top_nouns, torch.from_numpy(np.concatenate([data["noun"]] * 2).astype(np.int64)).sort().values)
+    assert sum(b["size"] for b in batches if b["frames"]) == 24 and result.clips == 24
+    top_nouns = torch.cat([b["nouns"] for b in batches if not b["frames"]]).sort().values
+    assert torch.equal(top_nouns, _twice(data["noun"]))
     assert json.loads((tmp_path / "s3d.pth.json").read_text())["zoom_copies"] is True
     for clash in ({"zoom_out": 0.5}, {"top_zoom_copies": True}, {"stem_cache": np.zeros(1)}):
         with pytest.raises(InvalidInputError, match="zoom_copies"):
