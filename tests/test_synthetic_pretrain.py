@@ -260,3 +260,27 @@ def test_zoom_copies_trains_every_phase_on_the_clips_and_a_zoomed_copy(tiny_worl
     for clash in ({"zoom_out": 0.5}, {"top_zoom_copies": True}, {"stem_cache": np.zeros(1)}):
         with pytest.raises(InvalidInputError, match="zoom_copies"):
             pretrain_s3d(tiny_world, tmp_path / "bad.pth", data=data, zoom_copies=True, progress=False, **clash)
+
+
+def test_window_zoom_copies_doubles_the_window_phase_only(tiny_world, tmp_path, monkeypatch):
+    from vbedge.errors import InvalidInputError
+
+    data = world_clips(tiny_world, progress=False)
+    before = data["clips"].copy()
+    stem_inputs, batches = _record_pretraining(monkeypatch)
+    result = pretrain_s3d(tiny_world, tmp_path / "s3d.pth", seconds=60, max_epochs=1, batch=6, data=data,
+                          window_epochs=1, window_zoom_copies=True, progress=False)
+    assert np.array_equal(data["clips"], before), "the caller's clips must not change"
+    # the window phase trains on the 12 clips and their 12 zoomed-out copies, each noun twice
+    window = [b for b in batches if b["frames"]]
+    assert sum(b["size"] for b in window) == 24
+    assert torch.equal(torch.cat([b["nouns"] for b in window]).sort().values, _twice(data["noun"]))
+    # the stem is cached once, for the clips as decoded; the top phase trains on those 12
+    assert len(stem_inputs) == 1 and np.array_equal(stem_inputs[0], before)
+    assert sum(b["size"] for b in batches if not b["frames"]) == 12 and result.clips == 12
+    assert json.loads((tmp_path / "s3d.pth.json").read_text())["window_zoom_copies"] is True
+    for clash in ({"zoom_copies": True}, {"top_zoom_copies": True}, {"zoom_out": 0.5}, {"window_epochs": 0}):
+        options = {"window_epochs": 1, **clash}
+        with pytest.raises(InvalidInputError, match="window_zoom_copies"):
+            pretrain_s3d(tiny_world, tmp_path / "bad.pth", data=data, window_zoom_copies=True, progress=False,
+                         **options)
