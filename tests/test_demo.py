@@ -110,7 +110,7 @@ def test_sizes_hand_their_pretraining_to_s3d_and_the_cli_offers_every_size(tmp_p
     monkeypatch.setattr(world, "render_world", lambda *a, **k: None)
     monkeypatch.setattr(pretrain, "world_clips", lambda *a, **k: {})
     monkeypatch.setattr(pretrain, "pretrain_s3d", fake_pretrain)
-    for size, expected, copies in (("large", 2, True), ("default", 2, False), ("tiny", 0, False)):
+    for size, expected, copies in (("large", 2, True), ("default", 4, False), ("tiny", 0, False)):
         seen.clear()
         with pytest.raises(Stop):
             run_demo(tmp_path / size, size=size)

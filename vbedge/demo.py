@@ -50,7 +50,7 @@ DEMO_SIZES = {
     # step's clips (max_concat 1, max_subsample 1: a step has only two clips) so a masked verb or
     # noun has its own visual words beside it.
     "default": {"train_videos": 240, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
-                "pretrain_epochs": 8, "pretrain_window_epochs": 2, "train_steps": 500, "batch_size": 32,
+                "pretrain_epochs": 8, "pretrain_window_epochs": 4, "train_steps": 500, "batch_size": 32,
                 "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
     # "large": the default, with S3D trained on the clips plus a zoomed-out copy of each
     # (pretrain_s3d's zoom_copies): about 3 minutes more pretraining (9 minutes in all on a 2-core
@@ -214,9 +214,11 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
             window_epochs = cfg.get("pretrain_window_epochs", 0)
             result = pretrain_s3d(train_dir, weights, spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
                                   max_epochs=cfg["pretrain_epochs"], data=data, progress=False,
-                                  window_epochs=window_epochs, zoom_copies=cfg.get("pretrain_zoom_copies", False))
+                                  window_epochs=window_epochs, zoom_copies=cfg.get("pretrain_zoom_copies", False),
+                                  window_zoom_copies=cfg.get("pretrain_window_zoom_copies", False))
             last = result.history[-1]
-            how = (f"every layer {window_epochs} epochs on {MIN_WINDOW_FRAMES}-frame windows, then the top "
+            copies = " of every clip and a zoomed-out copy of it" if cfg.get("pretrain_window_zoom_copies") else ""
+            how = (f"every layer {window_epochs} epochs on {MIN_WINDOW_FRAMES}-frame windows{copies}, then the top "
                    f"{result.epochs} epochs" if window_epochs else
                    f"the top {result.epochs} epochs over S3D's seeded random stem")
             if cfg.get("pretrain_zoom_copies"):
