@@ -36,12 +36,12 @@ DEMO_REQUIREMENTS = (("torch", "torch"), ("transformers", "transformers"), ("onn
 
 #: The demo's sizes. ``tiny`` is for tests (48 short videos: about 2.5 minutes on 2 cores, enough to beat the prior).
 DEMO_SIZES = {
-    # S3D pretraining: every layer first trains 2 epochs on 8-frame windows of the clips (the stem
+    # S3D pretraining: every layer first trains 4 epochs on 8-frame windows of the clips (the stem
     # too: with a frozen random stem the noun stayed near 44-56%), then the top 8 epochs on whole
-    # clips (pretrain_s3d's window_epochs). Cost per clip and epoch on a 2-core Xeon: a window step
-    # about 36 ms, a top step about 14 ms, so the 240 videos (1,920 clips) take 4-5 minutes.
-    # (Top 6 and 300 VideoBERT steps until 2026-12-06: noun 77.1% on an AVX-512 EPYC, where top 8
-    # and 500 steps gave 81.2% in 6 minutes; docs/synthetic.md.)
+    # clips (pretrain_s3d's window_epochs): 242 s on a 2-core AVX-512 EPYC. (2 window epochs until
+    # 2026-12-07: the stem ended them underfit, and 4 lifted the noun's top-1 on a fresh held-out
+    # world from 78.8% to 87.8% for about 70 s more; top 6 and 300 VideoBERT steps until
+    # 2026-12-06; docs/synthetic.md.)
     # It is bounded by epochs; the time cap only stops a very slow machine, because a time budget
     # made the model depend on the machine's load (5 epochs instead of 6 cost 12 noun points once).
     # VideoBERT: 500 steps (200 left it 10-15 points below what the codebook leaves name, and
@@ -52,12 +52,11 @@ DEMO_SIZES = {
     "default": {"train_videos": 240, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
                 "pretrain_epochs": 8, "pretrain_window_epochs": 4, "train_steps": 500, "batch_size": 32,
                 "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
-    # "large": the default, with S3D trained on the clips plus a zoomed-out copy of each
-    # (pretrain_s3d's zoom_copies): about 3 minutes more pretraining (9 minutes in all on a 2-core
-    # AVX-512 EPYC) for the best figures measured on a fresh held-out world: noun top-1 84.4%
-    # against the default's 78.8%, verb 94.8% against 89.2% (docs/synthetic.md). Until
-    # 2026-12-06 it was 320 videos, 3 window epochs, the top 3 and 400 VideoBERT steps, which
-    # the default had caught up with.
+    # "large": 2 window epochs, with S3D trained in every phase on the clips plus a zoomed-out copy
+    # of each (pretrain_s3d's zoom_copies): 9 minutes in all on a 2-core AVX-512 EPYC. It beat the
+    # 2-window-epoch default (fresh-world noun top-1 84.4% against 78.8%); the 4-window-epoch
+    # default of 2026-12-07 scores as well or better (87.8%) in less time (docs/synthetic.md).
+    # Until 2026-12-06 it was 320 videos, 3 window epochs, the top 3 and 400 VideoBERT steps.
     "large": {"train_videos": 240, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
               "pretrain_epochs": 8, "pretrain_window_epochs": 2, "pretrain_zoom_copies": True,
               "train_steps": 500, "batch_size": 32, "lr": 5e-4, "max_concat": 1, "max_subsample": 1,
