@@ -110,12 +110,12 @@ def test_sizes_hand_their_pretraining_to_s3d_and_the_cli_offers_every_size(tmp_p
     monkeypatch.setattr(world, "render_world", lambda *a, **k: None)
     monkeypatch.setattr(pretrain, "world_clips", lambda *a, **k: {})
     monkeypatch.setattr(pretrain, "pretrain_s3d", fake_pretrain)
-    for size, expected, copies in (("large", 2, True), ("default", 4, False), ("tiny", 0, False)):
+    for size, expected, window_copies in (("large", 4, True), ("default", 4, False), ("tiny", 0, False)):
         seen.clear()
         with pytest.raises(Stop):
             run_demo(tmp_path / size, size=size)
         assert seen["window_epochs"] == expected and seen["max_epochs"] == DEMO_SIZES[size]["pretrain_epochs"]
-        assert seen["zoom_copies"] is copies, size
+        assert seen["window_zoom_copies"] is window_copies and seen["zoom_copies"] is False, size
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     assert parser.parse_args(["demo", "--size", "large"]).size == "large"

@@ -12,9 +12,9 @@ def register(subparsers):
     p.add_argument("--s3d", default=None, help="your torchvision S3D state dict (.pth) instead of pretraining one "
                                                "on the synthetic world")
     p.add_argument("--size", default="default", choices=tuple(DEMO_SIZES),
-                   help="large: S3D trains 2 window epochs on every clip and a zoomed-out copy of it (about 1.5 "
-                        "minutes more than the default and no longer better than it; docs/synthetic.md); tiny: a "
-                        "small world with S3D's stem left random, trained in a short time (tests)")
+                   help="large: S3D's window phase also trains on a zoomed-out copy of every clip (better "
+                        "nouns, about 2.5 minutes more: over 8 minutes on 2 cores); tiny: a small world with "
+                        "S3D's stem left random, trained in a short time (tests)")
     p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt, openvino or torch")
     p.set_defaults(func=run_demo)
 

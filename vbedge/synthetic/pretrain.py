@@ -386,7 +386,8 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             every clip, drawn once), in every phase: twice the clips, steps and memory. Measured
             on the demo's world (``benchmarks/study_s3d_zoom_out.py --mode copies``,
             docs/synthetic.md): the best fresh-world figures (noun top-1 84.4% against 78.8%)
-            for 339 s of pretraining instead of 153 s; ``vbedge demo --size large`` uses it.
+            for 339 s of pretraining instead of 153 s; ``vbedge demo --size large`` used it until
+            2026-12-07 (then 4 window epochs on the clips did as well for less).
         top_zoom_copies: train the top blocks (after the window phase, which keeps the clips as
             decoded) on the clips *and* a zoomed-out copy of each (:func:`zoom_out_clips`, every
             clip, drawn once): twice the top phase's clips and steps; the stem never trains on
@@ -398,9 +399,10 @@ def pretrain_s3d(world_dir, out_path, *, spec=WORLD_SPEC, seconds=120.0, max_epo
             copy of each (:func:`zoom_out_clips`, every clip, drawn once, as ``zoom_copies`` draws
             it); the batch-norm reset and the top phase keep the clips as decoded. Twice the
             window phase's clips and steps. Measured on the demo's world (docs/synthetic.md,
-            "Zoomed copies for the window phase"): the noun's ridge probe on a validation world
-            84.9% against 80.4%, about what ``zoom_copies`` gives, for about half its extra cost;
-            ``vbedge demo``'s default size uses it.
+            "Why 4 window epochs"): the noun's ridge probe on a validation world
+            84.9% against 80.4% with seed 0, but 79.5% with seed 1: on average no better than
+            4 window epochs on the clips, which cost the same. ``vbedge demo --size large`` uses it
+            with 4 window epochs.
         progress: show progress bars.
 
     Returns:
