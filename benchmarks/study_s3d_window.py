@@ -33,7 +33,7 @@ import numpy as np
 
 def probe(f_train, train, f_val, val):
     from vbedge import HierarchicalCodebook
-    from vbedge.synthetic.probe import leaf_majority_labels, ridge_probe_ranks
+    from vbedge.synthetic.probe import leaf_majority_accuracy, ridge_probe_ranks
     from vbedge.synthetic.world import HELD_OUT_PAIRS, NOUNS, VERBS
 
     held = {(VERBS.index(v), NOUNS.index(n)) for v, n in HELD_OUT_PAIRS}
@@ -43,12 +43,10 @@ def probe(f_train, train, f_val, val):
     row = {}
     for label in ("verb", "noun"):
         rank = ridge_probe_ranks(f_train, train[label], f_val, val[label], alpha=10.0)
-        table = leaf_majority_labels(leaves_train, train[label])
-        leaf_hits = [table.get(int(leaf), -1) == int(y) for leaf, y in zip(leaves_val, val[label])]
         row[label] = {"ridge_top1": 100 * float((rank < 1).mean()),
                       "ridge_top1_seen": 100 * float((rank[~unseen] < 1).mean()),
                       "ridge_top5_unseen": 100 * float((rank[unseen] < 5).mean()) if unseen.any() else None,
-                      "leaf": 100 * float(np.mean(leaf_hits))}
+                      "leaf": 100 * leaf_majority_accuracy(leaves_train, train[label], leaves_val, val[label])}
     return row
 
 

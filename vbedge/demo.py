@@ -215,15 +215,13 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
             window_epochs = cfg.get("pretrain_window_epochs", 0)
             result = pretrain_s3d(train_dir, weights, spec=WORLD_SPEC, seconds=cfg["pretrain_seconds"],
                                   max_epochs=cfg["pretrain_epochs"], data=data, progress=False,
-                                  window_epochs=window_epochs, zoom_copies=cfg.get("pretrain_zoom_copies", False),
+                                  window_epochs=window_epochs,
                                   window_zoom_copies=cfg.get("pretrain_window_zoom_copies", False))
             last = result.history[-1]
             copies = " of every clip and a zoomed-out copy of it" if cfg.get("pretrain_window_zoom_copies") else ""
             how = (f"every layer {window_epochs} epochs on {MIN_WINDOW_FRAMES}-frame windows{copies}, then the top "
                    f"{result.epochs} epochs" if window_epochs else
                    f"the top {result.epochs} epochs over S3D's seeded random stem")
-            if cfg.get("pretrain_zoom_copies"):
-                how += " (every clip twice: as decoded and zoomed out)"
             say(f"      {how}, on {result.clips} clips, in {result.seconds:.0f} s "
                 f"(train accuracy verb {last['train_verb_acc']:.2f}, noun {last['train_noun_acc']:.2f})")
     codebook_path, corpus_path = work / "codebook.npz", work / "corpus.jsonl"
