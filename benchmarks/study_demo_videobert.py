@@ -7,12 +7,15 @@ whose codebook leaves named the noun for 88.5% of the held-out clips scored 79.2
 options through the demo's own stages 4-6 (:func:`vbedge.demo.run_demo`) and prints the table:
 
     python benchmarks/study_demo_videobert.py SRC DST --steps 300 [--lr 5e-4] [--mix 1,1,2] [--freeze-visual]
-        [--label-smoothing 0.1]
+        [--label-smoothing 0.1] [--seed 1] [--precision fp32|bf16]
 
 ``--freeze-visual`` keeps the visual-token embeddings at their initialisation (the leaf centroids,
 projected) for the whole run: their gradient is zeroed, so VideoBERT sees each visual word by its
 look only (docs/synthetic.md, "Which stage loses the unseen pair's noun"). ``--label-smoothing``
-sets :attr:`vbedge.training.TrainOptions.label_smoothing` (the masked-LM losses only).
+sets :attr:`vbedge.training.TrainOptions.label_smoothing` (the masked-LM losses only). ``--seed``
+sets the training seed (the new heads, dropout, sampling and masking; the demo's is 0), so the
+spread of one setting over seeds can be read. ``--precision`` trains in ``fp32`` or ``bf16``
+(autocast) instead of what :func:`vbedge.demo.videobert_precision` picks for this CPU.
 
 A source demo made with ``vbedge demo --s3d weights.pth`` is retrained on the same weights.
 
@@ -38,6 +41,9 @@ def main(argv=None):
                    help="keep the visual-token embeddings at their leaf-centroid initialisation")
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="label smoothing of the masked-LM cross-entropy (default: the demo size's)")
+    p.add_argument("--seed", type=int, default=None, help="VideoBERT's training seed (default: the demo's, 0)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="training precision (default: the demo's choice for this CPU)")
     args = p.parse_args(argv)
     if args.label_smoothing is not None and not 0.0 <= args.label_smoothing < 1.0:
         p.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
@@ -69,15 +75,19 @@ def main(argv=None):
     overrides = {"train_steps": args.steps, **({"lr": args.lr} if args.lr is not None else {}),
                  **({"label_smoothing": args.label_smoothing} if args.label_smoothing is not None else {})}
     demo.DEMO_SIZES[size] = {**demo.DEMO_SIZES[size], **overrides}
-    (dst / "demo.json").write_text(json.dumps({**config, **overrides}, indent=1))
-    if args.mix is not None:
-        mix = tuple(float(x) for x in args.mix.split(","))
+    precision = args.precision or demo.videobert_precision()
+    demo.videobert_precision = lambda flags=None: precision
+    # (A source folder made before the demo recorded its VideoBERT precision trained in fp32.)
+    (dst / "demo.json").write_text(json.dumps({**config, **overrides, "videobert_precision": precision}, indent=1))
+    option_overrides = {**({"mix": tuple(float(x) for x in args.mix.split(","))} if args.mix is not None else {}),
+                        **({"seed": args.seed} if args.seed is not None else {})}
+    if option_overrides:
         options = training.TrainOptions
 
-        def with_mix(**kw):
-            return options(**{**kw, "mix": mix})
+        def with_overrides(**kw):
+            return options(**{**kw, **option_overrides})
 
-        training.TrainOptions = with_mix  # run_demo imports it from vbedge.training at call time
+        training.TrainOptions = with_overrides  # run_demo imports it from vbedge.training at call time
     if args.freeze_visual:
         _freeze_visual_embeddings(dst)
     started = time.perf_counter()
@@ -87,7 +97,8 @@ def main(argv=None):
     print(f"size {size}, VideoBERT steps {args.steps}, lr {demo.DEMO_SIZES[size]['lr']}, mix {args.mix or 'default'}: "
           + ", ".join(f"{k} {100 * result[k]:.1f}" for k in keys) + f" ({result['steps']} steps; "
           f"{time.perf_counter() - started:.0f} s)" + (", visual embeddings frozen" if args.freeze_visual else "")
-          + f", label smoothing {demo.DEMO_SIZES[size].get('label_smoothing', 0.0)}")
+          + f", label smoothing {demo.DEMO_SIZES[size].get('label_smoothing', 0.0)}, seed "
+          f"{0 if args.seed is None else args.seed}, precision {precision}")
     return 0
 
 

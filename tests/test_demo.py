@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from vbedge.demo import DEMO_REQUIREMENTS, DEMO_SIZES, codebook_shape, run_demo
+from vbedge.demo import DEMO_REQUIREMENTS, DEMO_SIZES, codebook_shape, run_demo, videobert_precision
 
 _missing = [dist for module, dist in DEMO_REQUIREMENTS if importlib.util.find_spec(module) is None]
 if importlib.util.find_spec("vbedge.training") is None:
@@ -40,6 +40,15 @@ def test_codebook_shape_shrinks_with_the_corpus():
     assert branching ** levels <= 20
 
 
+def test_videobert_trains_in_bf16_only_where_the_cpu_multiplies_it_natively():
+    avx2 = {"sse4_2", "avx", "avx2", "fma"}
+    assert videobert_precision(avx2) == "fp32"
+    assert videobert_precision(avx2 | {"avx512f", "avx512_vnni"}) == "fp32"
+    assert videobert_precision(avx2 | {"avx512f", "avx512_bf16"}) == "bf16"
+    assert videobert_precision(avx2 | {"amx_tile", "amx_bf16"}) == "bf16"
+    assert videobert_precision({"fp", "asimd", "asimddp"}) == "fp32"  # aarch64: stays float32
+
+
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo") / "w"
@@ -57,6 +66,10 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tiny_demo):
     saved = json.loads((work / "zero_shot.json").read_text())
     assert saved["verb_top1"] == result["verb_top1"] and len(saved["predictions"]) == result["steps"]
     assert (work / "bundle" / "manifest.json").is_file() and (work / "events.jsonl").stat().st_size > 0
+    # VideoBERT trained in the precision the demo chose for this CPU, and demo.json says which.
+    precision = json.loads((work / "demo.json").read_text())["videobert_precision"]
+    trained = json.loads((work / "videobert" / "model" / "videobert.json").read_text())
+    assert precision == videobert_precision() == trained["init"]["training"]["options"]["precision"]
     again = []
     second = run_demo(work, size="tiny", backend="onnxruntime", echo=again.append)
     assert sum("cached" in line for line in again) >= 4
