@@ -50,6 +50,11 @@ def test_cli_info_reports_what_is_installed():
     assert lines["C++"].startswith("C++ kernel   built" if kernel_built else "C++ kernel   not built")
     has_torch = importlib.util.find_spec("torch") is not None
     assert lines["backend torch"].split()[2] == ("yes" if has_torch else "no")
+    if has_torch:  # torch's own CPU detection: does this CPU multiply bfloat16 natively?
+        import torch
+
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        assert ("no native bfloat16" in lines["bf16"]) == (not native), lines["bf16"]
 
 
 def test_bundle_is_public():

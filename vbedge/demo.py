@@ -46,14 +46,17 @@ DEMO_SIZES = {
     # made the model depend on the machine's load (5 epochs instead of 6 cost 12 noun points once).
     # VideoBERT: 500 steps (200 left it 10-15 points below what the codebook leaves name, and
     # varied run to run; 300 read the leaves out on one bundle and fell 6 points short of them on
-    # another; docs/synthetic.md). Its joint rows pair one step's sentence with that
+    # another; docs/synthetic.md), in bf16 autocast where the CPU multiplies bfloat16 natively
+    # (videobert_precision: 90 s instead of about 180 s on that EPYC, and the whole first run
+    # 6 min 50 s instead of 8 min 26 s on 2026-12-07). Its joint rows pair one step's sentence with that
     # step's clips (max_concat 1, max_subsample 1: a step has only two clips) so a masked verb or
     # noun has its own visual words beside it.
     "default": {"train_videos": 240, "test_videos": 12, "steps": 4, "pretrain_seconds": 1800.0,
                 "pretrain_epochs": 8, "pretrain_window_epochs": 4, "train_steps": 500, "batch_size": 32,
                 "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
     # "large": the default, with S3D's 4 window epochs on every clip and a zoomed-out copy of it
-    # (pretrain_s3d's window_zoom_copies): 10 min 11 s in all on a 2-core AVX-512 EPYC, over the
+    # (pretrain_s3d's window_zoom_copies): 10 min 11 s in all on a 2-core AVX-512 EPYC with fp32 VideoBERT
+    # training (bf16 since: about 85 s less, not re-measured), over the
     # demo's 8 minutes, for the best figures measured: every zero-shot goal met on four held-out
     # worlds (fresh world noun 89.2 / 96.2 against the default's 87.8 / 94.4; docs/synthetic.md).
     # Until 2026-12-07 it was 2 window epochs with zoomed copies in every phase (zoom_copies),

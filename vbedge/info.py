@@ -9,7 +9,8 @@ import platform
 import sys
 
 # The CPU probes live in vbedge.cpu (imported by the backends and the quantizer too); re-exported.
-from .cpu import INT8_DOT_PRODUCT_FLAGS, cpu_flags, cpu_model, int8_dot_product, machine_summary  # noqa: F401
+from .cpu import (BF16_MATMUL_FLAGS, INT8_DOT_PRODUCT_FLAGS, bf16_matmul, cpu_flags, cpu_model,  # noqa: F401
+                  int8_dot_product, machine_summary)
 from .versions import package_version
 
 
@@ -77,6 +78,7 @@ def collect_info():
         "pycuda": package_version("pycuda"),
         "torch": package_version("torch"),
         "int8_dot_product": int8_dot_product(),
+        "bf16_matmul": bf16_matmul(),
         "kernels": kernels,
         "gpus": gpus,
         "opencv": _opencv_info(),
@@ -105,6 +107,8 @@ def format_info(info):
         "int8 CPU     " + (f"{info['int8_dot_product']} (8-bit weights in the INT8 CPU forms)"
                              if info.get("int8_dot_product") else
                              "no VNNI/dot product (7-bit weights in the INT8 CPU forms)"),
+        "bf16 CPU     " + (f"{info['bf16_matmul']} (vbedge demo trains VideoBERT in bf16 autocast)"
+                             if info.get("bf16_matmul") else "no native bfloat16 multiply (training stays fp32)"),
         "C++ kernel   " + ("built" if k["cpu"] else "NOT built (reinstall vbedge)"),
         "CUDA kernel  " + ("built" if k["cuda"] else "not built") + (f" ({k['cuda_reason']})" if k.get("cuda_reason") else ""),
     ]
