@@ -42,11 +42,19 @@ def test_codebook_shape_shrinks_with_the_corpus():
 
 def test_videobert_trains_in_bf16_only_where_the_cpu_multiplies_it_natively():
     avx2 = {"sse4_2", "avx", "avx2", "fma"}
-    assert videobert_precision(avx2) == "fp32"
-    assert videobert_precision(avx2 | {"avx512f", "avx512_vnni"}) == "fp32"
-    assert videobert_precision(avx2 | {"avx512f", "avx512_bf16"}) == "bf16"
-    assert videobert_precision(avx2 | {"amx_tile", "amx_bf16"}) == "bf16"
-    assert videobert_precision({"fp", "asimd", "asimddp"}) == "fp32"  # aarch64: stays float32
+    assert videobert_precision(avx2, cuda=False) == "fp32"
+    assert videobert_precision(avx2 | {"avx512f", "avx512_vnni"}, cuda=False) == "fp32"
+    assert videobert_precision(avx2 | {"avx512f", "avx512_bf16"}, cuda=False) == "bf16"
+    assert videobert_precision(avx2 | {"amx_tile", "amx_bf16"}, cuda=False) == "bf16"
+    assert videobert_precision({"fp", "asimd", "asimddp"}, cuda=False) == "fp32"  # aarch64: stays float32
+
+
+def test_videobert_on_a_gpu_follows_the_gpu_not_the_host_cpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    for has_bf16, expected in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, _v=has_bf16, **k: _v)
+        assert videobert_precision({"avx2"}, cuda=True) == expected
+        assert videobert_precision({"avx512_bf16"}, cuda=True) == expected
 
 
 @pytest.fixture(scope="module")

