@@ -49,8 +49,8 @@ def int8_dot_product(flags=None):
 
 #: CPU flags of instructions that multiply bfloat16 and sum in float32: AVX-512 BF16 and AMX. Where
 #: one is present, PyTorch's CPU matrix multiplications under ``torch.autocast("cpu", torch.bfloat16)``
-#: run on them (VideoBERT's training step 2.3x faster than float32 on an AVX-512 BF16 EPYC,
-#: ``benchmarks/bench_videobert_training_step.py``); without them bfloat16 is emulated and slower.
+#: run on them (VideoBERT's training step 2.2x faster than float32 on an AVX-512 BF16 EPYC,
+#: ``benchmarks/bench_train.py``); without them bfloat16 is emulated and slower.
 BF16_MATMUL_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -127,7 +127,7 @@ def videobert_precision(flags=None, cuda=None):
     (autocast) where it multiplies bfloat16 natively (:func:`vbedge.cpu.bf16_matmul` of ``flags``,
     default this CPU's), else ``"fp32"``.
 
-    On an AVX-512 BF16 EPYC a training step is 2.2-2.5x faster in bf16 than in fp32 and its gradient
+    On an AVX-512 BF16 EPYC a training step is 2.2x faster in bf16 than in fp32 and its gradient
     within 1% of a float64 one (float32: 1e-6; ``benchmarks/bench_train.py``); the demo's zero-shot
     figures with each are in docs/synthetic.md. Without those instructions bfloat16 would be
     emulated and slower, so the demo stays in float32 there. (S3D's pretraining stays in float32
