@@ -41,15 +41,17 @@ def leaf_nouns(corpus_path):
 
 
 def count_misses(result, nouns, k=5):
-    """``Counter((unseen, evidence))`` of the steps whose noun is not among the first ``k``; and the steps."""
+    """``Counter((unseen, evidence))`` of the steps whose noun is not among the first ``k``; the number of
+    steps; and the mean number of distinct nouns the training narration gives a step's visual words."""
     held = {tuple(pair) for pair in result["compositional"]["held_out_pairs"]}
     misses = collections.Counter()
+    named = [len(set().union(*(set(nouns.get(leaf, ())) for leaf in step["leaves"]))) for step in result["predictions"]]
     for step in result["predictions"]:
         if step["noun"] in step["nouns"][:k]:
             continue
         evidence = any(step["noun"] in nouns.get(leaf, ()) for leaf in step["leaves"])
         misses[((step["verb"], step["noun"]) in held, evidence)] += 1
-    return misses, len(result["predictions"])
+    return misses, len(result["predictions"]), sum(named) / max(1, len(named))
 
 
 def main(argv=None):
@@ -67,14 +69,15 @@ def main(argv=None):
     for path in args.results:
         try:
             result = json.loads(Path(path).read_text())
-            misses, steps = count_misses(result, nouns)
+            misses, steps, named = count_misses(result, nouns)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"{path}: not a zero-shot JSON with per-step predictions ({exc})", file=sys.stderr)
             return 2
         total += misses
         cells = ", ".join(f"{'unseen' if u else 'seen'} {'with' if e else 'without'} evidence {misses[(u, e)]}"
                           for u in (True, False) for e in (False, True))
-        print(f"{path}: {sum(misses.values())} misses of {steps} steps: {cells}")
+        print(f"{path}: {sum(misses.values())} misses of {steps} steps: {cells}; the visual words of a step "
+              f"have {named:.2f} nouns in their training narration on average")
     without = total[(True, False)] + total[(False, False)]
     print(f"all: {without} of {sum(total.values())} misses have no evidence in their visual words")
     return 0
