@@ -47,7 +47,7 @@ DEMO_SIZES = {
     # VideoBERT: 500 steps (200 left it 10-15 points below what the codebook leaves name, and
     # varied run to run; 300 read the leaves out on one bundle and fell 6 points short of them on
     # another; docs/synthetic.md), in bf16 autocast where the CPU multiplies bfloat16 natively
-    # (videobert_precision: 90 s instead of about 180 s on that EPYC, and the whole first run
+    # (videobert_precision: 90 s instead of about 170 s on that EPYC, and the whole first run
     # 6 min 50 s instead of 8 min 26 s on 2026-12-07). Its joint rows pair one step's sentence with that
     # step's clips (max_concat 1, max_subsample 1: a step has only two clips) so a masked verb or
     # noun has its own visual words beside it.
@@ -55,10 +55,10 @@ DEMO_SIZES = {
                 "pretrain_epochs": 8, "pretrain_window_epochs": 4, "train_steps": 500, "batch_size": 32,
                 "lr": 5e-4, "max_concat": 1, "max_subsample": 1, "mask_prob": 0.25},
     # "large": the default, with S3D's 4 window epochs on every clip and a zoomed-out copy of it
-    # (pretrain_s3d's window_zoom_copies): 10 min 11 s in all on a 2-core AVX-512 EPYC with fp32 VideoBERT
-    # training (bf16 since: about 85 s less, not re-measured), over the
-    # demo's 8 minutes, for the best figures measured: every zero-shot goal met on four held-out
-    # worlds (fresh world noun 89.2 / 96.2 against the default's 87.8 / 94.4; docs/synthetic.md).
+    # (pretrain_s3d's window_zoom_copies): 10 min 41 s in all on a 2-core AVX-512 EPYC (2026-12-07,
+    # bf16 VideoBERT), over the demo's 8 minutes, for the best noun top-1 measured (2-10 points over
+    # the default on four held-out worlds); its noun top-5 is a draw of VideoBERT's training, as the
+    # default's (94.1 on one world with bf16, 95.5 with fp32; docs/synthetic.md).
     # Until 2026-12-07 it was 2 window epochs with zoomed copies in every phase (zoom_copies),
     # which the 4-window-epoch default caught up with; until 2026-12-06 320 videos, 3 window
     # epochs, the top 3 and 400 VideoBERT steps.

@@ -13,7 +13,7 @@ def register(subparsers):
                                                "on the synthetic world")
     p.add_argument("--size", default="default", choices=tuple(DEMO_SIZES),
                    help="large: S3D's window phase also trains on a zoomed-out copy of every clip (better "
-                        "nouns, about 2.5 minutes more: near 9 minutes on 2 cores); tiny: a small world with "
+                        "nouns, about 4 minutes more: over 10 minutes on 2 cores); tiny: a small world with "
                         "S3D's stem left random, trained in a short time (tests)")
     p.add_argument("--backend", default="onnxruntime", help="auto, onnxruntime, tensorrt, openvino or torch")
     p.set_defaults(func=run_demo)
