@@ -81,10 +81,12 @@ def main():
     from vbedge.training import TrainOptions, train
     from vbedge.training.corpus_reader import read_corpus
     from vbedge.training.data import KINDS, ExampleBuilder, encode_videos
-    from vbedge.training.trainer import _optimizer, _to_torch, _weighted, compute_losses
+    from vbedge.training.trainer import _autocast, _optimizer, _to_torch, _weighted, compute_losses
 
     thread_counts = [int(t) for t in args.threads.split(",")]
-    precisions = [p for p in args.precisions.split(",") if p in ("fp32", "bf16")]
+    precisions = args.precisions.split(",")
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        parser.error(f"--precisions takes fp32 and/or bf16, comma-separated; got {args.precisions!r}")
     native_bf16 = bf16_matmul()
     if "bf16" in precisions and not native_bf16:
         print("bf16 skipped: this CPU has no native bfloat16 multiply (avx512_bf16 / amx_bf16)")
@@ -119,7 +121,7 @@ def main():
         state = {k: v.clone() for k, v in model.state_dict().items()}
         model.to(dtype).eval()
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with _autocast(torch.device("cpu"), precision):
             losses, _ = compute_losses(model, batches[0])
             total = _weighted(losses, options)
         total.backward()
@@ -141,7 +143,7 @@ def main():
         for i, t in enumerate(batches):
             if i == 1:
                 start, cpu = time.perf_counter(), time.process_time()  # step 0 warms up allocators
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with _autocast(torch.device("cpu"), precision):
                 losses, _ = compute_losses(model, t)
                 total = _weighted(losses, options)
             optimizer.zero_grad(set_to_none=True)

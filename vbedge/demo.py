@@ -213,7 +213,8 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
     started = time.perf_counter()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    precision = videobert_precision()
+    cuda = _torch_sees_cuda()
+    precision = videobert_precision(cuda=cuda)
     config = {"size": size, **cfg, "s3d": None if s3d is None else str(Path(s3d).resolve()),
               "spec": WORLD_SPEC.to_dict(), "videobert_precision": precision}
     stamp = work / "demo.json"
@@ -285,7 +286,7 @@ def run_demo(workdir="vbedge-demo", *, s3d=None, backend="onnxruntime", size="de
         stage(4, f"training VideoBERT from the MiniLM checkpoint for {cfg['train_steps']} steps "
                  "(text, video and joint masked LM + alignment)"
                  + ("" if precision == "fp32" else f"; {precision} autocast"
-                    + (" on the GPU" if _torch_sees_cuda() else " (this CPU multiplies bfloat16 natively)")))
+                    + (" on the GPU" if cuda else " (this CPU multiplies bfloat16 natively)")))
         options = TrainOptions(steps=cfg["train_steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], max_length=48,
                                max_concat=cfg["max_concat"], max_subsample=cfg["max_subsample"],
                                mask_prob=cfg["mask_prob"], label_smoothing=cfg.get("label_smoothing", 0.0),
